@@ -1,0 +1,63 @@
+"""The `rayot` command line: a thin Typer layer over the library.
+
+Each command group lives in its own module; heavy imports (torch, ray) happen inside the
+commands so that `rayot --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from rayot import __version__
+from rayot.cli import data, report, sweep, train
+from rayot.errors import RayotError
+
+app = typer.Typer(
+    name="rayot",
+    help="Prompt-OT and its peers over the CLIP prompt-learning benchmark, on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
+app.command("report")(report.report)
+
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rayot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+def main() -> None:
+    """Console-script entry point: bad input becomes one message and exit status 2."""
+    try:
+        app()
+    except RayotError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
