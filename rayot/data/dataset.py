@@ -1,0 +1,58 @@
+"""A torch Dataset over items, and loaders with the batching rules of protocol.md §6."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from rayot.data.items import Item
+from rayot.errors import DataError
+
+
+def load_image(path: Path, dataset: str) -> Image.Image:
+    """Open and fully decode ``path`` as RGB; a DataError naming dataset and file otherwise."""
+    if not path.is_file():
+        raise DataError(f"{dataset}: image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # convert() decodes, so truncation surfaces here
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{dataset}: cannot decode image {path} ({exc})") from None
+
+
+class ImageDataset(Dataset):
+    """Items read from ``image_root``; ``__getitem__`` returns (Tensor (3, H, W), int label)."""
+
+    def __init__(self, items: Sequence[Item], image_root: Path, transform: Callable,
+                 dataset: str) -> None:
+        self.items = list(items)
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.items[index]
+        image = load_image(self.image_root / item.impath, self.dataset)
+        return self.transform(image), item.label
+
+
+def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, num_workers: int = 0,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """Train: shuffled, last incomplete batch dropped when the set holds at least one full batch
+    (as CoOp does, so a tiny 1-shot set still yields a batch). Test: in order, every image."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) >= batch_size,
+        num_workers=num_workers,
+        generator=generator,
+        persistent_workers=False,
+    )
