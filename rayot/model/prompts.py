@@ -1,0 +1,291 @@
+"""Independent vision-language deep prompts (IVLP) around a frozen open_clip model.
+
+Text prompt of class c: SOS, ctx_1..ctx_n, tokens of "c.", EOT. Image tokens: CLS, patches,
+then n learned vision tokens. The first ``depth`` layers of each tower get their own prompt
+vectors (method.md). Depth 0 turns a side's prompts off: the text side then reads the hand-made
+prompt ``"{ctx_init} {c}."`` and the image side is plain CLIP. CoOp is text depth 1, vision depth 0.
+
+Only the prompt tensors train; the CLIP model stays frozen and in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rayot.errors import ConfigError, ModelError
+from rayot.model.adapter import (
+    check_supported,
+    encode_image_prompted,
+    encode_text_tokens,
+    eot_positions,
+)
+from rayot.model.loading import LoadedCLIP
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+_INIT_STD = 0.02
+
+
+def prompt_classname(classname: str) -> str:
+    """A class name as it appears in a prompt: underscores become spaces."""
+    return classname.replace("_", " ")
+
+
+@dataclass
+class PromptOutput:
+    """What ``PromptedCLIP.forward`` returns in every mode.
+
+    logits (B, n_cls): ``logit_scale.exp() * image @ text.T``; image (B, D) and text (n_cls, D):
+    L2-normalised adapted features.
+    """
+
+    logits: Tensor
+    image: Tensor
+    text: Tensor
+
+
+class PromptedCLIP(nn.Module):
+    """A frozen CLIP with learned text and vision prompts (IVLP; CoOp when vision depth is 0).
+
+    Parameters are ``text_prompts`` (depth_text, n_ctx_text, text width) and ``vision_prompts``
+    (depth_vision, n_ctx_vision, vision width), kept in float32 (float64 for a float64 model) and
+    cast to the activations' dtype where they enter, so a bf16/fp16 model or autocast trains
+    float32 prompts.
+    ``text_prompts[0]`` starts as the token embeddings of ``ctx_init`` (N(0, 0.02) when
+    ``ctx_init`` is empty or None); every other prompt vector starts N(0, 0.02). Seed torch's
+    global generator beforehand for reproducible initial prompts.
+    """
+
+    def __init__(
+        self,
+        clip: LoadedCLIP,
+        classnames: list[str],
+        *,
+        n_ctx_text: int = 4,
+        n_ctx_vision: int = 4,
+        depth_text: int = 12,
+        depth_vision: int = 12,
+        ctx_init: str | None = "a photo of a",
+    ) -> None:
+        super().__init__()
+        model = clip.model
+        check_supported(model, repr(clip.model_name))
+        tokenizer = clip.tokenizer
+        if not all(hasattr(tokenizer, a) for a in ("encode", "sot_token_id", "eot_token_id")):
+            raise ModelError(
+                f"model {clip.model_name!r}: deep prompts need open_clip's CLIP BPE tokenizer, "
+                f"got {type(tokenizer).__name__}"
+            )
+        text_layers = len(model.transformer.resblocks)
+        vision_layers = len(model.visual.transformer.resblocks)
+        _check_setting("n_ctx_text", n_ctx_text, 0)
+        _check_setting("n_ctx_vision", n_ctx_vision, 0)
+        _check_setting("depth_text", depth_text, 0, (text_layers, "text", clip.model_name))
+        _check_setting("depth_vision", depth_vision, 0, (vision_layers, "vision", clip.model_name))
+
+        model.requires_grad_(False)
+        self.clip = model
+        self.tokenizer = tokenizer
+        self.model_name = clip.model_name
+        self.ctx_init = ctx_init or ""
+        # A side with depth 0 or no context vectors has no prompts at all.
+        self.n_ctx_text = n_ctx_text if depth_text > 0 else 0
+        self.depth_text = depth_text if n_ctx_text > 0 else 0
+        self.n_ctx_vision = n_ctx_vision if depth_vision > 0 else 0
+        self.depth_vision = depth_vision if n_ctx_vision > 0 else 0
+        self.truncate_text = True  # exact; switch off only to check that claim
+
+        device = model.positional_embedding.device
+        # float32 master copies even for a low-precision model; float64 stays float64 (checks).
+        dtype = (
+            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
+        )
+        self.text_prompts: nn.Parameter | None = None
+        self.vision_prompts: nn.Parameter | None = None
+        if self.depth_text:
+            width = model.transformer.width
+            text = torch.empty(self.depth_text, self.n_ctx_text, width, device=device, dtype=dtype)
+            nn.init.normal_(text, std=_INIT_STD)
+            if self.ctx_init:
+                text[0] = self._init_embeddings(self.ctx_init, self.n_ctx_text)
+            self.text_prompts = nn.Parameter(text)
+        if self.depth_vision:
+            width = model.visual.transformer.width
+            vision = torch.empty(
+                self.depth_vision, self.n_ctx_vision, width, device=device, dtype=dtype
+            )
+            nn.init.normal_(vision, std=_INIT_STD)
+            self.vision_prompts = nn.Parameter(vision)
+
+        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames)
+        self.train(False)
+
+    # ----- construction helpers -----
+
+    def _init_embeddings(self, text: str, n_ctx: int) -> Tensor:
+        ids = self.tokenizer.encode(text)
+        if len(ids) != n_ctx:
+            raise ConfigError(
+                f"ctx_init {text!r} is {len(ids)} tokens but n_ctx_text={n_ctx}; give a phrase of "
+                "n_ctx_text tokens, or an empty ctx_init for random context vectors"
+            )
+        emb = self.clip.token_embedding.weight
+        with torch.no_grad():
+            return emb[torch.tensor(ids, device=emb.device)]  # (n_ctx, W)
+
+    def _tokenize(self, texts_ids: list[list[int]], names: list[str]) -> Tensor:
+        """Token ids (N, context_length): SOS, ids, EOT, zero padding; too long -> cut, EOT kept."""
+        length = self.clip.context_length
+        sot, eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+        out = torch.zeros(len(texts_ids), length, dtype=torch.long)
+        for row, (ids, name) in enumerate(zip(texts_ids, names, strict=True)):
+            seq = [sot, *ids, eot]
+            if len(seq) > length:
+                logger.warning("prompt of class %r cut to %d tokens", name, length)
+                seq = seq[: length - 1] + [eot]
+            out[row, : len(seq)] = torch.tensor(seq)
+        return out
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Use these classes from now on (for example the novel classes, same learned prompts)."""
+        if not classnames:
+            raise ModelError("class names: the list is empty")
+        names = [prompt_classname(c) for c in classnames]
+        if self.n_ctx_text:
+            # Placeholder ids for the context positions; their embeddings are overwritten.
+            placeholder = self.tokenizer.encode("X")
+            ids = [placeholder * self.n_ctx_text + self.tokenizer.encode(f"{n}.") for n in names]
+        else:
+            prefix = f"{self.ctx_init} " if self.ctx_init else ""
+            ids = [self.tokenizer.encode(f"{prefix}{n}.") for n in names]
+        tokens = self._tokenize(ids, names).to(self.clip.positional_embedding.device)
+        self.text_tokens = tokens  # (n_cls, context_length)
+        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
+        self.classnames = list(classnames)
+
+    # ----- nn.Module plumbing -----
+
+    def train(self, mode: bool = True) -> PromptedCLIP:
+        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The prompt tensors, the only parameters an optimizer should see."""
+        return [p for p in (self.text_prompts, self.vision_prompts) if p is not None]
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The prompt tensors only (kilobytes), detached copies on their current device."""
+        out = {}
+        for name in ("text_prompts", "vision_prompts"):
+            p = getattr(self, name)
+            if p is not None:
+                out[name] = p.detach().clone()
+        return out
+
+    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
+        own = self.prompt_state_dict()
+        for key in own:
+            if key not in state:
+                raise ModelError(f"prompt state dict: missing key {key!r}")
+        for key in state:
+            if key not in own:
+                raise ModelError(
+                    f"prompt state dict: unexpected key {key!r} (this model has {sorted(own)})"
+                )
+        for key, value in state.items():
+            if not isinstance(value, Tensor) or value.shape != own[key].shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ModelError(
+                    f"prompt state dict: key {key!r} has shape {shape}, this model expects "
+                    f"{tuple(own[key].shape)}"
+                )
+        with torch.no_grad():
+            for key, value in state.items():
+                getattr(self, key).copy_(value)
+
+    # ----- features -----
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp of CLIP's learned temperature (scalar)."""
+        return self.clip.logit_scale.exp()
+
+    def encode_text(self) -> Tensor:
+        """L2-normalised prompted text features of the current classes (n_cls, D)."""
+        feats = encode_text_tokens(
+            self.clip,
+            self.text_tokens,
+            self.text_eot,
+            self.text_prompts,
+            truncate=self.truncate_text,
+        )  # (n_cls, D)
+        return F.normalize(feats, dim=-1)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """L2-normalised prompted image features (B, D) of ``images`` (B, 3, H, W)."""
+        feats = encode_image_prompted(self.clip.visual, images, self.vision_prompts)  # (B, D)
+        return F.normalize(feats, dim=-1)
+
+    def forward(self, images: Tensor, text_features: Tensor | None = None) -> PromptOutput:
+        """Logits (B, n_cls) of ``images`` (B, 3, H, W) against the current classes.
+
+        ``text_features`` (n_cls, D), normalised, skips re-encoding the class prompts (evaluation
+        encodes them once with ``encode_text``).
+        """
+        text = self.encode_text() if text_features is None else text_features  # (n_cls, D)
+        image = self.encode_image(images)  # (B, D)
+        logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
+        return PromptOutput(logits=logits, image=image, text=text)
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
+        visual = self.clip.visual
+        return self.clip.encode_image(images.to(visual.conv1.weight.dtype), normalize=True)
+
+    @torch.no_grad()
+    def frozen_text_features(
+        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
+    ) -> Tensor:
+        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+        if not classnames:
+            raise ModelError("class names: the list is empty")
+        if "{}" not in template:
+            raise ConfigError(f"template {template!r} has no '{{}}' for the class name")
+        names = [prompt_classname(c) for c in classnames]
+        ids = [self.tokenizer.encode(template.format(n)) for n in names]
+        tokens = self._tokenize(ids, names).to(self.text_tokens.device)  # (n_cls, L)
+        eot = eot_positions(tokens, self.tokenizer.eot_token_id)
+        feats = encode_text_tokens(self.clip, tokens, eot, None, truncate=True)  # (n_cls, D)
+        return F.normalize(feats, dim=-1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"model={self.model_name!r}, n_cls={len(self.classnames)}, "
+            f"text=(n_ctx={self.n_ctx_text}, depth={self.depth_text}), "
+            f"vision=(n_ctx={self.n_ctx_vision}, depth={self.depth_vision})"
+        )
+
+
+def _check_setting(
+    name: str, value: Any, low: int, layers: tuple[int, str, str] | None = None
+) -> None:
+    """``value`` an int >= ``low`` and, for a depth, at most the tower's (count, tower, model)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
+    if layers is not None and value > layers[0]:
+        count, tower, model_name = layers
+        raise ConfigError(f"{name}={value}: model {model_name!r} has only {count} {tower} layers")
