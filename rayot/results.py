@@ -94,7 +94,7 @@ def make_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(full, schema=SCHEMA)
 
 
-def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, ValueError):
@@ -107,8 +107,21 @@ def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def trial_path(location: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
-    fs, base = _filesystem(location)
+    fs, base = filesystem(location)
     return fs, f"{base.rstrip('/')}/{trial_id}.parquet"
+
+
+def write_file(location: str, name: str, data: bytes) -> str:
+    """Write ``data`` to ``<location>/<name>`` atomically (temporary name, then rename)."""
+    fs, base = filesystem(location)
+    path = f"{base.rstrip('/')}/{name}"
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+    return path
 
 
 def write_trial_rows(location: str, trial_id: str, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -137,7 +150,7 @@ def trial_status(location: str, trial_id: str) -> str | None:
 
 def finished_trials(location: str) -> dict[str, str]:
     """Map every trial id with a result file under ``location`` to its status."""
-    fs, base = _filesystem(location)
+    fs, base = filesystem(location)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return {}
     out: dict[str, str] = {}
@@ -155,7 +168,7 @@ def read_results(locations: Iterable[str]) -> pa.Table:
     """Read every trial file under the given locations into one table of :data:`SCHEMA`."""
     tables = []
     for location in locations:
-        fs, base = _filesystem(location)
+        fs, base = filesystem(location)
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:
             raise RayotError(f"results location {location!r} does not exist")

@@ -32,6 +32,13 @@ app.command("report")(report.report)
 err_console = Console(stderr=True)
 
 
+class _QuietThirdParty(logging.Filter):
+    """Drop the info chatter of open_clip (it logs through the root logger) unless --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"rayot {__version__}")
@@ -45,11 +52,14 @@ def _root(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
+    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    if not verbose:
+        handler.addFilter(_QuietThirdParty())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        handlers=[handler],
         force=True,
     )
 

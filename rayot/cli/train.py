@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+log = logging.getLogger(__name__)
 
 
-def train(config: str = typer.Argument(..., help="Trial configuration (YAML).")) -> None:
-    """Train and evaluate one trial."""
-    raise typer.Exit(1)
+def train(
+    config: Path = typer.Argument(..., help="Trial configuration (YAML)."),
+    overrides: list[str] = typer.Argument(None, help="Overrides as dotted key=value, e.g. loss.lambda_ot=1."),
+) -> None:
+    """Train and evaluate one trial; write its result rows (Parquet) and prompt checkpoint."""
+    from rayot import config as C
+    from rayot import results
+    from rayot.train import resolve_device, result_rows, run_trial, save_checkpoint
+
+    cfg = C.load_config(config, overrides or [])
+    tid = C.trial_id(cfg)
+    device = resolve_device(cfg.device)
+    console = Console()
+    console.print(
+        f"trial [bold]{tid}[/]: {cfg.method} on {cfg.data.dataset} ({cfg.data.protocol}), "
+        f"seed {cfg.seed}, {cfg.model.name}/{cfg.model.checkpoint or cfg.model.pretrained}, {device}"
+    )
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  ce {task.fields[ce]:.4f}  reg {task.fields[reg]:.4f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=None, epoch="-", loss=0.0, ce=0.0, reg=0.0)
+
+        def on_progress(p) -> None:
+            bar.update(task, completed=p.step, total=p.steps, epoch=f"{p.epoch + 1}/{p.epochs}",
+                       loss=p.loss, ce=p.ce, reg=p.reg)
+
+        outcome = run_trial(cfg, device=device, progress=on_progress)
+    rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds)
+    path = results.write_trial_rows(cfg.output.results, tid, rows)
+    ckpt = save_checkpoint(Path(cfg.output.checkpoints) / tid / "prompt.pt", cfg, outcome.prompt_state)
+    for r in outcome.evals:
+        console.print(f"{r.protocol:>22} {r.eval_dataset:>16} {r.split:>6}: {r.accuracy:6.2f}% of {r.n_test}")
+    console.print(f"results: {path}\ncheckpoint: {ckpt}")

@@ -1,0 +1,525 @@
+"""One trial: train the prompts on a dataset's few-shot subset, evaluate on the protocol's splits.
+
+:func:`run_trial` is the single entry point that `rayot train` and a Ray trial both call. The
+distributed layer (Ray Train) plugs in through :class:`TrialHooks`: how the model is wrapped, how
+the training sampler shards the data, where epoch checkpoints go and where a resumed run starts.
+This module itself knows nothing about Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from rayot import config as C
+from rayot.data import ImageDataset, Task, build_task, template_for, test_transform, train_transform
+from rayot.errors import DataError, TrainingError
+from rayot.losses import prompt_ot_loss, total_loss
+from rayot.model import PromptedCLIP, load_clip
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+@dataclass
+class Progress:
+    """What a progress display needs after each logged step or epoch."""
+
+    epoch: int  # 0-based
+    epochs: int
+    step: int  # steps done in this epoch
+    steps: int  # steps per epoch
+    loss: float
+    ce: float
+    reg: float
+    lr: float
+
+
+class TrialHooks:
+    """Single-process defaults; the Ray layer subclasses this for DDP and checkpoint storage."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Wrap the prompted model for data-parallel training (DDP); identity here."""
+        return model
+
+    def train_sampler(self, dataset: Dataset, seed: int) -> Sampler:
+        """The training sampler; must be reshuffled per epoch by :meth:`set_epoch`."""
+        return _EpochRandomSampler(dataset, seed)
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The last epoch checkpoint of an interrupted run of this trial, if any."""
+        return None
+
+    def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Called on every rank after each epoch with the resumable training state."""
+
+    def should_evaluate(self) -> bool:
+        """Whether this rank evaluates the final model (rank 0 only under DDP)."""
+        return self.rank == 0
+
+
+class _EpochRandomSampler(Sampler[int]):
+    """A random permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.n = len(dataset)  # type: ignore[arg-type]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _SeededAugment(Dataset):
+    """Seeds the random augmentation of each item from (seed, epoch, index).
+
+    The crops and flips of a sample then do not depend on the number of data-loader workers,
+    on how DDP shards the data or on whether the run was resumed: the same configuration and
+    seed give the same training inputs everywhere.
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base = base
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.base[index]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+ASSET_PREFIX = "rayot:"
+
+
+def resolve_weights_path(checkpoint: str | None) -> str | None:
+    """``rayot:NAME`` names a file shipped in the package (``rayot/assets/NAME``), e.g. the
+    demo model; it keeps a configuration, and so its trial id, the same on every machine."""
+    if checkpoint is None or not checkpoint.startswith(ASSET_PREFIX):
+        return checkpoint
+    from importlib.resources import files
+
+    return str(files("rayot") / "assets" / checkpoint[len(ASSET_PREFIX):])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The one autocast path: ``None`` for fp32, else the low-precision compute dtype."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lr_at_epoch(epoch: int, optim: C.OptimConfig) -> float:
+    """Constant warm-up, then cosine over the max epoch count, stepped once per epoch."""
+    if epoch < optim.warmup_epochs:
+        return optim.warmup_lr
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / max(optim.epochs, 1)))
+
+
+def resolve_template(cfg: C.TrialConfig, dataset: str) -> str:
+    """The text template of the frozen reference (and zero-shot) text features."""
+    match cfg.data.template:
+        case "default":
+            return DEFAULT_TEMPLATE
+        case "dataset":
+            return template_for(dataset)
+        case literal:
+            return literal
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None,
+            drop_last: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        worker_init_fn=_seed_worker if num_workers else None,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    protocol: str
+    eval_dataset: str
+    split: str
+    n_correct: int
+    n_test: int
+    n_classes: int
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.n_correct / self.n_test
+
+
+@torch.no_grad()
+def evaluate(
+    model: PromptedCLIP,
+    task: Task,
+    *,
+    zero_shot: bool,
+    template: str,
+    image_size: int,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    num_workers: int,
+) -> tuple[int, int]:
+    """Top-1 correct count and test size of ``model`` on ``task``'s test split (protocol.md §5).
+
+    The class prompts are encoded once, not per test batch.
+    """
+    if not task.test:
+        raise DataError(f"dataset {task.dataset}: the test split is empty")
+    amp = autocast_dtype(precision)
+    model.eval()
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        if zero_shot:
+            text = model.frozen_text_features(task.classnames, template)  # (n_cls, D)
+        else:
+            model.set_classnames(task.classnames)
+            text = model.encode_text()  # (n_cls, D)
+    text = text.float()
+    scale = model.logit_scale.exp().float()
+    dataset = ImageDataset(task.test, task.image_root, test_transform(image_size), task.dataset)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for images, labels in _loader(dataset, batch_size, num_workers):
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            image = model.frozen_image_features(images) if zero_shot else model.encode_image(images)
+        logits = scale * image.float() @ text.T  # (B, n_cls)
+        correct += (logits.argmax(dim=-1) == labels).sum()
+    return int(correct.item()), len(dataset)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
+    """Stop on a NaN or infinite loss, naming the step and the loss terms (one sync per check)."""
+    if not losses:
+        return
+    terms = torch.stack(losses).float().cpu()  # (n_steps, 3): total, ce, reg
+    bad = (~torch.isfinite(terms)).any(dim=1).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        total, ce, reg = terms[i].tolist()
+        raise TrainingError(
+            f"non-finite loss at epoch {epoch + 1}, step {first_step + i + 1}: "
+            f"total={total}, cross_entropy={ce}, regularizer={reg}"
+        )
+
+
+def train_prompts(
+    cfg: C.TrialConfig,
+    model: PromptedCLIP,
+    task: Task,
+    *,
+    image_size: int,
+    device: torch.device,
+    hooks: TrialHooks,
+    progress: Callable[[Progress], None] | None = None,
+) -> None:
+    """Train the prompt parameters of ``model`` in place for ``cfg.optim.epochs`` epochs."""
+    o, lc = cfg.optim, cfg.loss
+    if not task.train:
+        raise DataError(
+            f"dataset {task.dataset}: the training subset is empty "
+            f"(shots={cfg.data.shots}, seed={cfg.seed}, protocol={cfg.data.protocol})"
+        )
+    use_reg = lc.regularizer != "none" and lc.lambda_ot > 0
+    amp = autocast_dtype(cfg.precision)
+    params = list(model.trainable_parameters())
+    optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
+    start_epoch = 0
+    state = hooks.resume_state()
+    if state is not None:
+        model.load_prompt_state_dict(state["prompt"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info("resuming from the checkpoint of epoch %d", start_epoch)
+    ddp_model = hooks.prepare_model(model)
+
+    template = resolve_template(cfg, task.dataset)
+    text_ref_all = None
+    if use_reg:
+        with torch.no_grad():
+            text_ref_all = model.frozen_text_features(task.classnames, template).float()  # (n_cls, D)
+
+    dataset = _SeededAugment(
+        ImageDataset(task.train, task.image_root, train_transform(image_size), task.dataset), cfg.seed
+    )
+    sampler = hooks.train_sampler(dataset, cfg.seed)
+    # drop the last incomplete batch when the set holds at least one batch (protocol.md §6)
+    drop_last = len(dataset) // hooks.world_size >= o.batch_size
+    loader = _loader(dataset, o.batch_size, cfg.data.num_workers, sampler, drop_last)
+    steps = len(loader)
+    if steps == 0:
+        raise DataError(f"dataset {task.dataset}: the training subset gives no batch on this worker")
+
+    for epoch in range(start_epoch, o.epochs):
+        # the whole epoch is a function of (state at its start, seed, epoch): resumable exactly
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        dataset.set_epoch(epoch)
+        lr = lr_at_epoch(epoch, o)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        pending: list[torch.Tensor] = []
+        first = 0
+        for step, (images, labels) in enumerate(loader):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = ddp_model(images)
+                if use_reg:
+                    with torch.no_grad():
+                        image_ref = model.frozen_image_features(images)  # (B, D)
+                    reg = prompt_ot_loss(
+                        out.image.float(),
+                        image_ref.float(),
+                        out.text[labels].float(),  # (B, D): each sample's class
+                        text_ref_all[labels],
+                        eta=lc.eta,
+                        solver=lc.solver,
+                        epsilon=lc.epsilon,
+                        tau=lc.tau,
+                        n_iters=lc.n_iters,
+                        modality=lc.modality,
+                        regularizer=lc.regularizer,
+                    )
+                else:
+                    reg = torch.zeros((), device=device)
+            loss = total_loss(out.logits, labels, reg, lc.lambda_ot if use_reg else 0.0)
+            with torch.no_grad():
+                ce = F.cross_entropy(out.logits.float(), labels)  # logged apart from the total
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            pending.append(torch.stack([loss.detach(), ce.detach(), reg.detach()]))
+            if len(pending) == o.log_every or step == steps - 1:
+                _check_finite(pending, first, epoch)
+                last = pending[-1].float().tolist()
+                if progress is not None:
+                    progress(Progress(epoch, o.epochs, step + 1, steps, *last, lr))
+                first = step + 1
+                pending = []
+        log.info("epoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", epoch + 1, o.epochs, *last, lr)
+        hooks.save_epoch(
+            epoch,
+            {"prompt": model.prompt_state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            {"epoch": epoch + 1, "loss": last[0], "ce": last[1], "reg": last[2], "lr": lr},
+        )
+
+
+def result_rows(
+    cfg: C.TrialConfig, results: list[EvalResult], *, train_seconds: float, sweep: str | None = None
+) -> list[dict[str, Any]]:
+    """The Parquet rows of a finished trial (schema: :mod:`rayot.results`)."""
+    tid = C.trial_id(cfg)
+    config_json = C.to_json(cfg)
+    return [
+        {
+            "trial_id": tid,
+            "status": "done",
+            "method": cfg.method,
+            "protocol": r.protocol,
+            "dataset": cfg.data.dataset,
+            "eval_dataset": r.eval_dataset,
+            "split": r.split,
+            "seed": cfg.seed,
+            "shots": cfg.data.shots,
+            "backbone": cfg.model.name,
+            "pretrained": cfg.model.checkpoint or cfg.model.pretrained or "random",
+            "accuracy": r.accuracy,
+            "n_correct": r.n_correct,
+            "n_test": r.n_test,
+            "n_classes": r.n_classes,
+            "lambda_ot": cfg.loss.lambda_ot,
+            "regularizer": cfg.loss.regularizer,
+            "modality": cfg.loss.modality,
+            "solver": cfg.loss.solver,
+            "epsilon": cfg.loss.epsilon,
+            "epochs": cfg.optim.epochs,
+            "sweep": sweep,
+            "config": config_json,
+            "train_seconds": train_seconds,
+        }
+        for r in results
+    ]
+
+
+def failure_row(cfg: C.TrialConfig, error: str, *, sweep: str | None = None) -> dict[str, Any]:
+    """The single row that records a failed trial with its error."""
+    row = result_rows(cfg, [EvalResult(cfg.data.protocol, cfg.data.dataset, "", 0, 1, 0)],
+                      train_seconds=0.0, sweep=sweep)[0]
+    row.update(status="failed", error=error, accuracy=None, n_correct=None, n_test=None,
+               n_classes=None, split="", train_seconds=None)
+    return row
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    evals: list[EvalResult]
+    prompt_state: dict[str, torch.Tensor]
+    train_seconds: float
+
+
+def run_trial(
+    cfg: C.TrialConfig,
+    *,
+    device: torch.device | None = None,
+    hooks: TrialHooks | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> TrialOutcome:
+    """Train (unless zero-shot) and evaluate one trial; returns its evaluations.
+
+    Writing results and checkpoints is the caller's job (:func:`save_outcome`), so that the
+    single-process CLI and the distributed Ray trial share this function unchanged.
+    """
+    hooks = hooks or TrialHooks()
+    device = device or resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    loaded = load_clip(
+        cfg.model.name,
+        cfg.model.pretrained,
+        checkpoint=resolve_weights_path(cfg.model.checkpoint),
+        cache_dir=cfg.model.cache_dir,
+        device=device,
+    )
+    root, d = cfg.data.root, cfg.data
+    zero_shot = cfg.method == "zeroshot"
+    train_task = build_task(d.dataset, root, shots=0 if zero_shot else d.shots, seed=cfg.seed,
+                            subsample=C.train_subsample(cfg))
+    p = cfg.prompt
+    model = PromptedCLIP(
+        loaded,
+        train_task.classnames,
+        n_ctx_text=p.n_ctx_text,
+        n_ctx_vision=p.n_ctx_vision,
+        depth_text=p.depth_text,
+        depth_vision=p.depth_vision,
+        ctx_init=p.ctx_init,
+    ).to(device)
+
+    t0 = time.perf_counter()
+    if not zero_shot and cfg.optim.epochs > 0:
+        train_prompts(cfg, model, train_task, image_size=loaded.image_size, device=device,
+                      hooks=hooks, progress=progress)
+    train_seconds = time.perf_counter() - t0
+
+    evals: list[EvalResult] = []
+    if hooks.should_evaluate():
+        for protocol, eval_dataset, split in C.eval_targets(cfg):
+            if eval_dataset == d.dataset and split == C.train_subsample(cfg):
+                task = train_task
+            else:
+                subsample = split if split in ("base", "novel") else "all"
+                task = build_task(eval_dataset, root, shots=0, seed=cfg.seed, subsample=subsample)
+            n_correct, n_test = evaluate(
+                model,
+                task,
+                zero_shot=zero_shot,
+                template=resolve_template(cfg, eval_dataset),
+                image_size=loaded.image_size,
+                device=device,
+                precision=cfg.precision,
+                batch_size=cfg.optim.eval_batch_size,
+                num_workers=cfg.data.num_workers,
+            )
+            evals.append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
+            log.info("%s %s (%s): %.2f%% of %d", protocol, eval_dataset, split, evals[-1].accuracy, n_test)
+    return TrialOutcome(C.trial_id(cfg), evals, model.prompt_state_dict(), train_seconds)
+
+
+def checkpoint_payload(cfg: C.TrialConfig, prompt_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What a final checkpoint holds: the prompt parameters and the resolved configuration only."""
+    return {"prompt": {k: v.detach().cpu() for k, v in prompt_state.items()}, "config": C.to_json(cfg)}
+
+
+def save_checkpoint(path: str | Path, cfg: C.TrialConfig, prompt_state: dict[str, torch.Tensor]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(checkpoint_payload(cfg, prompt_state), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[C.TrialConfig, dict[str, torch.Tensor]]:
+    """Read a final checkpoint (``weights_only=True``): its configuration and prompt state."""
+    from rayot.errors import ModelError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path}: not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ModelError(f"checkpoint {path}: not a rayot checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or "prompt" not in payload or "config" not in payload:
+        raise ModelError(f"checkpoint {path}: expected keys 'prompt' and 'config'")
+    import json
+
+    return C.from_dict(json.loads(payload["config"])), payload["prompt"]
