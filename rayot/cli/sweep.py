@@ -2,9 +2,74 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+log = logging.getLogger(__name__)
 
 
-def sweep(spec: str = typer.Argument(..., help="Sweep specification (YAML).")) -> None:
-    """Run every trial of a sweep."""
-    raise typer.Exit(1)
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep specification (YAML), e.g. sweeps/smoke.yaml."),
+    address: str = typer.Option(
+        None, "--address", help="Join a running Ray cluster ('auto', 'ray://host:10001', 'host:6379'). "
+        "Without it an embedded local Ray is started."
+    ),
+    results_dir: str = typer.Option(None, "--results", help="Results location (path or URI); overrides the spec."),
+    checkpoints: str = typer.Option(None, "--checkpoints", help="Checkpoint location (path or URI); overrides the spec."),
+    sets: list[str] = typer.Option(
+        None, "--set", help="A trial-configuration override for every trial, e.g. --set data.root=/mnt/data."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table and exit."),
+    retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Print the Base / Novel / HM table at the end."),
+) -> None:
+    """Run every trial of a sweep that has no finished result yet."""
+    from rayot import config as C
+    from rayot import results
+    from rayot.sweep.spec import expand, load_spec
+
+    console = Console()
+    s = load_spec(spec)
+    trials = expand(s, results=results_dir, checkpoints=checkpoints,
+                    sets=C.flatten(C.parse_overrides(sets or [])))
+    results_location = trials[0].output.results if trials else s.storage.results
+    if dry_run:
+        from rayot.sweep.runner import TrialState, plan_table
+
+        done = results.finished_trials(results_location)
+        states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]
+        n_done = sum(st.status == "done" for st in states)
+        console.print(plan_table(states, f"sweep {s.name}: {len(states)} trials"))
+        console.print(f"{len(states)} trials, {n_done} already done, {len(states) - n_done} to run; "
+                      f"results: {results_location}")
+        return
+
+    from rayot.sweep.runner import failures_table, run_sweep, summary_table
+
+    t0 = time.monotonic()
+    summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed)
+    console.print(summary_table(summary))
+    if summary.failed:
+        console.print(failures_table(summary))
+    console.print(f"wall time {time.monotonic() - t0:.0f}s; results: {results_location}")
+    if report:
+        _print_report(console, results_location, s.name)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_report(console: Console, location: str, sweep_name: str) -> None:
+    from rayot import results
+    from rayot.report import build_report, print_report
+
+    import pyarrow.compute as pc
+
+    table = results.read_results([location])
+    table = table.filter(pc.equal(table.column("sweep"), sweep_name))
+    if table.num_rows == 0:
+        return
+    print_report(build_report(table), console)

@@ -1,0 +1,160 @@
+"""What runs inside Ray: the Ray Train worker function and the Tune trial (driver) function.
+
+Layering (Ray Train V2): a Tune trial runs :func:`tune_driver`, which builds a ``TorchTrainer``
+and fits it; the trainer runs :func:`train_worker` on each data-parallel rank. Both call into the
+library (:func:`rayot.train.run_trial`) through :class:`RayTrainHooks`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray import tune
+from ray.train.torch import TorchTrainer
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from rayot import config as C
+from rayot import results
+from rayot.errors import RayotError
+from rayot.train import TrialHooks, checkpoint_payload, failure_row, result_rows, run_trial
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+#: Test-only fault injection: "EPOCH:MARKER" kills rank 0 once, right after checkpointing EPOCH.
+FAULT_ENV = "RAYOT_INJECT_FAULT"
+
+
+class RayTrainHooks(TrialHooks):
+    """DDP through Ray Train, sharded sampling, per-epoch checkpoints in the run's storage."""
+
+    def __init__(self, fault: str | None = None) -> None:
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.fault = fault
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size == 1:
+            return model
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    def train_sampler(self, dataset: Dataset, seed: int) -> Sampler:
+        if self.world_size == 1:
+            return super().train_sampler(dataset, seed)
+        return DistributedSampler(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed
+        )
+
+    def resume_state(self) -> dict[str, Any] | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+    def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
+        metrics = {**metrics, "status": "running"}
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(state, Path(tmp) / STATE_FILE)
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+                )
+        else:
+            ray.train.report(metrics)
+        if self.fault and self.rank == 0:
+            at, marker = self.fault.split(":", 1)
+            if int(at) == epoch + 1 and not os.path.exists(marker):
+                Path(marker).write_text(f"killed after epoch {epoch + 1}\n")
+                os._exit(1)  # a hard worker death, as a lost node would cause
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, RayotError) else str(exc)
+
+
+def write_log(checkpoints: str, trial_id: str, text: str) -> str:
+    """Store a failed trial's traceback next to its checkpoints; returns the path."""
+    return results.write_file(checkpoints, f"logs/{trial_id}.log", text.encode())
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train rank of one trial."""
+    cfg = C.from_dict(json.loads(loop_config["config"]))
+    tid = C.trial_id(cfg)
+    hooks = RayTrainHooks(loop_config.get("fault"))
+    device = ray.train.torch.get_device()
+    try:
+        outcome = run_trial(cfg, device=device, hooks=hooks)
+    except (RayotError, torch.OutOfMemoryError) as exc:
+        # bad input, a NaN loss or too little memory: retrying cannot help, so record and stop
+        if hooks.rank == 0:
+            results.write_trial_rows(
+                cfg.output.results, tid, [failure_row(cfg, _error_text(exc), sweep=loop_config["sweep"])]
+            )
+            write_log(cfg.output.checkpoints, tid, traceback.format_exc())
+        ray.train.report({"status": "failed", "error": _error_text(exc)})
+        return
+    if hooks.rank == 0:
+        buffer = io.BytesIO()
+        torch.save(checkpoint_payload(cfg, outcome.prompt_state), buffer)
+        results.write_file(cfg.output.checkpoints, f"trial-{tid}/prompt.pt", buffer.getvalue())
+        rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds,
+                           sweep=loop_config["sweep"])
+        results.write_trial_rows(cfg.output.results, tid, rows)
+    ray.train.report({"status": "done"})
+
+
+def _storage_path(location: str) -> str:
+    """Ray wants an absolute local path or a URI."""
+    if "://" in location:
+        return location
+    return os.path.abspath(location)
+
+
+def tune_driver(param: dict[str, Any]) -> None:
+    """One Tune trial: fit a TorchTrainer for one trial configuration, record a failure if any."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = C.from_dict(json.loads(param["config"]))
+    tid = C.trial_id(cfg)
+    r = param["resources"]
+    use_gpu = r["gpus_per_worker"] > 0
+    per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"]} if use_gpu else {})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": param["config"], "sweep": param["sweep"], "fault": param.get("fault")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r["num_workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"trial-{tid}",  # deterministic: a re-run resumes from this run's checkpoints
+            storage_path=_storage_path(cfg.output.checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
+        error = _error_text(exc)
+        results.write_trial_rows(cfg.output.results, tid, [failure_row(cfg, error, sweep=param["sweep"])])
+        path = write_log(cfg.output.checkpoints, tid, "".join(traceback.format_exception(exc)))
+        tune.report({"status": "failed", "error": error, "log": path})
+        return
+    status = results.trial_status(cfg.output.results, tid) or "failed"
+    tune.report({"status": status})
