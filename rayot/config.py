@@ -30,23 +30,13 @@ from typing import Any
 
 import yaml
 
+from rayot.data import protocols as _protocols
 from rayot.errors import ConfigError
 
 METHODS = ("zeroshot", "coop", "ivlp", "prompt_ot", "pointwise")
-PROTOCOLS = ("base2novel", "cross_dataset", "domain_generalization", "transfer", "few_shot")
-CROSS_DATASET_TARGETS = (
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
-DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+PROTOCOLS = _protocols.PROTOCOLS
+CROSS_DATASET_TARGETS = _protocols.CROSS_DATASET_TARGETS
+DG_TARGETS = _protocols.DOMAIN_GENERALIZATION_TARGETS
 
 
 @dataclass(frozen=True)

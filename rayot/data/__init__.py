@@ -17,7 +17,6 @@ from rayot.data.fewshot import (
     write_subset,
 )
 from rayot.data.items import DatasetSplits, Item
-from rayot.data.protocols import EvalTarget, eval_targets, train_subsample
 from rayot.data.readers import read_dataset, read_split_file
 from rayot.data.specs import DATASETS, DatasetSpec, get_spec, prompt_classname, template_for
 from rayot.data.task import Task, build_task
@@ -53,12 +52,10 @@ __all__ = [
     "SUBSAMPLES",
     "DatasetSpec",
     "DatasetSplits",
-    "EvalTarget",
     "ImageDataset",
     "Item",
     "Task",
     "build_task",
-    "eval_targets",
     "fewshot",
     "get_spec",
     "load_image",
@@ -71,7 +68,6 @@ __all__ = [
     "subsample_classes",
     "template_for",
     "test_transform",
-    "train_subsample",
     "train_transform",
     "write_subset",
 ]

@@ -140,7 +140,7 @@ def expand(spec: SweepSpec, *, results: str | None = None, checkpoints: str | No
             raise ConfigError(f"grid key {sorted(overlap)[0]!r} is both in 'grid' and in a block of 'grids'")
         axes = {**block, **spec.grid}
         for combo in itertools.product(*axes.values()):
-            flat = dict(zip(axes, combo))
+            flat = dict(zip(axes, combo, strict=True))
             flat.update(sets or {})
             flat["output.results"] = results or spec.storage.results
             flat["output.checkpoints"] = checkpoints or spec.storage.checkpoints
