@@ -23,6 +23,10 @@ def sweep(
     sets: list[str] = typer.Option(
         None, "--set", help="A trial-configuration override for every trial, e.g. --set data.root=/mnt/data."
     ),
+    max_concurrent: int = typer.Option(
+        None, "--max-concurrent", min=1,
+        help="Trials at once; overrides the spec. Needed on an autoscaling cluster that starts empty.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table and exit."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
     report: bool = typer.Option(True, "--report/--no-report", help="Print the Base / Novel / HM table at the end."),
@@ -48,10 +52,13 @@ def sweep(
                       f"results: {results_location}")
         return
 
+    from rayot.cli._common import ensure_synthetic
     from rayot.sweep.runner import failures_table, run_sweep, summary_table
 
+    ensure_synthetic(c.data.root for c in trials if c.data.dataset == "synthetic")
     t0 = time.monotonic()
-    summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed)
+    summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed,
+                        max_concurrent=max_concurrent)
     console.print(summary_table(summary))
     if summary.failed:
         console.print(failures_table(summary))
@@ -63,10 +70,10 @@ def sweep(
 
 
 def _print_report(console: Console, location: str, sweep_name: str) -> None:
+    import pyarrow.compute as pc
+
     from rayot import results
     from rayot.report import build_report, print_report
-
-    import pyarrow.compute as pc
 
     table = results.read_results([location])
     table = table.filter(pc.equal(table.column("sweep"), sweep_name))

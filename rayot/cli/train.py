@@ -19,9 +19,12 @@ def train(
     """Train and evaluate one trial; write its result rows (Parquet) and prompt checkpoint."""
     from rayot import config as C
     from rayot import results
+    from rayot.cli._common import ensure_synthetic
     from rayot.train import resolve_device, result_rows, run_trial, save_checkpoint
 
     cfg = C.load_config(config, overrides or [])
+    if cfg.data.dataset == "synthetic":
+        ensure_synthetic([cfg.data.root])
     tid = C.trial_id(cfg)
     device = resolve_device(cfg.device)
     console = Console()

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 #: Resources of the Tune trial itself: it only drives its Train run, which holds the real ones.
 DRIVER_RESOURCES = {"CPU": 0.01}
+#: A custom resource that cluster/ puts on the head node, so that drivers stay off (spot) workers.
+DRIVER_SLOT = "driver_slot"
+
+
+def driver_resources() -> dict[str, float]:
+    """Ask for a driver slot where the cluster offers them; plain CPU otherwise (embedded Ray)."""
+    if ray.cluster_resources().get(DRIVER_SLOT, 0) >= 1:
+        return {**DRIVER_RESOURCES, DRIVER_SLOT: 1}
+    return dict(DRIVER_RESOURCES)
 
 
 @dataclass
@@ -151,10 +160,10 @@ def _connect(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
 
 
-def _concurrency(spec: SweepSpec) -> int:
+def _concurrency(spec: SweepSpec, max_concurrent: int | None) -> int:
     r = spec.resources
-    if r.max_concurrent_trials:
-        return r.max_concurrent_trials
+    if max_concurrent or r.max_concurrent_trials:
+        return max_concurrent or r.max_concurrent_trials
     total = ray.cluster_resources()
     if r.gpus_per_worker > 0:
         fit = int(total.get("GPU", 0) // (r.gpus_per_worker * r.num_workers))
@@ -162,7 +171,8 @@ def _concurrency(spec: SweepSpec) -> int:
         fit = int(total.get("CPU", 1) // (r.cpus_per_worker * r.num_workers))
     if fit < 1:
         log.warning("the cluster has no room for a trial yet; running one at a time "
-                    "(set resources.max_concurrent_trials for an autoscaling cluster)")
+                    "(pass --max-concurrent N or set resources.max_concurrent_trials for an "
+                    "autoscaling cluster)")
     return max(fit, 1)
 
 
@@ -183,6 +193,7 @@ def run_sweep(
     address: str | None,
     console: Console,
     retry_failed: bool = True,
+    max_concurrent: int | None = None,
 ) -> SweepSummary:
     """Run every trial that has no finished result; returns the final state of each trial."""
     results_location = trials[0].output.results if trials else spec.storage.results
@@ -201,7 +212,7 @@ def run_sweep(
     _connect(address)
     _check_storage(results_location, "results")
     _check_storage(trials[0].output.checkpoints, "checkpoint")
-    concurrency = _concurrency(spec)
+    concurrency = _concurrency(spec, max_concurrent)
     fault = os.environ.get(FAULT_ENV)
     param_space = {
         "trial": tune.grid_search(
@@ -219,7 +230,7 @@ def run_sweep(
     }
     view = LiveView(states, concurrency)
     tuner = tune.Tuner(
-        tune.with_resources(lambda param: tune_driver(param["trial"]), DRIVER_RESOURCES),
+        tune.with_resources(lambda param: tune_driver(param["trial"]), driver_resources()),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,

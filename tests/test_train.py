@@ -1,0 +1,93 @@
+"""One trial end to end on the synthetic world with a tiny model (CPU, seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import tiny_overrides
+from typer.testing import CliRunner
+
+from rayot import config as C
+from rayot import results
+from rayot.cli import app
+from rayot.errors import DataError, TrainingError
+from rayot.train import Progress, load_checkpoint, lr_at_epoch, run_trial
+
+
+def _cfg(synth_root, tmp_path, **extra):
+    return C.load_config(None, tiny_overrides(synth_root, tmp_path, **extra))
+
+
+def _losses(cfg, **kw):
+    seen: list[Progress] = []
+    outcome = run_trial(cfg, progress=seen.append, **kw)
+    return outcome, seen
+
+
+def test_schedule_is_constant_warmup_then_per_epoch_cosine():
+    o = C.OptimConfig(epochs=4, lr=0.01, warmup_epochs=1, warmup_lr=1e-4)
+    assert lr_at_epoch(0, o) == 1e-4
+    assert lr_at_epoch(1, o) == pytest.approx(0.5 * 0.01 * (1 + math.cos(math.pi / 4)))
+    assert lr_at_epoch(2, o) == pytest.approx(0.005)
+
+
+def test_trial_is_reproducible_and_pins_its_first_losses(synth_root, tmp_path):
+    cfg = _cfg(synth_root, tmp_path, **{"optim.log_every": 1})
+    first, seen = _losses(cfg)
+    again, seen2 = _losses(cfg)
+    assert [p.loss for p in seen] == [p.loss for p in seen2]
+    assert [e.n_correct for e in first.evals] == [e.n_correct for e in again.evals]
+    # pinned: silent numerical drift of the model, prompts, data or loss fails here
+    assert [round(p.loss, 4) for p in seen[:3]] == pytest.approx(FIRST_LOSSES, abs=2e-3)
+    assert [e.split for e in first.evals] == ["base", "novel"]
+    assert [e.n_test for e in first.evals] == [72, 72]  # 12 + 12 classes × 6 test images
+    assert all(p.reg > 0 for p in seen)  # Prompt-OT: the regularizer is on
+
+
+FIRST_LOSSES = [3.5313, 3.3264, 2.6334]
+
+
+def test_regularizer_off_for_ivlp_and_zero_shot_does_not_train(synth_root, tmp_path):
+    _, seen = _losses(_cfg(synth_root, tmp_path, method="ivlp"))
+    assert seen and all(p.reg == 0 for p in seen)
+    zs, seen = _losses(_cfg(synth_root, tmp_path, method="zeroshot"))
+    assert seen == [] and zs.train_seconds < 1.0
+    assert [e.n_test for e in zs.evals] == [72, 72]
+
+
+def test_nan_loss_stops_the_trial_naming_step_and_terms(synth_root, tmp_path, monkeypatch):
+    import rayot.train as T
+
+    monkeypatch.setattr(T, "prompt_ot_loss", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1: total=nan.*regularizer=nan"):
+        run_trial(_cfg(synth_root, tmp_path))
+
+
+def test_empty_training_subset_is_a_clear_error(synth_root, tmp_path):
+    cfg = _cfg(synth_root, tmp_path, **{"data.dataset": "dtd"})
+    with pytest.raises(DataError, match="dtd"):
+        run_trial(cfg)
+
+
+def test_rayot_train_writes_rows_and_a_small_checkpoint(synth_root, tmp_path):
+    config = tmp_path / "trial.yaml"
+    config.write_text("method: prompt_ot\nseed: 2\n")
+    args = ["train", str(config), *tiny_overrides(synth_root, tmp_path)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    cfg = C.load_config(config, tiny_overrides(synth_root, tmp_path))
+    tid = C.trial_id(cfg)
+    table = pq.read_table(tmp_path / "results" / f"{tid}.parquet")
+    assert table.schema.equals(results.SCHEMA)
+    rows = table.to_pylist()
+    assert [r["split"] for r in rows] == ["base", "novel"]
+    assert {r["trial_id"] for r in rows} == {tid} and {r["seed"] for r in rows} == {2}
+    assert all(r["status"] == "done" and 0 <= r["accuracy"] <= 100 for r in rows)
+    assert rows[0]["accuracy"] == pytest.approx(100 * rows[0]["n_correct"] / rows[0]["n_test"])
+    ckpt = tmp_path / "checkpoints" / tid / "prompt.pt"
+    assert ckpt.stat().st_size < 100_000  # prompts and config only, no CLIP weights
+    back, prompt = load_checkpoint(ckpt)
+    assert back == cfg and set(prompt) == {"text_prompts", "vision_prompts"}
