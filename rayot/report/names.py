@@ -1,0 +1,132 @@
+"""Names the report shows: dataset order, method display names, setting labels.
+
+Unknown methods, datasets and settings are shown as they are spelled in the results, so new
+methods need no change here to appear in a report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+#: The usual order of the base-to-novel benchmark (protocol.md §1, ray-notes §4.1).
+DATASETS: tuple[str, ...] = (
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+)
+SOURCE = "imagenet"
+#: Cross-dataset targets: the 10 datasets other than imagenet.
+CROSS_TARGETS: tuple[str, ...] = DATASETS[1:]
+#: Domain-generalization targets: the imagenet variants.
+DG_TARGETS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+DATASET_NAMES: dict[str, str] = {
+    "imagenet": "ImageNet",
+    "caltech101": "Caltech101",
+    "oxford_pets": "OxfordPets",
+    "stanford_cars": "StanfordCars",
+    "oxford_flowers": "Flowers102",
+    "food101": "Food101",
+    "fgvc_aircraft": "FGVCAircraft",
+    "sun397": "SUN397",
+    "dtd": "DTD",
+    "eurosat": "EuroSAT",
+    "ucf101": "UCF101",
+    "imagenetv2": "ImageNet-V2",
+    "imagenet_sketch": "ImageNet-Sketch",
+    "imagenet_a": "ImageNet-A",
+    "imagenet_r": "ImageNet-R",
+    "synthetic": "Synthetic",
+}
+
+#: method key -> (display name, a fixed setting that belongs to the name or None)
+METHOD_NAMES: dict[str, tuple[str, str | None]] = {
+    "zeroshot": ("CLIP", "zero-shot"),
+    "coop": ("CoOp", None),
+    "cocoop": ("CoCoOp", None),
+    "kgcoop": ("KgCoOp", None),
+    "maple": ("MaPLe", None),
+    "promptsrc": ("PromptSRC", None),
+    "ivlp": ("IVLP", "λ=0"),
+    "prompt_ot": ("Prompt-OT", None),
+    "pointwise": ("Point-wise", "PromptSRC-style"),
+}
+#: The order methods appear in: baselines first, the method of the paper last.
+METHOD_ORDER: tuple[str, ...] = (
+    "zeroshot",
+    "coop",
+    "cocoop",
+    "kgcoop",
+    "maple",
+    "promptsrc",
+    "ivlp",
+    "pointwise",
+    "prompt_ot",
+)
+
+#: Short labels of settings (result columns or flattened config keys).
+SETTING_LABELS: dict[str, str] = {
+    "lambda_ot": "λ",
+    "epsilon": "ε",
+    "modality": "modality",
+    "regularizer": "regularizer",
+    "solver": "solver",
+    "shots": "shots",
+    "backbone": "backbone",
+    "pretrained": "pretrained",
+    "epochs": "epochs",
+}
+
+
+def dataset_name(key: str) -> str:
+    """Display name of a dataset (unknown ones as spelled)."""
+    return DATASET_NAMES.get(key, key)
+
+
+def sort_datasets(keys: Iterable[str], order: Iterable[str] = DATASETS + DG_TARGETS) -> list[str]:
+    """Datasets in the usual order, then any others alphabetically."""
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(set(keys), key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def sort_methods(keys: Iterable[str]) -> list[str]:
+    rank = {k: i for i, k in enumerate(METHOD_ORDER)}
+    return sorted(set(keys), key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def format_value(value: object) -> str:
+    """A setting value as a short string: 10.0 -> "10", 0.05 -> "0.05", None -> "none"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def setting_label(key: str) -> str:
+    """Label of a setting: λ, ε, ... for result columns; a config key as its dotted path."""
+    return SETTING_LABELS.get(key, SETTING_LABELS.get(key.rsplit(".", 1)[-1], key))
+
+
+def method_name(method: str) -> str:
+    """Display name of a method without its settings: ``"prompt_ot"`` -> ``"Prompt-OT"``."""
+    return METHOD_NAMES.get(method, (method, None))[0]
+
+
+def variant_label(method: str, settings: Iterable[tuple[str, object]]) -> str:
+    """E.g. ``("prompt_ot", [("lambda_ot", 1.0)])`` -> ``"Prompt-OT (λ=1)"``."""
+    name, fixed = METHOD_NAMES.get(method, (method, None))
+    parts = [fixed] if fixed else []
+    parts += [f"{setting_label(k)}={format_value(v)}" for k, v in settings]
+    return f"{name} ({', '.join(parts)})" if parts else name
