@@ -148,6 +148,13 @@ def trial_status(location: str, trial_id: str) -> str | None:
     return "done" if statuses == {"done"} else "failed"
 
 
+def trial_error(location: str, trial_id: str) -> str | None:
+    """The recorded error of a failed trial, if its result file holds one."""
+    fs, path = trial_path(location, trial_id)
+    errors = pq.read_table(path, columns=["error"], filesystem=fs).column(0).to_pylist()
+    return next((e for e in errors if e), None)
+
+
 def finished_trials(location: str) -> dict[str, str]:
     """Map every trial id with a result file under ``location`` to its status."""
     fs, base = filesystem(location)

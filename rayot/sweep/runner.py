@@ -93,8 +93,8 @@ class LiveView(tune.Callback):
             s.epoch = int(result["epoch"])
         if result.get("status") in ("done", "failed"):
             s.status = result["status"]
-            s.error = result.get("error", "") or ""
-            s.log = result.get("log", "") or ""
+            s.error = result.get("error") or s.error
+            s.log = result.get("log") or s.log
         self.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -255,12 +255,13 @@ def run_sweep(
     # the result files are the truth: a trial is done only when its rows are written
     final = results.finished_trials(results_location)
     for s in states:
-        if s.status != "skipped":
-            s.status = final.get(s.trial_id, "failed")
-            if s.status == "failed" and not s.error:
-                s.error = "no result was written (see Ray's logs)"
-            if s.status == "failed" and not s.log:
-                s.log = f"{trials[0].output.checkpoints.rstrip('/')}/logs/{s.trial_id}.log"
+        if s.status == "skipped":
+            continue
+        s.status = final.get(s.trial_id, "failed")
+        if s.status == "failed":
+            recorded = final.get(s.trial_id) and results.trial_error(results_location, s.trial_id)
+            s.error = recorded or s.error or "no result was written (see Ray's logs)"
+            s.log = s.log or f"{s.cfg.output.checkpoints.rstrip('/')}/logs/{s.trial_id}.log"
     return SweepSummary(states)
 
 

@@ -86,7 +86,10 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"sweep spec {path}: unknown key {unknown[0]!r} (known: {', '.join(_TOP_KEYS)})")
     base = raw.get("base", {})
     if isinstance(base, str):
-        base = C.read_yaml((path.parent / base).resolve(), "base config")
+        try:
+            base = C.read_yaml((path.parent / base).resolve(), "base config")
+        except ConfigError as exc:
+            raise ConfigError(f"sweep spec {path}: {exc}") from exc
     if not isinstance(base, Mapping):
         raise ConfigError(f"sweep spec {path}: 'base' must be a mapping or a path to a YAML file")
     blocks = raw.get("grids") or []

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,11 @@ class RayTrainHooks(TrialHooks):
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as d:
-            return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        if self.fault and self.rank == 0:  # let the fault-injection test see where it resumed
+            with open(self.fault.split(":", 1)[1], "a") as marker:
+                marker.write(f"resumed after epoch {int(state['epoch']) + 1}\n")
+        return state
 
     def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
         metrics = {**metrics, "status": "running"}
@@ -79,6 +84,7 @@ class RayTrainHooks(TrialHooks):
             at, marker = self.fault.split(":", 1)
             if int(at) == epoch + 1 and not os.path.exists(marker):
                 Path(marker).write_text(f"killed after epoch {epoch + 1}\n")
+                time.sleep(5)  # mid-way through the next epoch, once the checkpoint is registered
                 os._exit(1)  # a hard worker death, as a lost node would cause
 
 
