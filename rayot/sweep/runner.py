@@ -154,7 +154,10 @@ def _connect(address: str | None) -> None:
         return
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, TimeoutError) as exc:
+            raise RayotError(f"Ray cluster at {address!r}: cannot connect ({exc})") from exc
     else:
         log.info("starting an embedded local Ray with %d CPUs", os.cpu_count() or 1)
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)

@@ -1,0 +1,5 @@
+"""`python -m rayot` is the `rayot` command."""
+
+from rayot.cli import main
+
+main()
