@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: the tiny models gain nothing from more, and on a 2-core machine shared
+# with Ray workers, two threads per process oversubscribe the cores (100x slower steps).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,10 @@ from rayot.data import (
     DatasetSplits,
     Item,
     build_task,
-    eval_targets,
     read_dataset,
     read_subset,
     sample_fewshot,
     subsample_classes,
-    train_subsample,
     write_subset,
 )
 from rayot.errors import ConfigError
@@ -166,16 +164,3 @@ def test_subset_round_trip(tmp_path: Path) -> None:
     train, val = _items([1, 0]), _items([0])
     path = write_subset(tmp_path / "sub" / "s.json", train, val)
     assert read_subset(path) == (train, val)
-
-
-def test_protocol_targets() -> None:
-    assert train_subsample("base2novel") == "base" and train_subsample("few_shot") == "all"
-    assert eval_targets("base2novel", "dtd") == [("dtd", "base"), ("dtd", "novel")]
-    cross = eval_targets("cross_dataset", "imagenet")
-    assert len(cross) == 11 and cross[0] == ("imagenet", "all")
-    assert all(s == "all" for _, s in cross) and "imagenet_a" not in {d for d, _ in cross}
-    dg = eval_targets("domain_generalization", "imagenet")
-    assert [d for d, _ in dg] == ["imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a",
-                                  "imagenet_r"]
-    with pytest.raises(ConfigError, match="unknown protocol 'b2n'"):
-        eval_targets("b2n", "dtd")

@@ -79,4 +79,4 @@ def _print_report(console: Console, location: str, sweep_name: str) -> None:
     table = table.filter(pc.equal(table.column("sweep"), sweep_name))
     if table.num_rows == 0:
         return
-    print_report(build_report(table), console)
+    print_report(build_report(table, figures=False), console)
