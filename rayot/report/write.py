@@ -57,18 +57,13 @@ def write_report(report: Report, out_dir: str | Path, formats: Iterable[str] = F
             path = figures / f"{fig.key}.png"
             path.write_bytes(fig.png)
             written.append(path)
-    if "md" in wanted:
-        path = out / "report.md"
-        path.write_text(to_markdown(report), encoding="utf-8")
-        written.append(path)
-    if "latex" in wanted:
-        path = out / "report.tex"
-        path.write_text(to_latex(report), encoding="utf-8")
-        written.append(path)
-    if "html" in wanted:
-        path = out / "report.html"
-        path.write_text(to_html(report), encoding="utf-8")
-        written.append(path)
+    documents = {"md": ("report.md", to_markdown), "latex": ("report.tex", to_latex),
+                 "html": ("report.html", to_html)}
+    for fmt, (name, render) in documents.items():
+        if fmt in wanted:
+            path = out / name
+            path.write_text(render(report), encoding="utf-8")
+            written.append(path)
     if "csv" in wanted:
         folder = out / "csv"
         folder.mkdir(exist_ok=True)

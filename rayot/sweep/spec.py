@@ -45,19 +45,13 @@ class Resources:
 
 
 @dataclass(frozen=True)
-class Storage:
-    results: str = "results"  # local path or s3:// / gs:// / file:// URI
-    checkpoints: str = "checkpoints"
-
-
-@dataclass(frozen=True)
 class SweepSpec:
     name: str
     base: dict[str, Any]
     grid: dict[str, tuple[Any, ...]]
     grids: tuple[dict[str, tuple[Any, ...]], ...]
     resources: Resources = field(default_factory=Resources)
-    storage: Storage = field(default_factory=Storage)
+    storage: C.OutputConfig = field(default_factory=C.OutputConfig)  # results, checkpoints
     description: str = ""
 
 
@@ -97,7 +91,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"sweep spec {path}: 'grids' must be a list of grids")
     try:
         resources = C.build_dataclass(Resources, raw.get("resources") or {}, "resources.")
-        storage = C.build_dataclass(Storage, raw.get("storage") or {}, "storage.")
+        storage = C.build_dataclass(C.OutputConfig, raw.get("storage") or {}, "storage.")
     except ConfigError as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
     spec = SweepSpec(
