@@ -143,10 +143,9 @@ def _classes(found: int | None, expected: int | None) -> str:
 def synth(
     root: Path = typer.Option(..., "--root", help="Data root to write synthetic/ into."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images and split."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing synthetic/ folder."),
 ) -> None:
-    """Write a small synthetic dataset in the split-file layout, so everything runs offline."""
+    """Write the offline demo world (colour x shape classes) in the split-file layout."""
     from rayot.data.synth import write_synthetic
 
-    path = write_synthetic(root, seed=seed)
-    Console(stderr=True).print(f"synthetic dataset written to {escape(str(path))}",
-                               highlight=False, soft_wrap=True)
+    write_synthetic(root, seed=seed, overwrite=overwrite)  # logs where it wrote

@@ -123,14 +123,16 @@ class LiveView(tune.Callback):
         head = Table.grid(padding=(0, 2))
         head.add_row(*(f"{k}: [bold]{v}[/]" for k, v in counts.items()),
                      f"elapsed: {time.monotonic() - self.t0:.0f}s", f"left: ~{self.eta()}")
+        active = [s for s in self.states if s.status == "running"]
+        if not active:
+            return Group(head)
         running = Table(show_edge=False, box=None)
         for col in ("trial", "dataset", "method", "seed", "λ", "epoch"):
             running.add_column(col)
-        for s in self.states:
-            if s.status == "running":
-                d = describe(s.cfg)
-                running.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], d["λ"],
-                                f"{s.epoch}/{s.cfg.optim.epochs}")
+        for s in active:
+            d = describe(s.cfg)
+            running.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], d["λ"],
+                            f"{s.epoch}/{s.cfg.optim.epochs}")
         return Group(head, running)
 
     def refresh(self) -> None:
