@@ -372,37 +372,43 @@ def train_prompts(
         )
 
 
+def _trial_fields(cfg: C.TrialConfig, sweep: str | None) -> dict[str, Any]:
+    """The columns every row of a trial shares (schema: :mod:`rayot.results`)."""
+    return {
+        "trial_id": C.trial_id(cfg),
+        "method": cfg.method,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.seed,
+        "shots": cfg.data.shots,
+        "backbone": cfg.model.name,
+        "pretrained": cfg.model.checkpoint or cfg.model.pretrained or "random",
+        "lambda_ot": cfg.loss.lambda_ot,
+        "regularizer": cfg.loss.regularizer,
+        "modality": cfg.loss.modality,
+        "solver": cfg.loss.solver,
+        "epsilon": cfg.loss.epsilon,
+        "epochs": cfg.optim.epochs,
+        "sweep": sweep,
+        "config": C.to_json(cfg),
+    }
+
+
 def result_rows(
     cfg: C.TrialConfig, results: list[EvalResult], *, train_seconds: float, sweep: str | None = None
 ) -> list[dict[str, Any]]:
-    """The Parquet rows of a finished trial (schema: :mod:`rayot.results`)."""
-    tid = C.trial_id(cfg)
-    config_json = C.to_json(cfg)
+    """The Parquet rows of a finished trial: one per evaluation."""
+    shared = _trial_fields(cfg, sweep)
     return [
         {
-            "trial_id": tid,
+            **shared,
             "status": "done",
-            "method": cfg.method,
             "protocol": r.protocol,
-            "dataset": cfg.data.dataset,
             "eval_dataset": r.eval_dataset,
             "split": r.split,
-            "seed": cfg.seed,
-            "shots": cfg.data.shots,
-            "backbone": cfg.model.name,
-            "pretrained": cfg.model.checkpoint or cfg.model.pretrained or "random",
             "accuracy": r.accuracy,
             "n_correct": r.n_correct,
             "n_test": r.n_test,
             "n_classes": r.n_classes,
-            "lambda_ot": cfg.loss.lambda_ot,
-            "regularizer": cfg.loss.regularizer,
-            "modality": cfg.loss.modality,
-            "solver": cfg.loss.solver,
-            "epsilon": cfg.loss.epsilon,
-            "epochs": cfg.optim.epochs,
-            "sweep": sweep,
-            "config": config_json,
             "train_seconds": train_seconds,
         }
         for r in results
@@ -410,12 +416,15 @@ def result_rows(
 
 
 def failure_row(cfg: C.TrialConfig, error: str, *, sweep: str | None = None) -> dict[str, Any]:
-    """The single row that records a failed trial with its error."""
-    row = result_rows(cfg, [EvalResult(cfg.data.protocol, cfg.data.dataset, "", 0, 1, 0)],
-                      train_seconds=0.0, sweep=sweep)[0]
-    row.update(status="failed", error=error, accuracy=None, n_correct=None, n_test=None,
-               n_classes=None, split="", train_seconds=None)
-    return row
+    """The single row that records a failed trial with its error (no accuracy)."""
+    return {
+        **_trial_fields(cfg, sweep),
+        "status": "failed",
+        "protocol": cfg.data.protocol,
+        "eval_dataset": cfg.data.dataset,
+        "split": "",
+        "error": error,
+    }
 
 
 @dataclass
