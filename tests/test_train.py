@@ -91,3 +91,11 @@ def test_rayot_train_writes_rows_and_a_small_checkpoint(synth_root, tmp_path):
     assert ckpt.stat().st_size < 100_000  # prompts and config only, no CLIP weights
     back, prompt = load_checkpoint(ckpt)
     assert back == cfg and set(prompt) == {"text_prompts", "vision_prompts"}
+
+
+def test_bf16_autocast_trains_and_stays_close_to_fp32(synth_root, tmp_path):
+    fp32, seen32 = _losses(_cfg(synth_root, tmp_path, **{"optim.log_every": 1}))
+    bf16, seen16 = _losses(_cfg(synth_root, tmp_path, precision="bf16", **{"optim.log_every": 1}))
+    assert all(math.isfinite(p.loss) for p in seen16)
+    assert seen16[0].loss == pytest.approx(seen32[0].loss, rel=0.02)  # same start, lower precision
+    assert [e.n_test for e in bf16.evals] == [e.n_test for e in fp32.evals]
