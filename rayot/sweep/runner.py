@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -287,7 +286,3 @@ def failures_table(summary: SweepSummary) -> Table:
         d = describe(s.cfg)
         table.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], s.error, s.log)
     return table
-
-
-def trial_ids_json(states: list[TrialState]) -> str:
-    return json.dumps([{"trial_id": s.trial_id, **describe(s.cfg), "status": s.status} for s in states])
