@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import rayot.cli
 from rayot.cli import app
-from rayot.data import build_task
+from rayot.data import build_task, read_dataset
 from rayot.errors import DataError
 
 
@@ -82,16 +82,12 @@ def test_cli_raises_data_error_not_other_exceptions(tmp_path: Path) -> None:
     assert str(tmp_path / "none") in str(result.exception)
 
 
-def test_synth_calls_write_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    module = type(sys)("rayot.data.synth")
-
-    def write_synthetic(root: Path, *, seed: int = 0) -> Path:
-        calls.append((Path(root), seed))
-        return Path(root) / "synthetic"
-
-    module.write_synthetic = write_synthetic  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "rayot.data.synth", module)
-    result = CliRunner().invoke(app, ["data", "synth", "--root", str(tmp_path), "--seed", "4"])
-    assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path, 4)]
+def test_synth_writes_the_world_and_refuses_to_overwrite_silently(tmp_path: Path) -> None:
+    args = ["data", "synth", "--root", str(tmp_path), "--seed", "4"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    split = json.loads((tmp_path / "synthetic" / "split_rayot_Synthetic.json").read_text())
+    assert set(split) == {"train", "val", "test"}
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, DataError) and "--overwrite" in str(again.exception)
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert read_dataset("synthetic", tmp_path).classnames[0] == "red circle"
