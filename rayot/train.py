@@ -193,6 +193,22 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sample
     )
 
 
+def _batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader``; a data error raised in a loader worker keeps its one-line message.
+
+    PyTorch re-raises a worker's exception with the worker's traceback folded into the message;
+    the user should see the dataset, the file and the problem, as with ``num_workers=0``.
+    """
+    try:
+        yield from loader
+    except DataError as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        marker = f"{type(exc).__name__}: "  # the traceback's last line: "rayot.errors.DataError: ..."
+        if len(lines) > 1 and marker in lines[-1]:
+            raise type(exc)(lines[-1].split(marker, 1)[1]) from None
+        raise
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -241,7 +257,7 @@ def evaluate(
     scale = model.logit_scale.exp().float()
     dataset = ImageDataset(task.test, task.image_root, test_transform(image_size), task.dataset)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for images, labels in _loader(dataset, batch_size, num_workers):
+    for images, labels in _batches(_loader(dataset, batch_size, num_workers)):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             image = model.frozen_image_features(images) if zero_shot else model.encode_image(images)
@@ -327,7 +343,7 @@ def train_prompts(
         model.train()
         pending: list[torch.Tensor] = []
         first = 0
-        for step, (images, labels) in enumerate(loader):
+        for step, (images, labels) in enumerate(_batches(loader)):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = ddp_model(images)

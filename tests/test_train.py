@@ -99,3 +99,21 @@ def test_bf16_autocast_trains_and_stays_close_to_fp32(synth_root, tmp_path):
     assert all(math.isfinite(p.loss) for p in seen16)
     assert seen16[0].loss == pytest.approx(seen32[0].loss, rel=0.02)  # same start, lower precision
     assert [e.n_test for e in bf16.evals] == [e.n_test for e in fp32.evals]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_missing_image_is_one_clear_error_whatever_the_loader_workers(synth_root, tmp_path, workers):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    split = (root / "synthetic" / "split_rayot_Synthetic.json").read_text()
+    victim = next(p for p in (root / "synthetic" / "images").rglob("test_*.png"))
+    victim.unlink()
+    assert victim.name in split
+    cfg = C.load_config(None, tiny_overrides(root, tmp_path, method="zeroshot",
+                                             **{"data.num_workers": workers}))
+    with pytest.raises(DataError) as err:
+        run_trial(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "synthetic" in message and victim.name in message
