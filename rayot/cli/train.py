@@ -39,14 +39,21 @@ def train(
         TextColumn("loss {task.fields[loss]:.4f}  ce {task.fields[ce]:.4f}  reg {task.fields[reg]:.4f}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("train", total=None, epoch="-", loss=0.0, ce=0.0, reg=0.0)
+    bar = Progress(*columns, console=console, transient=False)
+    task = None
 
-        def on_progress(p) -> None:
-            bar.update(task, completed=p.step, total=p.steps, epoch=f"{p.epoch + 1}/{p.epochs}",
-                       loss=p.loss, ce=p.ce, reg=p.reg)
+    def on_progress(p) -> None:
+        nonlocal task
+        if task is None:  # shown once training starts, not while the model loads
+            bar.start()
+            task = bar.add_task("train", total=p.steps, epoch="-", loss=0.0, ce=0.0, reg=0.0)
+        bar.update(task, completed=p.step, total=p.steps, epoch=f"{p.epoch + 1}/{p.epochs}",
+                   loss=p.loss, ce=p.ce, reg=p.reg)
 
+    try:
         outcome = run_trial(cfg, device=device, progress=on_progress)
+    finally:
+        bar.stop()
     rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds)
     path = results.write_trial_rows(cfg.output.results, tid, rows)
     ckpt = save_checkpoint(Path(cfg.output.checkpoints) / tid / "prompt.pt", cfg, outcome.prompt_state)
