@@ -254,7 +254,7 @@ def evaluate(
             model.set_classnames(task.classnames)
             text = model.encode_text()  # (n_cls, D)
     text = text.float()
-    scale = model.logit_scale.exp().float()
+    scale = model.logit_scale.float()  # already exp(log-scale)
     dataset = ImageDataset(task.test, task.image_root, test_transform(image_size), task.dataset)
     correct = torch.zeros((), dtype=torch.long, device=device)
     for images, labels in _batches(_loader(dataset, batch_size, num_workers)):

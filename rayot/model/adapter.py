@@ -72,16 +72,19 @@ def encode_text_tokens(
     prompts: Tensor | None = None,
     *,
     truncate: bool = True,
+    length: int | None = None,
 ) -> Tensor:
     """Text features (N, D), not normalised, of token ids ``tokens`` (N, L) pooled at ``eot`` (N,).
 
     ``prompts`` (depth, n_ctx, width), when given, overwrites positions ``1 .. n_ctx`` (right
     after SOS): row 0 before the positional embedding is added, row ``i`` before layer ``i``.
     ``truncate`` drops the positions after the last EOT: the causal mask keeps them from
-    influencing any earlier position, so the pooled features are exactly the same.
+    influencing any earlier position, so the pooled features are exactly the same. ``length``,
+    when given, is that cut (last EOT index + 1), computed once by the caller.
     """
     if truncate:
-        length = int(eot.max()) + 1
+        # callers that encode the same prompts every step pass ``length`` (no device sync)
+        length = length if length is not None else int(eot.max()) + 1
         tokens = tokens[:, :length]  # (N, L')
     length = tokens.shape[1]
     cast_dtype = clip.transformer.get_cast_dtype()

@@ -171,6 +171,7 @@ class PromptedCLIP(nn.Module):
         tokens = self._tokenize(ids, names).to(self.clip.positional_embedding.device)
         self.text_tokens = tokens  # (n_cls, context_length)
         self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
+        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
         self.classnames = list(classnames)
 
     # ----- nn.Module plumbing -----
@@ -231,6 +232,7 @@ class PromptedCLIP(nn.Module):
             self.text_eot,
             self.text_prompts,
             truncate=self.truncate_text,
+            length=self.text_length,
         )  # (n_cls, D)
         return F.normalize(feats, dim=-1)
 
