@@ -25,13 +25,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rayot import config as C
 from rayot.data import ImageDataset, Task, build_task, template_for, test_transform, train_transform
+from rayot.data.specs import DEFAULT_TEMPLATE
 from rayot.errors import DataError, TrainingError
 from rayot.losses import prompt_ot_loss, total_loss
 from rayot.model import PromptedCLIP, load_clip
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TEMPLATE = "a photo of a {}."
 
 
 # ----------------------------------------------------------------------------- hooks

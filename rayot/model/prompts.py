@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rayot.data.specs import DEFAULT_TEMPLATE, prompt_classname
 from rayot.errors import ConfigError, ModelError
 from rayot.model.adapter import (
     check_supported,
@@ -29,13 +30,7 @@ from rayot.model.loading import LoadedCLIP
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = "a photo of a {}."
 _INIT_STD = 0.02
-
-
-def prompt_classname(classname: str) -> str:
-    """A class name as it appears in a prompt: underscores become spaces."""
-    return classname.replace("_", " ")
 
 
 @dataclass
