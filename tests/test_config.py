@@ -100,3 +100,12 @@ def test_eval_targets_follow_the_protocols():
     assert len(tr) == 15
     assert {p for p, d, _ in tr if d in C.DG_TARGETS} == {"domain_generalization"}
     assert {p for p, d, _ in tr if d not in C.DG_TARGETS} == {"cross_dataset"}
+
+
+def test_loss_choices_are_the_loss_function_s_own():
+    # the config validates names without importing torch; they must not drift from the loss
+    from rayot import losses
+
+    assert C._CHOICES["loss.solver"] == losses.SOLVERS
+    assert C._CHOICES["loss.modality"] == losses.MODALITIES
+    assert C._CHOICES["loss.regularizer"] == losses.REGULARIZERS
