@@ -129,14 +129,17 @@ def write_trial_rows(location: str, trial_id: str, rows: Sequence[Mapping[str, A
     table = make_table(rows)
     if any(r != trial_id for r in table.column("trial_id").to_pylist()):
         raise ValueError(f"rows of trial {trial_id} carry another trial_id")
-    fs, path = trial_path(location, trial_id)
-    base = path.rsplit("/", 1)[0]
-    fs.create_dir(base, recursive=True)
-    tmp = f"{base}/.{trial_id}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, path)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    path = write_file(location, f"{trial_id}.parquet", buffer.getvalue().to_pybytes())
     log.debug("wrote %d result rows to %s", table.num_rows, path)
     return path
+
+
+def _status(fs: pafs.FileSystem, path: str) -> str:
+    """A trial is done only when every row of its file says so."""
+    statuses = set(pq.read_table(path, columns=["status"], filesystem=fs).column(0).to_pylist())
+    return "done" if statuses == {"done"} else "failed"
 
 
 def trial_status(location: str, trial_id: str) -> str | None:
@@ -144,8 +147,7 @@ def trial_status(location: str, trial_id: str) -> str | None:
     fs, path = trial_path(location, trial_id)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
-    statuses = set(pq.read_table(path, columns=["status"], filesystem=fs).column(0).to_pylist())
-    return "done" if statuses == {"done"} else "failed"
+    return _status(fs, path)
 
 
 def trial_error(location: str, trial_id: str) -> str | None:
@@ -164,10 +166,7 @@ def finished_trials(location: str) -> dict[str, str]:
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=False)):
         name = info.base_name
         if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith("."):
-            statuses = set(
-                pq.read_table(info.path, columns=["status"], filesystem=fs).column(0).to_pylist()
-            )
-            out[name[: -len(".parquet")]] = "done" if statuses == {"done"} else "failed"
+            out[name[: -len(".parquet")]] = _status(fs, info.path)
     return out
 
 

@@ -8,6 +8,7 @@ This module itself knows nothing about Ray.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -522,13 +523,15 @@ def checkpoint_payload(cfg: C.TrialConfig, prompt_state: dict[str, torch.Tensor]
     return {"prompt": {k: v.detach().cpu() for k, v in prompt_state.items()}, "config": C.to_json(cfg)}
 
 
-def save_checkpoint(path: str | Path, cfg: C.TrialConfig, prompt_state: dict[str, torch.Tensor]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(checkpoint_payload(cfg, prompt_state), tmp)
-    tmp.replace(path)
-    return path
+def save_checkpoint(
+    location: str, name: str, cfg: C.TrialConfig, prompt_state: dict[str, torch.Tensor]
+) -> str:
+    """Write a final checkpoint to ``<location>/<name>`` (a path or URI) atomically."""
+    from rayot.results import write_file
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint_payload(cfg, prompt_state), buffer)
+    return write_file(location, name, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> tuple[C.TrialConfig, dict[str, torch.Tensor]]:

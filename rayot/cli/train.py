@@ -56,7 +56,7 @@ def train(
         bar.stop()
     rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds)
     path = results.write_trial_rows(cfg.output.results, tid, rows)
-    ckpt = save_checkpoint(Path(cfg.output.checkpoints) / tid / "prompt.pt", cfg, outcome.prompt_state)
+    ckpt = save_checkpoint(cfg.output.checkpoints, f"{tid}/prompt.pt", cfg, outcome.prompt_state)
     for r in outcome.evals:
         console.print(f"{r.protocol:>22} {r.eval_dataset:>16} {r.split:>6}: {r.accuracy:6.2f}% of {r.n_test}")
     console.print(f"results: {path}\ncheckpoint: {ckpt}")

@@ -7,7 +7,6 @@ library (:func:`rayot.train.run_trial`) through :class:`RayTrainHooks`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from rayot import config as C
 from rayot import results
 from rayot.errors import RayotError
-from rayot.train import TrialHooks, checkpoint_payload, failure_row, result_rows, run_trial
+from rayot.train import TrialHooks, failure_row, result_rows, run_trial, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +91,15 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if not isinstance(exc, RayotError) else str(exc)
 
 
-def write_log(checkpoints: str, trial_id: str, text: str) -> str:
-    """Store a failed trial's traceback next to its checkpoints; returns the path."""
-    return results.write_file(checkpoints, f"logs/{trial_id}.log", text.encode())
+def record_failure(cfg: C.TrialConfig, exc: BaseException, sweep: str) -> str:
+    """Write a failed trial's row (with its error) and its traceback; returns the log's path.
+
+    The traceback is stored next to the checkpoints, ``<checkpoints>/logs/<trial id>.log``.
+    """
+    tid = C.trial_id(cfg)
+    results.write_trial_rows(cfg.output.results, tid, [failure_row(cfg, _error_text(exc), sweep=sweep)])
+    text = "".join(traceback.format_exception(exc))
+    return results.write_file(cfg.output.checkpoints, f"logs/{tid}.log", text.encode())
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -108,16 +113,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     except (RayotError, torch.OutOfMemoryError) as exc:
         # bad input, a NaN loss or too little memory: retrying cannot help, so record and stop
         if hooks.rank == 0:
-            results.write_trial_rows(
-                cfg.output.results, tid, [failure_row(cfg, _error_text(exc), sweep=loop_config["sweep"])]
-            )
-            write_log(cfg.output.checkpoints, tid, traceback.format_exc())
+            record_failure(cfg, exc, loop_config["sweep"])
         ray.train.report({"status": "failed", "error": _error_text(exc)})
         return
     if hooks.rank == 0:
-        buffer = io.BytesIO()
-        torch.save(checkpoint_payload(cfg, outcome.prompt_state), buffer)
-        results.write_file(cfg.output.checkpoints, f"trial-{tid}/prompt.pt", buffer.getvalue())
+        save_checkpoint(cfg.output.checkpoints, f"trial-{tid}/prompt.pt", cfg, outcome.prompt_state)
         rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds,
                            sweep=loop_config["sweep"])
         results.write_trial_rows(cfg.output.results, tid, rows)
@@ -157,10 +157,8 @@ def tune_driver(param: dict[str, Any]) -> None:
     try:
         trainer.fit()
     except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
-        error = _error_text(exc)
-        results.write_trial_rows(cfg.output.results, tid, [failure_row(cfg, error, sweep=param["sweep"])])
-        path = write_log(cfg.output.checkpoints, tid, "".join(traceback.format_exception(exc)))
-        tune.report({"status": "failed", "error": error, "log": path})
+        path = record_failure(cfg, exc, param["sweep"])
+        tune.report({"status": "failed", "error": _error_text(exc), "log": path})
         return
     status = results.trial_status(cfg.output.results, tid) or "failed"
     tune.report({"status": status})
