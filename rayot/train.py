@@ -25,7 +25,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rayot import config as C
-from rayot.data import ImageDataset, Task, build_task, template_for, test_transform, train_transform
+from rayot.data import (
+    ImageDataset,
+    Task,
+    build_task,
+    make_loader,
+    template_for,
+    test_transform,
+    train_transform,
+)
 from rayot.data.specs import DEFAULT_TEMPLATE
 from rayot.errors import DataError, TrainingError
 from rayot.losses import prompt_ot_loss, total_loss
@@ -172,27 +180,6 @@ def resolve_template(cfg: C.TrialConfig, dataset: str) -> str:
             return literal
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None,
-            drop_last: bool = False) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        worker_init_fn=_seed_worker if num_workers else None,
-        persistent_workers=False,
-        pin_memory=False,
-    )
-
-
 def _batches(loader: DataLoader) -> Iterator[Any]:
     """Iterate ``loader``; a data error raised in a loader worker keeps its one-line message.
 
@@ -257,7 +244,8 @@ def evaluate(
     scale = model.logit_scale.float()  # already exp(log-scale)
     dataset = ImageDataset(task.test, task.image_root, test_transform(image_size), task.dataset)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for images, labels in _batches(_loader(dataset, batch_size, num_workers)):
+    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers)
+    for images, labels in _batches(loader):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             image = model.frozen_image_features(images) if zero_shot else model.encode_image(images)
@@ -325,9 +313,9 @@ def train_prompts(
         ImageDataset(task.train, task.image_root, train_transform(image_size), task.dataset), cfg.seed
     )
     sampler = hooks.train_sampler(dataset, cfg.seed)
-    # drop the last incomplete batch when the set holds at least one batch (protocol.md §6)
-    drop_last = len(dataset) // hooks.world_size >= o.batch_size
-    loader = _loader(dataset, o.batch_size, cfg.data.num_workers, sampler, drop_last)
+    # augmentation is seeded per item (_SeededAugment), so loader workers need no seeding of their own
+    loader = make_loader(dataset, batch_size=o.batch_size, train=True,
+                         num_workers=cfg.data.num_workers, sampler=sampler)
     steps = len(loader)
     if steps == 0:
         raise DataError(f"dataset {task.dataset}: the training subset gives no batch on this worker")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rayot.data.items import Item
 from rayot.errors import DataError
@@ -43,15 +43,18 @@ class ImageDataset(Dataset):
         return self.transform(image), item.label
 
 
-def make_loader(dataset: ImageDataset, *, batch_size: int, train: bool, num_workers: int = 0,
-                generator: torch.Generator | None = None) -> DataLoader:
-    """Train: shuffled, last incomplete batch dropped when the set holds at least one full batch
-    (as CoOp does, so a tiny 1-shot set still yields a batch). Test: in order, every image."""
+def make_loader(dataset: Dataset, *, batch_size: int, train: bool, num_workers: int = 0,
+                generator: torch.Generator | None = None, sampler: Sampler | None = None) -> DataLoader:
+    """Train: shuffled (or ordered by ``sampler``, e.g. a DDP shard), last incomplete batch
+    dropped when the set (or this worker's shard) holds at least one full batch (as CoOp does, so
+    a tiny 1-shot set still yields a batch). Test: in order, every image."""
+    size = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) >= batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and size >= batch_size,
         num_workers=num_workers,
         generator=generator,
         persistent_workers=False,
