@@ -34,13 +34,13 @@ def sweep(
     """Run every trial of a sweep that has no finished result yet."""
     from rayot import config as C
     from rayot import results
-    from rayot.sweep.spec import expand, load_spec
+    from rayot.sweep.spec import expand, load_spec, storage_of
 
     console = Console()
     s = load_spec(spec)
     trials = expand(s, results=results_dir, checkpoints=checkpoints,
                     sets=C.flatten(C.parse_overrides(sets or [])))
-    results_location = trials[0].output.results if trials else s.storage.results
+    results_location = storage_of(s, trials).results
     if dry_run:
         from rayot.sweep.runner import TrialState, plan_table
 

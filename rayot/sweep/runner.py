@@ -18,8 +18,8 @@ from rich.table import Table
 from rayot import config as C
 from rayot import results
 from rayot.errors import RayotError
-from rayot.sweep.spec import SweepSpec
-from rayot.sweep.worker import FAULT_ENV, tune_driver
+from rayot.sweep.spec import SweepSpec, storage_of
+from rayot.sweep.worker import FAULT_ENV, storage_path, tune_driver
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ def run_sweep(
     max_concurrent: int | None = None,
 ) -> SweepSummary:
     """Run every trial that has no finished result; returns the final state of each trial."""
-    results_location = trials[0].output.results if trials else spec.storage.results
+    storage = storage_of(spec, trials)
+    results_location = storage.results
     done = results.finished_trials(results_location)
     states = []
     for cfg in trials:
@@ -215,7 +216,7 @@ def run_sweep(
 
     _connect(address)
     _check_storage(results_location, "results")
-    _check_storage(trials[0].output.checkpoints, "checkpoint")
+    _check_storage(storage.checkpoints, "checkpoint")
     concurrency = _concurrency(spec, max_concurrent)
     fault = os.environ.get(FAULT_ENV)
     param_space = {
@@ -243,9 +244,7 @@ def run_sweep(
         ),
         run_config=tune.RunConfig(
             name=f"tune-{spec.name}",
-            storage_path=os.path.abspath(trials[0].output.checkpoints)
-            if "://" not in trials[0].output.checkpoints
-            else trials[0].output.checkpoints,
+            storage_path=storage_path(storage.checkpoints),
             callbacks=[view],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),

@@ -160,3 +160,8 @@ def _absolute_paths(cfg: C.TrialConfig) -> C.TrialConfig:
         k: os.path.abspath(flat[k]) for k in keys if flat[k] and "://" not in flat[k]
     }
     return C.replace(cfg, **updates)
+
+
+def storage_of(spec: SweepSpec, trials: list[C.TrialConfig]) -> C.OutputConfig:
+    """Where the sweep's results and checkpoints go: the expanded trials' (overrides applied)."""
+    return trials[0].output if trials else spec.storage

@@ -124,7 +124,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     ray.train.report({"status": "done"})
 
 
-def _storage_path(location: str) -> str:
+def storage_path(location: str) -> str:
     """Ray wants an absolute local path or a URI."""
     if "://" in location:
         return location
@@ -148,7 +148,7 @@ def tune_driver(param: dict[str, Any]) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"trial-{tid}",  # deterministic: a re-run resumes from this run's checkpoints
-            storage_path=_storage_path(cfg.output.checkpoints),
+            storage_path=storage_path(cfg.output.checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()],
