@@ -17,8 +17,13 @@ re-run replaces a trial's file instead of adding rows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
+import os
+import re
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -94,16 +99,20 @@ def make_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(full, schema=SCHEMA)
 
 
-def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(location: str, what: str = "results") -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a location and the path inside it (absolute for a local path)."""
     try:
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, ValueError):
         # a plain relative path
-        import os
-
         return pafs.LocalFileSystem(), os.path.abspath(location)
     except OSError as exc:  # unreachable bucket, missing credentials
-        raise RayotError(f"results location {location!r}: {exc}") from exc
+        raise RayotError(f"{what} location {location!r}: {exc}") from exc
+
+
+def is_local(fs: pafs.FileSystem) -> bool:
+    """Whether paths of ``fs`` are paths of this machine (a local path or a ``file://`` URI)."""
+    return isinstance(fs, pafs.LocalFileSystem)
 
 
 def trial_path(location: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
@@ -111,21 +120,178 @@ def trial_path(location: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
     return fs, f"{base.rstrip('/')}/{trial_id}.parquet"
 
 
+#: The name of a temporary file of :func:`write_file` (``.<32 hex digits>.tmp``).
+_TEMPORARY = re.compile(r"^\.[0-9a-f]{32}\.tmp$")
+
+
+def _temporary_name(parent: str) -> str:
+    return f"{parent}/.{uuid.uuid4().hex}.tmp"
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a removal in the local folder ``path`` durable (where the OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a folder cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on a folder
+        log.debug("fsync of folder %s: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
+def write_local_file(path: str, data: bytes) -> None:
+    """Write ``data`` to the local file ``path`` atomically and durably.
+
+    The bytes go to a temporary file in the same folder (flushed and fsync'ed), which is then
+    renamed onto ``path`` with ``os.replace`` and the folder fsync'ed: after a crash, ``path`` holds
+    either its old content or ``data``, never a part. On any error the temporary file is removed.
+    """
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _temporary_name(parent)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(parent)
+
+
 def write_file(location: str, name: str, data: bytes) -> str:
-    """Write ``data`` to ``<location>/<name>`` atomically (temporary name, then rename)."""
+    """Write ``data`` to ``<location>/<name>`` atomically (temporary name, then rename).
+
+    Local paths and ``file://`` URIs: see :func:`write_local_file` (fsync, ``os.replace``, fsync of
+    the folder). Object stores: a pyarrow output stream to a temporary name, then a move. Either
+    way the temporary file is removed when the write fails; returns the final path.
+    """
     fs, base = filesystem(location)
     path = f"{base.rstrip('/')}/{name}"
+    if is_local(fs):
+        write_local_file(path, data)
+        return path
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    tmp = _temporary_name(parent)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
     return path
 
 
+def clean_temporary_files(
+    location: str,
+    older_than_s: float = 600.0,
+    *,
+    subfolders: Sequence[str] = ("logs", ".leases"),
+    now: float | None = None,
+) -> list[str]:
+    """Remove the temporary files a crashed writer left behind; returns the removed paths.
+
+    Looks directly under ``location`` and under each of its ``subfolders`` (not deeper) for files
+    named like :func:`write_file`'s temporaries (``.<32 hex digits>.tmp``) last modified more than
+    ``older_than_s`` seconds before ``now`` (default: the current time). Younger ones may belong to
+    a write in progress and are kept, as are files whose age the filesystem does not report.
+    Call it at the start of a sweep, for the results and the checkpoint locations.
+    """
+    fs, base = filesystem(location)
+    base = base.rstrip("/")
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    for folder in (base, *(f"{base}/{s.strip('/')}" for s in subfolders)):
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError as exc:
+            log.warning("cannot list %s for temporary files: %s", folder, exc)
+            continue
+        for info in infos:
+            if info.type != pafs.FileType.File or not _TEMPORARY.match(info.base_name):
+                continue
+            if info.mtime is None or now - info.mtime.timestamp() <= older_than_s:
+                continue
+            try:
+                fs.delete_file(info.path)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as exc:
+                log.warning("cannot remove the leftover temporary file %s: %s", info.path, exc)
+                continue
+            log.info("removed the leftover temporary file %s (%.0f s old)", info.path,
+                     now - info.mtime.timestamp())
+            removed.append(info.path)
+    return removed
+
+
+def check_writable(location: str, what: str, *, timeout_s: float = 5.0) -> None:
+    """Raise one :class:`RayotError` unless a small file can be written under ``location``.
+
+    Creates the folder if needed, writes a probe file ``.rayot-probe-<hex>`` and deletes it. A
+    local folder that cannot be created or written (``/proc/x``, read-only, a path under a file)
+    fails at once; an object store that does not answer within ``timeout_s`` seconds (an
+    unreachable endpoint, missing credentials that send the client to retry) fails then, naming
+    ``what`` (e.g. ``"results"``, ``"checkpoint"``), the location and the problem. Call it before
+    any training starts.
+    """
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            fs, base = filesystem(location, what)
+            base = base.rstrip("/")
+            name = f"{base}/.rayot-probe-{uuid.uuid4().hex}"
+            if is_local(fs):
+                os.makedirs(base, exist_ok=True)
+                with open(name, "wb") as out:
+                    out.write(b"rayot\n")
+                os.unlink(name)
+            else:
+                fs.create_dir(base, recursive=True)
+                with fs.open_output_stream(name) as out:
+                    out.write(b"rayot\n")
+                fs.delete_file(name)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, name=f"rayot-probe-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise RayotError(
+            f"{what} location {location!r}: no answer within {timeout_s:g} s "
+            "(unreachable storage or missing credentials?)"
+        )
+    exc = outcome[0]
+    if exc is None:
+        return
+    if isinstance(exc, RayotError):
+        raise exc
+    if isinstance(exc, OSError):
+        problem = str(exc)
+        if exc.strerror:
+            problem = exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+        raise RayotError(f"{what} location {location!r} is not writable: {problem}") from exc
+    raise exc
+
+
 def write_trial_rows(location: str, trial_id: str, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write one trial's rows atomically (temporary name, then rename); returns the final path."""
+    """Write one trial's rows atomically (temporary name, then rename); returns the final path.
+
+    This replaces any earlier file of the trial; use it for a trial's ``done`` rows, and
+    :func:`write_failure_rows` for a failure.
+    """
     table = make_table(rows)
     if any(r != trial_id for r in table.column("trial_id").to_pylist()):
         raise ValueError(f"rows of trial {trial_id} carry another trial_id")
@@ -136,67 +302,167 @@ def write_trial_rows(location: str, trial_id: str, rows: Sequence[Mapping[str, A
     return path
 
 
-def _status(fs: pafs.FileSystem, path: str) -> str:
-    """A trial is done only when every row of its file says so."""
-    statuses = set(pq.read_table(path, columns=["status"], filesystem=fs).column(0).to_pylist())
-    return "done" if statuses == {"done"} else "failed"
+def write_failure_rows(location: str, trial_id: str, rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Write a failed trial's rows, unless the trial already has a ``done`` result.
+
+    A ``done`` result is never replaced by a failure (for example a driver that records a failure
+    after its worker wrote the trial's results, or a second run of the same trial): then nothing
+    is written, the refusal is logged and ``None`` is returned. An earlier failure, an unreadable
+    file or no file at all is replaced; returns the final path. The check and the write are two
+    steps, not one atomic operation: the trial's lease (:mod:`rayot.leases`) is what keeps two
+    writers of one trial apart.
+    """
+    fs, path = trial_path(location, trial_id)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        status, _ = _inspect(fs, path, trial_id)
+        if status == "done":
+            log.warning("trial %s: not recording a failure over its done result %s", trial_id, path)
+            return None
+    return write_trial_rows(location, trial_id, rows)
+
+
+def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tuple[str | None, str | None]:
+    """``(status, None)`` for a readable result file, ``(None, problem)`` for an unreadable one.
+
+    A trial is done only when every row of its file says so. A file that is empty, truncated, not
+    Parquet, not of :data:`SCHEMA`, without rows, or with rows of another trial is unreadable.
+    """
+    try:
+        with pq.ParquetFile(path, filesystem=fs) as pf:
+            missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+            if missing:
+                return None, f"not a rayot result file (missing columns {missing})"
+            table = pf.read(columns=["trial_id", "status"])
+    except (pa.ArrowException, OSError) as exc:
+        return None, f"not a readable Parquet file ({exc})"
+    if table.num_rows == 0:
+        return None, "holds no rows"
+    ids = set(table.column("trial_id").to_pylist())
+    if trial_id is not None and ids != {trial_id}:
+        return None, f"rows of trial(s) {sorted(map(str, ids))}, not {trial_id}"
+    statuses = set(table.column("status").to_pylist())
+    if not statuses <= {"done", "failed"}:
+        return None, f"unknown status {sorted(map(str, statuses - {'done', 'failed'}))}"
+    return ("done" if statuses == {"done"} else "failed"), None
+
+
+def _warn_unreadable(path: str, problem: str) -> None:
+    log.warning("results file %s: %s; its trial counts as not done", path, problem)
 
 
 def trial_status(location: str, trial_id: str) -> str | None:
-    """``"done"``, ``"failed"`` or ``None`` (no result file) for one trial."""
+    """``"done"``, ``"failed"`` or ``None`` (no result file, or an unreadable one: logged) for one trial."""
     fs, path = trial_path(location, trial_id)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
-    return _status(fs, path)
+    status, problem = _inspect(fs, path, trial_id)
+    if problem:
+        _warn_unreadable(path, problem)
+    return status
 
 
 def trial_error(location: str, trial_id: str) -> str | None:
-    """The recorded error of a failed trial, if its result file holds one."""
+    """The recorded error of a failed trial; ``None`` without a (readable) result file or error."""
     fs, path = trial_path(location, trial_id)
-    errors = pq.read_table(path, columns=["error"], filesystem=fs).column(0).to_pylist()
+    try:
+        errors = pq.read_table(path, columns=["error"], filesystem=fs).column(0).to_pylist()
+    except (pa.ArrowException, OSError):
+        return None
     return next((e for e in errors if e), None)
 
 
-def finished_trials(location: str) -> dict[str, str]:
-    """Map every trial id with a result file under ``location`` to its status."""
+def _trial_files(location: str) -> list[tuple[pafs.FileSystem, str, str]]:
+    """``(fs, path, trial id)`` of every ``<trial id>.parquet`` directly under ``location``."""
     fs, base = filesystem(location)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
-        return {}
-    out: dict[str, str] = {}
+        return []
+    out = []
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=False)):
         name = info.base_name
         if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith("."):
-            out[name[: -len(".parquet")]] = _status(fs, info.path)
+            out.append((fs, info.path, name[: -len(".parquet")]))
+    return sorted(out, key=lambda t: t[1])
+
+
+def finished_trials(location: str) -> dict[str, str]:
+    """Map every trial id with a readable result file under ``location`` to its status.
+
+    An unreadable file (see :func:`unreadable_results`) is logged as a warning naming the file
+    and its problem, and its trial is left out: it counts as not done, so a sweep runs it again.
+    """
+    out: dict[str, str] = {}
+    for fs, path, trial_id in _trial_files(location):
+        status, problem = _inspect(fs, path, trial_id)
+        if problem:
+            _warn_unreadable(path, problem)
+        else:
+            out[trial_id] = status
     return out
 
 
-def read_results(locations: Iterable[str]) -> pa.Table:
-    """Read every trial file under the given locations into one table of :data:`SCHEMA`."""
+def unreadable_results(location: str) -> dict[str, str]:
+    """Map every unreadable result file directly under ``location`` to its problem.
+
+    Unreadable: empty, truncated, not Parquet, not of :data:`SCHEMA`, without rows, rows of
+    another trial than the file's name, or an unknown status. Nothing is logged.
+    """
+    out: dict[str, str] = {}
+    for fs, path, trial_id in _trial_files(location):
+        _, problem = _inspect(fs, path, trial_id)
+        if problem:
+            out[path] = problem
+    return out
+
+
+def _result_paths(fs: pafs.FileSystem, base: str) -> list[str]:
+    """Every ``*.parquet`` file under ``base``, at any depth, outside dot-folders and dot-files."""
+    base = base.rstrip("/")
+    paths = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        relative = info.path[len(base) + 1 :] if info.path.startswith(base + "/") else info.base_name
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue  # .leases/, temporaries, hidden files
+        paths.append(info.path)
+    return sorted(paths)
+
+
+def read_results(locations: Iterable[str], *, skip_unreadable: bool = False) -> pa.Table:
+    """Read every trial file under the given locations into one table of :data:`SCHEMA`.
+
+    A location is a result file or a folder, read recursively (dot-folders such as ``.leases``
+    and dot-files are ignored). An unreadable file raises a :class:`RayotError` naming it; with
+    ``skip_unreadable=True`` it is logged as a warning and left out instead.
+    """
     tables = []
     for location in locations:
         fs, base = filesystem(location)
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:
             raise RayotError(f"results location {location!r} does not exist")
-        if info.type == pafs.FileType.File:
-            paths = [base]
-        else:
-            paths = sorted(
-                i.path
-                for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-                if i.type == pafs.FileType.File
-                and i.base_name.endswith(".parquet")
-                and not i.base_name.startswith(".")
-            )
+        paths = [base] if info.type == pafs.FileType.File else _result_paths(fs, base)
         for path in paths:
             try:
-                table = pq.read_table(path, filesystem=fs)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise RayotError(f"results file {path}: not a readable Parquet file ({exc})") from exc
-            missing = [c for c in COLUMNS if c not in table.column_names]
-            if missing:
-                raise RayotError(f"results file {path}: missing columns {missing}")
-            tables.append(table.select(list(COLUMNS)).cast(SCHEMA))
+                tables.append(_read_one(fs, path))
+            except RayotError as exc:
+                if not skip_unreadable:
+                    raise
+                log.warning("%s; skipped", exc)
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables)
+
+
+def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table:
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (pa.ArrowException, OSError) as exc:
+        raise RayotError(f"results file {path}: not a readable Parquet file ({exc})") from exc
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise RayotError(f"results file {path}: missing columns {missing}")
+    try:
+        return table.select(list(COLUMNS)).cast(SCHEMA)
+    except (pa.ArrowException, ValueError) as exc:
+        raise RayotError(f"results file {path}: columns of the wrong type ({exc})") from exc
