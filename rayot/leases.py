@@ -1,0 +1,463 @@
+"""Per-trial leases in the results storage, so that two sweeps never run one trial at once.
+
+A lease is a small JSON file ``<results>/.leases/<trial id>.json`` naming its owner (a unique
+token, the host, the process id and a human-readable label such as the sweep's name) and when it
+expires (wall-clock epoch seconds). An owner holds a trial while its lease is live; it keeps the
+lease live by renewing it (:class:`Heartbeat` does so from a thread), and gives it up with
+:meth:`Lease.release`. The lease of an owner that died expires after its time to live and is then
+taken over by the next owner that asks.
+
+Guarantees. On a local filesystem (a path or a ``file://`` URI, including a shared POSIX mount
+with atomic ``link``/``rename``, such as NFS) a lease is created atomically: its content is
+written to a temporary file that is then hard-linked to the lease's name, which fails when the
+name exists (``O_CREAT | O_EXCL`` where hard links are not supported). Taking over an expired
+lease renames it to a unique name first and checks that what it moved is the expired lease it
+read (otherwise it puts it back), so of several owners racing for a trial exactly one wins. On
+an object store (``s3://``, ``gs://``) there is no create-if-absent through pyarrow: a lease is
+written, then read back after ``settle_s`` seconds and held only if it still carries this
+owner's token. That is best effort: two owners writing within the same instant can both believe
+they hold the trial.
+
+Expiry compares wall clocks of different hosts: keep the time to live well above their skew.
+The ``.leases`` folder is a dot-folder, which :func:`rayot.results.finished_trials` and
+:func:`rayot.results.read_results` ignore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import pyarrow.fs as pafs
+
+from rayot.errors import RayotError
+from rayot.results import filesystem, fsync_dir, is_local, write_local_file
+
+log = logging.getLogger(__name__)
+
+#: The folder of the leases, under the results location.
+LEASES = ".leases"
+#: How many create / take-over rounds :func:`acquire` tries before it gives up (never in practice).
+_ATTEMPTS = 20
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a lease: a unique token, plus where it runs and a label for people."""
+
+    token: str
+    host: str
+    pid: int
+    label: str = ""
+
+    @classmethod
+    def new(cls, label: str = "") -> Owner:
+        """A fresh owner of this process (a new token on every call)."""
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), label)
+
+    def describe(self) -> str:
+        name = self.label or "an unnamed owner"
+        return f"{name} on {self.host} (pid {self.pid})"
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """The content of a lease file: which trial, held by whom, until when (epoch seconds)."""
+
+    trial_id: str
+    owner: Owner
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
+
+    def describe(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        return f"trial {self.trial_id} is held by {self.owner.describe()}, for {self.expires_at - now:.0f} s more"
+
+
+def lease_path(location: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of ``location`` and the path of the lease file of ``trial_id``."""
+    fs, base = filesystem(location)
+    return fs, f"{base.rstrip('/')}/{LEASES}/{trial_id}.json"
+
+
+def _encode(trial_id: str, owner: Owner, expires_at: float) -> bytes:
+    return json.dumps(
+        {"trial_id": trial_id, "owner": asdict(owner), "expires_at": expires_at}, sort_keys=True
+    ).encode()
+
+
+def _decode(raw: bytes, trial_id: str) -> LeaseHolder | None:
+    """The lease in ``raw``, or ``None`` when it is not a lease of ``trial_id``."""
+    try:
+        d = json.loads(raw)
+        o = d["owner"]
+        owner = Owner(str(o["token"]), str(o["host"]), int(o["pid"]), str(o.get("label", "")))
+        holder = LeaseHolder(str(d["trial_id"]), owner, float(d["expires_at"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return holder if holder.trial_id == trial_id and owner.token else None
+
+
+def _unreadable(trial_id: str, path: str, mtime: float | None, ttl_s: float) -> LeaseHolder:
+    """An unreadable lease file (being written, or damaged) counts as held for ``ttl_s`` after its
+    last change; an unknown owner holds it."""
+    return LeaseHolder(trial_id, Owner("", "?", 0, f"an unreadable lease file {path}"),
+                       (mtime or 0.0) + ttl_s)
+
+
+# --- the storage operations: local (atomic) and object store (best effort) -------------------------
+
+
+def _read(fs: pafs.FileSystem, path: str) -> tuple[bytes, float | None] | None:
+    """The raw content and modification time of a lease file; ``None`` when there is none."""
+    if is_local(fs):
+        try:
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return None
+    try:
+        with fs.open_input_stream(path) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    return raw, info.mtime.timestamp() if info.mtime else None
+
+
+def _current(fs: pafs.FileSystem, path: str, trial_id: str, ttl_s: float
+             ) -> tuple[LeaseHolder, bytes] | None:
+    got = _read(fs, path)
+    if got is None:
+        return None
+    raw, mtime = got
+    return (_decode(raw, trial_id) or _unreadable(trial_id, path, mtime, ttl_s)), raw
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists, atomically; whether it was created."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails when path exists: a lease appears whole
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(folder)
+    return True
+
+
+def _remove_local_if(path: str, expected: bytes) -> bool:
+    """Remove ``path`` if it still holds ``expected``, safely against concurrent takers.
+
+    The file is renamed to a unique name first (only one of several racers can move a given
+    file), then its content is compared; a file that changed meanwhile is put back.
+    """
+    folder = os.path.dirname(path)
+    moved = f"{folder}/.{os.path.basename(path)}.{uuid.uuid4().hex}.stale"
+    try:
+        os.rename(path, moved)
+    except FileNotFoundError:
+        return False
+    try:
+        with open(moved, "rb") as f:
+            same = f.read() == expected
+        if not same:
+            try:
+                os.link(moved, path)  # put back what was not ours to remove
+            except FileExistsError:
+                log.warning("lease %s changed hands during a take-over; the newest lease stands", path)
+            except OSError:  # a filesystem without hard links: claim the name, then move back
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    log.warning("lease %s changed hands during a take-over; the newest lease stands", path)
+                else:
+                    os.close(fd)
+                    os.replace(moved, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(moved)
+    fsync_dir(folder)
+    return same
+
+
+def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Replace the content of a lease file whole (used only while the lease is live and ours)."""
+    if is_local(fs):
+        write_local_file(path, data)
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+# --- the API ----------------------------------------------------------------------------------------
+
+
+class Lease:
+    """A lease this process holds (as ``owner``). Use it as a context manager to release it."""
+
+    def __init__(self, location: str, trial_id: str, owner: Owner, ttl_s: float, expires_at: float,
+                 *, clock: Clock = time.time, settle_s: float = 0.5) -> None:
+        self.location = location
+        self.trial_id = trial_id
+        self.owner = owner
+        self.ttl_s = ttl_s
+        self.expires_at = expires_at
+        self.clock = clock
+        self.settle_s = settle_s
+        #: set once a renewal found the lease held by another owner; it is not renewed again
+        self.lost = False
+        #: the owner that held the lease when it was found lost
+        self.lost_to: LeaseHolder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return lease_path(self.location, self.trial_id)[1]
+
+    def renew(self) -> bool:
+        """Extend the lease by ``ttl_s`` from now; ``False`` (and :attr:`lost` set) when it is lost.
+
+        A lease that expired but that nobody took is renewed (through the same race-safe take-over
+        as :func:`acquire`); one another owner holds now is lost, and logged as a warning.
+        """
+        with self._lock:
+            if self.lost:
+                return False
+            got = acquire(self.location, self.trial_id, self.owner, self.ttl_s,
+                          clock=self.clock, settle_s=self.settle_s)
+            if isinstance(got, Lease):
+                self.expires_at = got.expires_at
+                return True
+            self.lost, self.lost_to = True, got
+            log.warning("lost the lease of trial %s: %s", self.trial_id, got.describe(self.clock()))
+            return False
+
+    def release(self) -> bool:
+        """Delete the lease file if it is still ours; whether it was deleted."""
+        with self._lock:
+            fs, path = lease_path(self.location, self.trial_id)
+            current = _current(fs, path, self.trial_id, self.ttl_s)
+            if current is None or current[0].owner.token != self.owner.token:
+                log.debug("lease of trial %s: not ours any more, left in place", self.trial_id)
+                return False
+            if is_local(fs):
+                released = _remove_local_if(path, current[1])
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(path)
+                released = True
+            if released:
+                log.debug("released the lease of trial %s", self.trial_id)
+            return released
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Lease({self.trial_id!r}, {self.owner.describe()}, expires_at={self.expires_at:.1f})"
+
+
+def acquire(location: str, trial_id: str, owner: Owner, ttl_s: float = 120.0, *,
+            clock: Clock = time.time, settle_s: float = 0.5) -> Lease | LeaseHolder:
+    """Take the lease of ``trial_id`` for ``owner``: a :class:`Lease` when ``owner`` now holds it,
+    else the :class:`LeaseHolder` of the live lease of another owner.
+
+    No lease, or an expired one (a dead owner's): ``owner`` takes it, for ``ttl_s`` seconds.
+    A live lease of ``owner`` itself: it is renewed. ``clock`` gives epoch seconds (injectable for
+    tests); ``settle_s`` is how long an object store is given before the read-back check.
+    """
+    fs, path = lease_path(location, trial_id)
+    if not is_local(fs):
+        return _acquire_object_store(fs, path, location, trial_id, owner, ttl_s, clock, settle_s)
+    for _ in range(_ATTEMPTS):
+        expires_at = clock() + ttl_s
+        data = _encode(trial_id, owner, expires_at)
+        if _create_local(path, data):
+            log.debug("took the lease of trial %s until %.1f", trial_id, expires_at)
+            return Lease(location, trial_id, owner, ttl_s, expires_at, clock=clock, settle_s=settle_s)
+        current = _current(fs, path, trial_id, ttl_s)
+        if current is None:
+            continue  # released meanwhile: create again
+        held, raw = current
+        now = clock()
+        if held.live(now):
+            if held.owner.token != owner.token:
+                return held
+            # ours and live: nobody else may take it before it expires, so replacing is safe
+            expires_at = now + ttl_s
+            _write(fs, path, _encode(trial_id, owner, expires_at))
+            return Lease(location, trial_id, owner, ttl_s, expires_at, clock=clock, settle_s=settle_s)
+        if held.owner.token != owner.token:
+            log.info("taking over the expired lease of trial %s from %s", trial_id, held.owner.describe())
+        _remove_local_if(path, raw)  # then create again; a racer may win, which the next round sees
+    raise RayotError(f"lease of trial {trial_id} at {path}: still contended after {_ATTEMPTS} attempts")
+
+
+def _acquire_object_store(fs: pafs.FileSystem, path: str, location: str, trial_id: str, owner: Owner,
+                          ttl_s: float, clock: Clock, settle_s: float) -> Lease | LeaseHolder:
+    """Best effort: write the lease unless another live one is there, then read it back."""
+    for _ in range(_ATTEMPTS):
+        current = _current(fs, path, trial_id, ttl_s)
+        if current is not None and current[0].live(clock()) and current[0].owner.token != owner.token:
+            return current[0]
+        if current is not None and current[0].owner.token != owner.token:
+            log.info("taking over the expired lease of trial %s from %s", trial_id,
+                     current[0].owner.describe())
+        expires_at = clock() + ttl_s
+        _write(fs, path, _encode(trial_id, owner, expires_at))
+        if settle_s > 0:
+            time.sleep(settle_s)
+        after = _current(fs, path, trial_id, ttl_s)
+        if after is None:
+            continue  # deleted meanwhile: try again
+        if after[0].owner.token == owner.token:
+            return Lease(location, trial_id, owner, ttl_s, after[0].expires_at, clock=clock,
+                         settle_s=settle_s)
+        return after[0]
+    raise RayotError(f"lease of trial {trial_id} at {path}: still contended after {_ATTEMPTS} attempts")
+
+
+def holder(location: str, trial_id: str, *, clock: Clock = time.time) -> LeaseHolder | None:
+    """The live lease of ``trial_id``, or ``None`` when nobody holds it (no lease, or expired).
+
+    An unreadable lease file counts as live for 120 s after its last change.
+    """
+    fs, path = lease_path(location, trial_id)
+    current = _current(fs, path, trial_id, 120.0)
+    if current is None or not current[0].live(clock()):
+        return None
+    return current[0]
+
+
+def holders(location: str, *, clock: Clock = time.time) -> dict[str, LeaseHolder]:
+    """Every live lease under ``location``, by trial id."""
+    fs, base = filesystem(location)
+    folder = f"{base.rstrip('/')}/{LEASES}"
+    out: dict[str, LeaseHolder] = {}
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        name = info.base_name
+        if info.type == pafs.FileType.File and name.endswith(".json") and not name.startswith("."):
+            found = holder(location, name[: -len(".json")], clock=clock)
+            if found is not None:
+                out[found.trial_id] = found
+    return out
+
+
+class Heartbeat:
+    """Renew leases from a daemon thread, every ``interval_s`` (default: a third of the shortest
+    time to live), until :meth:`stop` or the end of the ``with`` block.
+
+    A renewal that finds a lease held by another owner logs a warning, sets that lease's
+    :attr:`Lease.lost` and this heartbeat's :attr:`lost`, and stops renewing it; the others go
+    on. A renewal that fails (a storage error) is logged and retried at the next beat. Leases can
+    be added and removed while it runs. It does not release the leases: a :class:`Lease` is
+    itself a context manager for that.
+    """
+
+    def __init__(self, leases: Lease | Iterable[Lease] = (), interval_s: float | None = None) -> None:
+        self._leases: list[Lease] = [leases] if isinstance(leases, Lease) else list(leases)
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: True once any lease was found held by another owner
+        self.lost = False
+        #: the leases found lost
+        self.lost_leases: list[Lease] = []
+        #: how many renewals succeeded, and how many failed with a storage error
+        self.renewals = 0
+        self.errors = 0
+
+    @property
+    def interval_s(self) -> float:
+        if self._interval_s is not None:
+            return self._interval_s
+        with self._lock:
+            return min((lease.ttl_s for lease in self._leases), default=120.0) / 3
+
+    def add(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.append(lease)
+
+    def discard(self, lease: Lease) -> None:
+        with self._lock:
+            if lease in self._leases:
+                self._leases.remove(lease)
+
+    def start(self) -> Heartbeat:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="rayot-lease-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def beat(self) -> None:
+        """Renew every lease once (what the thread does at each beat)."""
+        with self._lock:
+            leases = list(self._leases)
+        for lease in leases:
+            if self._stop.is_set():
+                return
+            try:
+                ok = lease.renew()
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup: try again at the next beat
+                self.errors += 1
+                log.warning("renewing the lease of trial %s failed (%s); retrying", lease.trial_id, exc)
+                continue
+            if ok:
+                self.renewals += 1
+            else:
+                self.lost = True
+                self.lost_leases.append(lease)
+                self.discard(lease)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
