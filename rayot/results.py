@@ -12,7 +12,16 @@ so that a sweep's summary can list it and a re-run retries it.
 Storage: ``<results>/<trial_id>.parquet``, where ``<results>`` is a local path, a ``file://``
 URI, or an ``s3://`` / ``gs://`` URI (any filesystem pyarrow knows). A file is first written
 under a temporary name and then renamed, so a crash never leaves a half-written result and a
-re-run replaces a trial's file instead of adding rows.
+re-run replaces a trial's file instead of adding rows; on a local filesystem the file and its
+folder are fsync'ed, so a result that was reported written survives a power loss.
+:func:`clean_temporary_files` removes what a crashed writer left behind.
+
+A result file that cannot be read (empty, truncated, foreign) never stops a sweep:
+:func:`finished_trials` and :func:`trial_status` log it and count its trial as not done, and
+:func:`unreadable_results` lists such files. A ``done`` result is never replaced by a failure
+(:func:`write_failure_rows`). :func:`check_writable` probes a location before a sweep starts.
+Per-trial leases (:mod:`rayot.leases`) live in the dot-folder ``<results>/.leases``, which the
+readers here ignore.
 """
 
 from __future__ import annotations
