@@ -8,10 +8,20 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
-app = typer.Typer(help="Benchmark data: few-shot subsets, checks, synthetic data.", no_args_is_help=True)
+app = typer.Typer(help="Benchmark data: download and arrange, check, few-shot subsets, synthetic data.",
+                  no_args_is_help=True)
 
 
 class Subsample(str, Enum):
@@ -137,6 +147,115 @@ def _classes(found: int | None, expected: int | None) -> str:
     if found is None:
         return "-"
     return str(found) if expected is None or found == expected else f"[red]{found}/{expected}[/]"
+
+
+def _progress_console() -> Console:
+    """Where download and extraction bars go (tests swap it for a recording console)."""
+    return Console(stderr=True)
+
+
+class _Bars:
+    """Renders the library's progress callback: one Rich bar per (stage, file)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[tuple[str, str], TaskID] = {}
+
+    def __call__(self, stage: str, label: str, done: int, total: int | None) -> None:
+        key = (stage, label)
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(f"{stage:<8} {escape(label)}", total=total)
+        self.bar.update(self.tasks[key], completed=done, total=total)
+
+
+@app.command()
+def prepare(
+    datasets: list[str] = typer.Argument(..., help="Datasets to prepare, or all."),
+    root: Path | None = typer.Option(None, "--root", help="Data root to create the dataset folders in."),
+    from_dir: Path | None = typer.Option(
+        None, "--from", help="A folder holding files obtained by hand or with --download-only "
+        "(or one such file); anything not there is downloaded."),
+    download_only: Path | None = typer.Option(
+        None, "--download-only", help="Only download and verify the files into this folder "
+        "(for --from on a machine without network)."),
+    keep: bool = typer.Option(False, "--keep-downloads", help="Keep downloaded archives."),
+    decode: bool = typer.Option(False, "--decode/--no-decode",
+                                help="Decode every image in the final check."),
+) -> None:
+    """Download, verify, extract and arrange DATASETS in the layout `rayot data check` reads.
+
+    Each file is checked against its recorded checksum (or its structure where none is recorded); the dataset folder appears under the root only once complete. Downloads resume after an interruption; a prepared dataset is left alone. Ends with `rayot data check`.
+    """
+    from rayot.data.prepare import download_only as fetch_only
+    from rayot.data.prepare import how_to_obtain, prepare_dataset, recipes, resolve_names
+    from rayot.data.specs import get_spec
+    from rayot.errors import DataError
+
+    names = resolve_names(datasets)
+    if download_only is None and root is None:
+        raise DataError("prepare needs --root ROOT (or --download-only DIR)")
+    if from_dir is not None and not from_dir.exists():
+        raise DataError(f"--from {from_dir} does not exist")
+    err = _progress_console()
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    if download_only is not None:
+        with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
+            files, manual = fetch_only(names, download_only, progress=_Bars(bar))
+        out = Console()
+        out.print(f"{len(files)} file(s) downloaded and verified in {escape(str(download_only))}; "
+                  f"on the offline machine: rayot data prepare {' '.join(datasets)} --root ROOT "
+                  f"--from {escape(str(download_only))}", highlight=False, soft_wrap=True)
+        for message in manual:
+            out.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
+        return
+    assert root is not None
+    table = recipes()
+    explicit = "all" not in datasets
+    prepared: list[str] = []
+    skipped: list[str] = []
+    failed: list[str] = []
+    for name in names:
+        recipe = table[name]
+        if not explicit and not recipe.automatic and not _has_manual_files(recipe, from_dir):
+            # `all` prepares what can be prepared; the rest is named with what to obtain.
+            if (root / get_spec(name).folder).exists():
+                prepared.append(name)
+            else:
+                skipped.append(how_to_obtain(recipe))
+            continue
+        try:
+            with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
+                outcome = prepare_dataset(name, root, from_dir=from_dir, keep_downloads=keep,
+                                          progress=_Bars(bar))
+        except DataError as exc:
+            if len(names) == 1:
+                raise
+            failed.append(str(exc))
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            continue
+        err.print(f"{escape(name)}: {outcome.status} ({escape(str(outcome.folder))})",
+                  highlight=False, soft_wrap=True)
+        prepared.append(name)
+    for message in skipped:
+        err.print(f"[yellow]skipped:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if prepared:
+        try:
+            check(datasets=prepared, root=root, decode=decode, workers=4, max_list=20)
+        except typer.Exit as exc:
+            if exc.exit_code:
+                raise
+    if failed:
+        err.print(f"{len(failed)} dataset(s) failed (above)", highlight=False)
+        raise typer.Exit(1)
+
+
+def _has_manual_files(recipe, from_dir: Path | None) -> bool:  # noqa: ANN001
+    """Whether ``from_dir`` holds every file of ``recipe`` that cannot be downloaded."""
+    if from_dir is None:
+        return False
+    manual = [s.name for s in recipe.files if not s.automatic]
+    return all((from_dir / n).is_file() or from_dir.name == n for n in manual)
 
 
 @app.command()

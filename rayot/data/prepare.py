@@ -163,8 +163,8 @@ def recipes() -> dict[str, Recipe]:
                    f"{tv}.imagenet.ARCHIVE_META",
                    page="https://image-net.org/challenges/LSVRC/2012/2012-downloads.php"),
             _classnames(),
-        ), manual="ImageNet's licence: sign in at https://image-net.org, accept the terms and "
-                  "download the ILSVRC2012 training images, validation images and development "
+        ), manual="ImageNet's licence; sign in at https://image-net.org, accept its terms and "
+                  "download the training images, the validation images and the development "
                   "kit (Task 1 & 2) from https://image-net.org/challenges/LSVRC/2012/"
                   "2012-downloads.php",
             arrange=_arrange_imagenet,
@@ -191,18 +191,19 @@ def recipes() -> dict[str, Recipe]:
             # ai.stanford.edu archives; torchvision no longer downloads them).
             Source("cars_train.tgz", (), "sha256:512b227b30e2f0a8aab9e09485786ab4479582073a"
                    "144998da74d64b801fd288", "tensorflow_datasets url_checksums/cars196.txt",
-                   page="http://ai.stanford.edu/~jkrause/car196/cars_train.tgz (gone; mirrors)",
+                   page="formerly http://ai.stanford.edu/~jkrause/car196/cars_train.tgz",
                    size=979269282),
             Source("cars_test.tgz", (), "sha256:bffea656d6f425cba3c91c6d83336e4c5f86c6cffd897"
                    "5b0f375d3a10da8e243", "tensorflow_datasets url_checksums/cars196.txt",
-                   page="http://ai.stanford.edu/~jkrause/car196/cars_test.tgz (gone; mirrors)",
+                   page="formerly http://ai.stanford.edu/~jkrause/car196/cars_test.tgz",
                    size=977350468),
         ), (Place("cars_train.tgz", "cars_train", "cars_train"),
             Place("cars_test.tgz", "cars_test", "cars_test"),
             Place("split_zhou_StanfordCars.json")),
-            manual="its official address (ai.stanford.edu/~jkrause/cars) is gone: obtain the "
-                   "original cars_train.tgz and cars_test.tgz from a mirror (they are checked "
-                   "against the sha256 sums tensorflow_datasets recorded)"),
+            manual="its official address (ai.stanford.edu/~jkrause/cars) is gone; obtain the "
+                   "original cars_train.tgz and cars_test.tgz from a mirror of it (they are "
+                   "checked against the sizes and sha256 sums tensorflow_datasets recorded for "
+                   "the originals)"),
         Recipe("oxford_flowers", (
             _split("split_zhou_OxfordFlowers.json", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
             *(Source(flowers[k][0], (flowers_url + flowers[k][0],), f"md5:{flowers[k][1]}",
@@ -306,9 +307,10 @@ def resolve_names(names: Iterable[str]) -> list[str]:
 def how_to_obtain(recipe: Recipe) -> str:
     """The message for a dataset that cannot be downloaded automatically."""
     files = [s for s in recipe.files if not s.automatic]
-    listed = "; ".join(f"{s.name} ({s.page})" if s.page else s.name for s in files)
-    return (f"{recipe.dataset} cannot be downloaded automatically ({recipe.manual}). Obtain "
-            f"{listed}, put them in one folder DIR and run `rayot data prepare {recipe.dataset} "
+    listed = ", ".join(f"{s.name} ({s.page})" if s.page and s.page not in recipe.manual
+                       else s.name for s in files)
+    return (f"{recipe.dataset} cannot be downloaded automatically: {recipe.manual}. Put "
+            f"{listed} in one folder DIR and run `rayot data prepare {recipe.dataset} "
             f"--root ROOT --from DIR`")
 
 
@@ -612,7 +614,6 @@ def prepare_dataset(name: str, root: Path, *, from_dir: Path | None = None,
     spec = get_spec(name)
     recipe = (table or recipes())[name]
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     folder = root / spec.folder
     if folder.exists():
         report = check_dataset(name, root, decode=False)
@@ -626,10 +627,12 @@ def prepare_dataset(name: str, root: Path, *, from_dir: Path | None = None,
                         "an existing dataset folder: move it aside and run prepare again")
     if from_dir is None and not recipe.automatic:
         raise DataError(how_to_obtain(recipe))
+    root.mkdir(parents=True, exist_ok=True)
     own_downloads = downloads is None
     downloads = root / DOWNLOADS_FOLDER if downloads is None else Path(downloads)
     fetched: dict[str, Path] = {}
     ours: list[Path] = []
+    ok = False
     try:
         for source in recipe.files:
             path, downloaded = obtain(recipe, source, root=root, from_dir=from_dir,
@@ -637,25 +640,14 @@ def prepare_dataset(name: str, root: Path, *, from_dir: Path | None = None,
             fetched[source.name] = path
             if downloaded:
                 ours.append(path)
-        try:
-            _assemble(recipe, spec, root, fetched, progress)
-        except DataError as exc:
-            # A downloaded archive with no recorded checksum was verified by this very
-            # arrangement, and failed it: it is bad, so it goes too.
-            bad = [p for p in ours if _source(recipe, p.name).checksum is None
-                   and p.name.endswith(ARCHIVE_SUFFIXES)]
-            for path in bad:
-                path.unlink(missing_ok=True)
-            if bad:
-                raise DataError(f"{exc}; deleted the unverified download(s) "
-                                f"{', '.join(str(p) for p in bad)}") from None
-            raise
+        _assemble(recipe, spec, root, fetched, progress)
+        ok = True
     finally:
-        if own_downloads:
-            _remove_if_empty(downloads)
-    if not keep_downloads:
-        for path in ours:
-            path.unlink(missing_ok=True)
+        # On failure only partial downloads (*.part, resumed by the next run) stay behind; a
+        # corrupt or unverifiable file was deleted where it was found to be bad.
+        if not ok or not keep_downloads:
+            for path in ours:
+                path.unlink(missing_ok=True)
         if own_downloads:
             _remove_if_empty(downloads)
     report = check_dataset(name, root, decode=decode)
@@ -686,10 +678,6 @@ def _assemble(recipe: Recipe, spec: DatasetSpec, root: Path, files: dict[str, Pa
         os.rename(dest, root / spec.folder)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _source(recipe: Recipe, name: str) -> Source:
-    return next(s for s in recipe.files if s.name == name)
 
 
 def _remove_if_empty(folder: Path) -> None:
