@@ -107,6 +107,10 @@ class TrialConfig:
     seed: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    #: data-parallel workers the trial trains on; a sweep sets it from resources.num_workers.
+    #: Today N workers take N per-worker batches per step, a different experiment from one
+    #: worker, so a value other than 1 is part of the trial id (see :func:`trial_id`).
+    world_size: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -161,7 +165,7 @@ _NON_NEGATIVE = (
     "optim.warmup_epochs",
     "optim.epochs",
 )
-_POSITIVE = ("optim.batch_size", "optim.eval_batch_size", "optim.log_every", "loss.tau", "loss.n_iters")
+_POSITIVE = ("world_size", "optim.batch_size", "optim.eval_batch_size", "optim.log_every", "loss.tau", "loss.n_iters")
 
 #: Keys that do not change a trial's results: left out of the trial id.
 _NOT_IN_ID = ("device", "data.root", "data.num_workers", "model.cache_dir", "output", "optim.log_every")
@@ -368,6 +372,8 @@ def trial_id(cfg: TrialConfig) -> str:
         for k, v in flatten(cfg).items()
         if not any(k == skip or k.startswith(skip + ".") for skip in _NOT_IN_ID)
     }
+    if flat["world_size"] == 1:  # single-worker ids stay those of `rayot train`
+        del flat["world_size"]
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -35,7 +35,7 @@ from rayot.data import (
     train_transform,
 )
 from rayot.data.specs import DEFAULT_TEMPLATE
-from rayot.errors import DataError, TrainingError
+from rayot.errors import DataError, RayotError, TrainingError
 from rayot.losses import prompt_ot_loss, total_loss
 from rayot.model import PromptedCLIP, load_clip
 
@@ -83,6 +83,14 @@ class TrialHooks:
     def should_evaluate(self) -> bool:
         """Whether this rank evaluates the final model (rank 0 only under DDP)."""
         return self.rank == 0
+
+    def first_failed_rank(self, failed: bool) -> int | None:
+        """Agree across ranks on a failure: the lowest rank that failed, or ``None``.
+
+        Every rank calls it at the same points of the loop; under DDP it is a collective, so a
+        failure on one rank stops them all instead of leaving them blocked in the next one.
+        """
+        return self.rank if failed else None
 
 
 class _EpochRandomSampler(Sampler[int]):
@@ -257,18 +265,45 @@ def evaluate(
 # ----------------------------------------------------------------------------- training
 
 
-def _check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
-    """Stop on a NaN or infinite loss, naming the step and the loss terms (one sync per check)."""
+def _check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> TrainingError | None:
+    """The error for a NaN or infinite loss, naming the step and the loss terms (one sync per check)."""
     if not losses:
-        return
+        return None
     terms = torch.stack(losses).float().cpu()  # (n_steps, 3): total, ce, reg
     bad = (~torch.isfinite(terms)).any(dim=1).nonzero()
     if len(bad):
         i = int(bad[0])
         total, ce, reg = terms[i].tolist()
-        raise TrainingError(
+        return TrainingError(
             f"non-finite loss at epoch {epoch + 1}, step {first_step + i + 1}: "
             f"total={total}, cross_entropy={ce}, regularizer={reg}"
+        )
+    return None
+
+
+class PeerFailure(TrainingError):
+    """Another rank of this trial failed; that rank records the failure, this one only stops."""
+
+
+def _agree(hooks: TrialHooks, error: RayotError | None) -> None:
+    """Raise on every rank when any rank failed: its own error where it failed, else PeerFailure."""
+    failed = hooks.first_failed_rank(error is not None)
+    if failed is None:
+        return
+    if error is not None and failed == hooks.rank:
+        raise error
+    raise PeerFailure(f"rank {failed} of this trial failed")
+
+
+def _check_resumable(state: dict[str, Any], cfg: C.TrialConfig) -> None:
+    """An epoch checkpoint resumes only the trial, and the world size, that wrote it."""
+    tid = C.trial_id(cfg)
+    found = (state.get("trial_id"), state.get("world_size"))
+    if found != (tid, cfg.world_size):
+        raise TrainingError(
+            f"epoch checkpoint of trial {found[0] or '(unknown)'} on {found[1] or '?'} worker(s) "
+            f"cannot resume trial {tid} on {cfg.world_size}: delete the run folder trial-{tid} "
+            "under the checkpoint storage to start this trial afresh"
         )
 
 
@@ -281,8 +316,11 @@ def train_prompts(
     device: torch.device,
     hooks: TrialHooks,
     progress: Callable[[Progress], None] | None = None,
-) -> None:
-    """Train the prompt parameters of ``model`` in place for ``cfg.optim.epochs`` epochs."""
+) -> float:
+    """Train the prompt parameters of ``model`` in place for ``cfg.optim.epochs`` epochs.
+
+    Returns the training time in seconds, summed over every run of the trial when it resumed.
+    """
     o, lc = cfg.optim, cfg.loss
     if not task.train:
         raise DataError(
@@ -294,9 +332,12 @@ def train_prompts(
     params = list(model.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
-    start_epoch = 0
+    start_epoch, seconds_before = 0, 0.0
+    t0 = time.perf_counter()
     state = hooks.resume_state()
     if state is not None:
+        _check_resumable(state, cfg)  # the same checkpoint on every rank: no agreement needed
+        seconds_before = float(state.get("train_seconds", 0.0))
         model.load_prompt_state_dict(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
@@ -331,7 +372,17 @@ def train_prompts(
         model.train()
         pending: list[torch.Tensor] = []
         first = 0
-        for step, (images, labels) in enumerate(_batches(loader)):
+        batches = _batches(loader)
+        for step in range(steps):
+            # data errors and non-finite losses are agreed on across ranks (_agree) at the same
+            # points of every rank's loop, so one rank's failure stops every rank
+            error: RayotError | None = None
+            try:
+                images, labels = next(batches)
+            except RayotError as exc:
+                error = exc
+            if error is not None or hooks.world_size > 1:
+                _agree(hooks, error)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = ddp_model(images)
@@ -362,18 +413,23 @@ def train_prompts(
             scaler.update()
             pending.append(torch.stack([loss.detach(), ce.detach(), reg.detach()]))
             if len(pending) == o.log_every or step == steps - 1:
-                _check_finite(pending, first, epoch)
+                error = _check_finite(pending, first, epoch)
+                if error is not None or hooks.world_size > 1:
+                    _agree(hooks, error)
                 last = pending[-1].float().tolist()
                 if progress is not None:
                     progress(Progress(epoch, o.epochs, step + 1, steps, *last, lr))
                 first = step + 1
                 pending = []
         log.info("epoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", epoch + 1, o.epochs, *last, lr)
+        seconds = seconds_before + time.perf_counter() - t0
         hooks.save_epoch(
             epoch,
-            {"prompt": model.prompt_state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            {"prompt": model.prompt_state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "train_seconds": seconds, "trial_id": C.trial_id(cfg), "world_size": cfg.world_size},
             {"epoch": epoch + 1, "loss": last[0], "ce": last[1], "reg": last[2], "lr": lr},
         )
+    return seconds_before + time.perf_counter() - t0
 
 
 def _trial_fields(cfg: C.TrialConfig, sweep: str | None) -> dict[str, Any]:
@@ -454,17 +510,22 @@ def run_trial(
     hooks = hooks or TrialHooks()
     device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    loaded = load_clip(
-        cfg.model.name,
-        cfg.model.pretrained,
-        checkpoint=resolve_weights_path(cfg.model.checkpoint),
-        cache_dir=cfg.model.cache_dir,
-        device=device,
-    )
     root, d = cfg.data.root, cfg.data
     zero_shot = cfg.method == "zeroshot"
-    train_task = build_task(d.dataset, root, shots=0 if zero_shot else d.shots, seed=cfg.seed,
-                            subsample=C.train_subsample(cfg))
+    try:  # a bad model or dataset on one rank must stop every rank (_agree)
+        loaded = load_clip(
+            cfg.model.name,
+            cfg.model.pretrained,
+            checkpoint=resolve_weights_path(cfg.model.checkpoint),
+            cache_dir=cfg.model.cache_dir,
+            device=device,
+        )
+        train_task = build_task(d.dataset, root, shots=0 if zero_shot else d.shots, seed=cfg.seed,
+                                subsample=C.train_subsample(cfg))
+    except RayotError as exc:
+        _agree(hooks, exc)
+    if hooks.world_size > 1:
+        _agree(hooks, None)
     p = cfg.prompt
     model = PromptedCLIP(
         loaded,
@@ -476,11 +537,10 @@ def run_trial(
         ctx_init=p.ctx_init,
     ).to(device)
 
-    t0 = time.perf_counter()
+    train_seconds = 0.0
     if not zero_shot and cfg.optim.epochs > 0:
-        train_prompts(cfg, model, train_task, image_size=loaded.image_size, device=device,
-                      hooks=hooks, progress=progress)
-    train_seconds = time.perf_counter() - t0
+        train_seconds = train_prompts(cfg, model, train_task, image_size=loaded.image_size,
+                                      device=device, hooks=hooks, progress=progress)
 
     evals: list[EvalResult] = []
     if hooks.should_evaluate():
@@ -504,6 +564,11 @@ def run_trial(
             evals.append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
             log.info("%s %s (%s): %.2f%% of %d", protocol, eval_dataset, split, evals[-1].accuracy, n_test)
     return TrialOutcome(C.trial_id(cfg), evals, model.prompt_state_dict(), train_seconds)
+
+
+def prompt_checkpoint_name(trial_id: str) -> str:
+    """Where a trial's final prompts go under the checkpoint location, for `rayot train` and sweeps."""
+    return f"{trial_id}/prompt.pt"
 
 
 def checkpoint_payload(cfg: C.TrialConfig, prompt_state: dict[str, torch.Tensor]) -> dict[str, Any]:

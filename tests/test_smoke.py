@@ -1,6 +1,7 @@
 """The README's main job, `rayot sweep sweeps/smoke.yaml`, end to end on an embedded local Ray,
-with its numbers pinned: silent numerical drift anywhere (data, model, prompts, loss, training,
-evaluation, aggregation) fails here. A second run is a no-op."""
+with its numbers pinned within a measured cross-CPU tolerance: numerical drift anywhere (data,
+model, prompts, loss, training, evaluation, aggregation) beyond a few test images fails here,
+and so does losing the result the table shows. A second run is a no-op."""
 
 from __future__ import annotations
 
@@ -14,12 +15,27 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Base / Novel / HM means over seeds 1-2, as the sweep prints them (measured; see README).
+#: Base / Novel / HM means over seeds 1-2, as the sweep prints them (measured on an AVX-512
+#: machine; see README).
 PINNED = {
-    "CLIP (zero-shot)": ("65.83", "90.62", "76.26"),
-    "IVLP (λ=0)": ("78.33", "68.12", "72.87"),
-    "Prompt-OT": ("75.73", "88.85", "81.77"),
+    "CLIP (zero-shot)": (65.83, 90.62, 76.26),
+    "IVLP (λ=0)": (78.33, 68.12, 72.87),
+    "Prompt-OT": (75.73, 88.85, 81.77),
 }
+#: Float kernels differ between CPUs. Measured: an AVX2-only machine gives IVLP (λ = 0) Base
+#: 78.23 / HM 72.83 (one of the 480 base test images of one seed: 0.10 points on a two-seed
+#: mean, 0.04 on HM), every other number equal. The tolerance allows five times that, five test
+#: images on one seed, and is still far below what any real change of the method moves (a
+#: changed λ, schedule or evaluation moves these numbers by whole points).
+TOLERANCE = 0.5
+
+
+def _table(text: str) -> dict[str, tuple[float, ...]]:
+    rows = {}
+    for method in PINNED:
+        line = next((ln for ln in text.splitlines() if method in ln), "")
+        rows[method] = tuple(float(c) for c in line.replace("│", " ").split() if c[:1].isdigit())
+    return rows
 
 
 def _sweep(tmp_path: Path) -> subprocess.CompletedProcess:
@@ -35,9 +51,15 @@ def test_smoke_sweep_prints_the_pinned_table_and_reruns_as_a_no_op(tmp_path):
     text = first.stdout + first.stderr
     assert first.returncode == 0, text
     assert len(list((tmp_path / "results").glob("*.parquet"))) == 6
+    table = _table(text)
     for method, numbers in PINNED.items():
-        line = next((ln for ln in text.splitlines() if method in ln), "")
-        assert [c for c in line.replace("│", " ").split() if c[:1].isdigit()] == list(numbers), line
+        assert table[method] == pytest.approx(numbers, abs=TOLERANCE), (method, table[method])
+    zs, ivlp, ot = (dict(zip(("base", "novel", "hm"), table[m], strict=True)) for m in PINNED)
+    # what the demo world shows, whatever the CPU: prompt learning without the regulariser gains
+    # on base and forgets novel classes; Prompt-OT keeps novel accuracy near zero-shot and wins HM
+    assert ivlp["base"] > zs["base"] + 5 and ivlp["novel"] < zs["novel"] - 10
+    assert ot["base"] > zs["base"] + 5 and ot["novel"] > zs["novel"] - 5
+    assert ot["hm"] > max(zs["hm"], ivlp["hm"]) + 3
 
     second = _sweep(tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr

@@ -65,9 +65,13 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point: bad input becomes one message and exit status 2."""
+    """Console-script entry point: bad input becomes one message and exit status 2, Ctrl-C 130."""
     try:
         app()
     except RayotError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: results written so far are kept; run the same command "
+                          "again to go on from there", highlight=False)
+        sys.exit(130)

@@ -31,16 +31,26 @@ def sweep(
     retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
     report: bool = typer.Option(True, "--report/--no-report", help="Print the Base / Novel / HM table at the end."),
 ) -> None:
-    """Run every trial of a sweep that has no finished result yet."""
+    """Run every trial of a sweep that has no finished result yet.
+
+    Exit status: 0 every trial is done; 1 some trial failed (the others ran); 2 bad input,
+    nothing ran; 3 nothing failed but some trials are being run by another sweep on the same
+    storage; 130 interrupted (what finished is kept, a re-run goes on from there).
+    """
     from rayot import config as C
     from rayot import results
-    from rayot.sweep.spec import expand, load_spec, storage_of
+    from rayot.sweep.spec import expand, load_spec, replaced_axes, storage_of
 
     console = Console()
     s = load_spec(spec)
-    trials = expand(s, results=results_dir, checkpoints=checkpoints,
-                    sets=C.flatten(C.parse_overrides(sets or [])))
+    set_values = C.flatten(C.parse_overrides(sets or []))
+    trials = expand(s, results=results_dir, checkpoints=checkpoints, sets=set_values)
     results_location = storage_of(s, trials).results
+    for note in replaced_axes(s, set_values):
+        console.print(f"note: {note}", highlight=False)
+    for path, problem in results.unreadable_results(results_location).items():
+        console.print(f"warning: results file {path} is unreadable ({problem}); its trial counts "
+                      "as not done and runs again", highlight=False, soft_wrap=True)
     if dry_run:
         from rayot.sweep.runner import TrialState, plan_table
 
@@ -62,21 +72,29 @@ def sweep(
     console.print(summary_table(summary))
     if summary.failed:
         console.print(failures_table(summary))
+    for st in summary.busy:
+        console.print(f"{st.trial_id}: {st.error or 'running in another sweep'}; re-run later to "
+                      "pick up its result", highlight=False, soft_wrap=True)
     console.print(f"wall time {time.monotonic() - t0:.0f}s; results: {results_location}")
     if report:
-        _print_report(console, results_location, s.name)
+        _print_report(console, results_location, [st.trial_id for st in summary.states])
     if summary.failed:
         raise typer.Exit(1)
+    if summary.busy:
+        raise typer.Exit(3)
 
 
-def _print_report(console: Console, location: str, sweep_name: str) -> None:
+def _print_report(console: Console, location: str, trial_ids: list[str]) -> None:
+    """The Base / Novel / HM table of this sweep's trials, whichever run finished them."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from rayot import results
     from rayot.report import build_report, print_report
 
-    table = results.read_results([location])
-    table = table.filter(pc.equal(table.column("sweep"), sweep_name))
-    if table.num_rows == 0:
+    table = results.read_results([location], skip_unreadable=True)
+    table = table.filter(pc.is_in(table.column("trial_id"), value_set=pa.array(trial_ids)))
+    if "done" not in table.column("status").to_pylist():
+        console.print("no trial of this sweep finished: no table to print")
         return
     print_report(build_report(table, figures=False), console)

@@ -20,9 +20,19 @@ def train(
     from rayot import config as C
     from rayot import results
     from rayot.cli._common import ensure_synthetic
-    from rayot.train import resolve_device, result_rows, run_trial, save_checkpoint
+    from rayot.errors import ConfigError
+    from rayot.train import (
+        prompt_checkpoint_name,
+        resolve_device,
+        result_rows,
+        run_trial,
+        save_checkpoint,
+    )
 
     cfg = C.load_config(config, overrides or [])
+    if cfg.world_size != 1:
+        raise ConfigError(f"config key 'world_size': rayot train runs one process, got {cfg.world_size} "
+                          "(a sweep trains on several workers: resources.num_workers)")
     if cfg.data.dataset == "synthetic":
         ensure_synthetic([cfg.data.root])
     tid = C.trial_id(cfg)
@@ -56,7 +66,7 @@ def train(
         bar.stop()
     rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds)
     path = results.write_trial_rows(cfg.output.results, tid, rows)
-    ckpt = save_checkpoint(cfg.output.checkpoints, f"{tid}/prompt.pt", cfg, outcome.prompt_state)
+    ckpt = save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
     for r in outcome.evals:
         console.print(f"{r.protocol:>22} {r.eval_dataset:>16} {r.split:>6}: {r.accuracy:6.2f}% of {r.n_test}")
     console.print(f"results: {path}\ncheckpoint: {ckpt}")

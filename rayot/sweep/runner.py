@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import ray
 from ray import tune
 from rich.console import Console, Group
 from rich.live import Live
@@ -17,30 +18,22 @@ from rich.table import Table
 
 from rayot import config as C
 from rayot import results
-from rayot.errors import RayotError
+from rayot.sweep import cluster
 from rayot.sweep.spec import SweepSpec, storage_of
-from rayot.sweep.worker import FAULT_ENV, storage_path, tune_driver
+from rayot.sweep.worker import FAULT_ENV, log_name, record_failure, storage_path, tune_driver
 
 log = logging.getLogger(__name__)
 
-#: Resources of the Tune trial itself: it only drives its Train run, which holds the real ones.
-DRIVER_RESOURCES = {"CPU": 0.01}
-#: A custom resource that cluster/ puts on the head node, so that drivers stay off (spot) workers.
-DRIVER_SLOT = "driver_slot"
-
-
-def driver_resources() -> dict[str, float]:
-    """Ask for a driver slot where the cluster offers them; plain CPU otherwise (embedded Ray)."""
-    if ray.cluster_resources().get(DRIVER_SLOT, 0) >= 1:
-        return {**DRIVER_RESOURCES, DRIVER_SLOT: 1}
-    return dict(DRIVER_RESOURCES)
+#: Trial states: pending (not started), waiting (its Tune trial waits for workers), running,
+#: done, failed, skipped (finished before this run) and busy (another sweep holds its lease).
+STATES = ("pending", "waiting", "running", "done", "failed", "skipped", "busy")
 
 
 @dataclass
 class TrialState:
     trial_id: str
     cfg: C.TrialConfig
-    status: str = "pending"  # pending | running | done | failed | skipped
+    status: str = "pending"  # one of STATES
     epoch: int = 0
     error: str = ""
     log: str = ""
@@ -68,61 +61,90 @@ def plan_table(states: list[TrialState], title: str) -> Table:
     return table
 
 
-class LiveView(tune.Callback):
-    """A Rich view of the sweep, refreshed from Tune's trial events in the driver process."""
+def _one_line(s: TrialState) -> str:
+    d = describe(s.cfg)
+    return f"{s.trial_id} ({d['dataset']} {d['method']} seed {d['seed']} λ={d['λ']})"
 
-    def __init__(self, states: list[TrialState], concurrency: int) -> None:
+
+class LiveView(tune.Callback):
+    """The sweep as it runs, from Tune's trial events in the driver process.
+
+    On a terminal a Rich view refreshed in place; elsewhere (``nohup``, CI logs, ``| tee``) one
+    line per trial event, since a refreshed view would only print its last frame there.
+    """
+
+    def __init__(self, states: list[TrialState], concurrency: int, console: Console) -> None:
         self.by_id = {s.trial_id: s for s in states}
         self.states = states
         self.concurrency = max(concurrency, 1)
+        self.console = console
         self.t0 = time.monotonic()
         self.live: Live | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a console or live view cannot be
+        return {**self.__dict__, "console": None, "live": None}
 
     def _state(self, trial: Any) -> TrialState:
         return self.by_id[trial.config["trial"]["trial_id"]]
 
+    def _move(self, s: TrialState, status: str, note: str = "") -> None:
+        changed = s.status != status
+        s.status = status
+        if changed and self.console is not None and not self.console.is_terminal:
+            counts = self.counts()
+            tally = f"[{counts['done'] + counts['skipped']}/{len(self.states)} done, {counts['failed']} failed]"
+            self.console.print(f"{time.monotonic() - self.t0:6.0f}s {tally} {_one_line(s)}: {status}"
+                               + (f" {note}" if note else ""), highlight=False, soft_wrap=True)
+        self.refresh()
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         s = self._state(trial)
-        s.status, s.started = "running", time.monotonic()
-        self.refresh()
+        s.started = time.monotonic()
+        self._move(s, "waiting", "(for its workers)")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         s = self._state(trial)
         if "epoch" in result:
             s.epoch = int(result["epoch"])
-        if result.get("status") in ("done", "failed"):
-            s.status = result["status"]
+        status = result.get("status")
+        if status in ("done", "failed", "busy"):
             s.error = result.get("error") or s.error
             s.log = result.get("log") or s.log
-        self.refresh()
+            note = f"after {time.monotonic() - (s.started or self.t0):.0f}s"
+            self._move(s, status, f"{note}: {s.error}" if s.error else note)
+        elif status == "running" and s.status == "waiting":
+            self._move(s, "running")
+        else:
+            self.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         s = self._state(trial)
         s.finished = time.monotonic()
-        if s.status == "running":
-            s.status = "done"
         self.refresh()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         s = self._state(trial)
-        s.status, s.finished = "failed", time.monotonic()
-        s.error = s.error or "the Tune trial itself failed (see Ray's logs)"
-        self.refresh()
+        s.finished = time.monotonic()
+        self._move(s, "failed", "(its Tune trial failed; the error is recorded at the end)")
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(s.status == k for s in self.states) for k in STATES}
 
     def eta(self) -> str:
         finished = [s for s in self.states if s.finished is not None and s.started is not None]
-        left = sum(s.status in ("pending", "running") for s in self.states)
+        left = sum(s.status in ("pending", "waiting", "running") for s in self.states)
         if not finished or not left:
             return "-"
         mean = sum(s.finished - s.started for s in finished) / len(finished)  # type: ignore[operator]
         return f"{mean * math.ceil(left / self.concurrency):.0f}s"
 
     def render(self) -> Group:
-        counts = {k: sum(s.status == k for s in self.states) for k in ("pending", "running", "done", "failed", "skipped")}
         head = Table.grid(padding=(0, 2))
-        head.add_row(*(f"{k}: [bold]{v}[/]" for k, v in counts.items()),
+        head.add_row(*(f"{k}: [bold]{v}[/]" for k, v in self.counts().items() if v or k in ("done", "failed")),
+                     f"at once: {self.concurrency}",
                      f"elapsed: {time.monotonic() - self.t0:.0f}s", f"left: ~{self.eta()}")
-        active = [s for s in self.states if s.status == "running"]
+        active = [s for s in self.states if s.status in ("waiting", "running")]
         if not active:
             return Group(head)
         running = Table(show_edge=False, box=None)
@@ -130,8 +152,13 @@ class LiveView(tune.Callback):
             running.add_column(col)
         for s in active:
             d = describe(s.cfg)
-            running.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], d["λ"],
-                            f"{s.epoch}/{s.cfg.optim.epochs}")
+            if s.status == "waiting":
+                where = "waiting for workers"
+            elif s.cfg.method == "zeroshot" or s.cfg.optim.epochs == 0:
+                where = "evaluating"
+            else:
+                where = f"{s.epoch}/{s.cfg.optim.epochs}"
+            running.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], d["λ"], where)
         return Group(head, running)
 
     def refresh(self) -> None:
@@ -147,47 +174,15 @@ class SweepSummary:
     def failed(self) -> list[TrialState]:
         return [s for s in self.states if s.status == "failed"]
 
-
-def _connect(address: str | None) -> None:
-    # the plain reporter honours verbose=0; the sweep has its own live view
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if ray.is_initialized():
-        return
-    if address:
-        log.info("joining the Ray cluster at %s", address)
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, TimeoutError) as exc:
-            raise RayotError(f"Ray cluster at {address!r}: cannot connect ({exc})") from exc
-    else:
-        log.info("starting an embedded local Ray with %d CPUs", os.cpu_count() or 1)
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    @property
+    def busy(self) -> list[TrialState]:
+        return [s for s in self.states if s.status == "busy"]
 
 
-def _concurrency(spec: SweepSpec, max_concurrent: int | None) -> int:
-    r = spec.resources
-    if max_concurrent or r.max_concurrent_trials:
-        return max_concurrent or r.max_concurrent_trials
-    total = ray.cluster_resources()
-    if r.gpus_per_worker > 0:
-        fit = int(total.get("GPU", 0) // (r.gpus_per_worker * r.num_workers))
-    else:
-        fit = int(total.get("CPU", 1) // (r.cpus_per_worker * r.num_workers))
-    if fit < 1:
-        log.warning("the cluster has no room for a trial yet; running one at a time "
-                    "(pass --max-concurrent N or set resources.max_concurrent_trials for an "
-                    "autoscaling cluster)")
-    return max(fit, 1)
-
-
-def _check_storage(location: str, what: str) -> None:
-    if "://" in location:
-        return
-    if len(ray.nodes()) > 1:
-        raise RayotError(
-            f"{what} location {location!r} is a local path, but the Ray cluster has "
-            f"{len(ray.nodes())} nodes: use shared storage (s3://, gs:// or a shared mount given as file://)"
-        )
+def _owner(spec: SweepSpec) -> dict[str, Any]:
+    """Who runs this sweep, as its trials' leases name it."""
+    return {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+            "label": f"sweep {spec.name}"}
 
 
 def run_sweep(
@@ -199,7 +194,11 @@ def run_sweep(
     retry_failed: bool = True,
     max_concurrent: int | None = None,
 ) -> SweepSummary:
-    """Run every trial that has no finished result; returns the final state of each trial."""
+    """Run every trial that has no finished result; returns the final state of each trial.
+
+    Everything that can be checked before Ray starts is checked first (storage is writable, the
+    cluster answers, a trial fits on it), so a bad sweep ends in seconds with one message.
+    """
     storage = storage_of(spec, trials)
     results_location = storage.results
     done = results.finished_trials(results_location)
@@ -214,11 +213,20 @@ def run_sweep(
         console.print(f"all {len(states)} trials already have results: nothing to run")
         return SweepSummary(states)
 
-    _connect(address)
-    _check_storage(results_location, "results")
-    _check_storage(storage.checkpoints, "checkpoint")
-    concurrency = _concurrency(spec, max_concurrent)
+    results.check_writable(results_location, "results")
+    results.check_writable(storage.checkpoints, "checkpoint")
+    results.clean_temporary_files(results_location)
+    results.clean_temporary_files(storage.checkpoints)
+    embedded = cluster.connect(address)
+    cluster.check_storage(results_location, "results", embedded=embedded)
+    cluster.check_storage(storage.checkpoints, "checkpoint", embedded=embedded)
+    capacity = cluster.Capacity.of_cluster()
+    cluster.check_fits(spec.resources, capacity, embedded=embedded)
+    driver = cluster.driver_resources()
+    concurrency = cluster.concurrency(spec.resources, capacity, driver, max_concurrent)
+    log.info("%d trials to run, %d at once", len(pending), concurrency)
     fault = os.environ.get(FAULT_ENV)
+    owner = _owner(spec)
     param_space = {
         "trial": tune.grid_search(
             [
@@ -227,15 +235,16 @@ def run_sweep(
                     "config": C.to_json(s.cfg),
                     "resources": asdict(spec.resources),
                     "sweep": spec.name,
+                    "owner": owner,
                     "fault": fault,
                 }
                 for s in pending
             ]
         )
     }
-    view = LiveView(states, concurrency)
+    view = LiveView(states, concurrency, console)
     tuner = tune.Tuner(
-        tune.with_resources(lambda param: tune_driver(param["trial"]), driver_resources()),
+        tune.with_resources(lambda param: tune_driver(param["trial"]), driver),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
@@ -247,33 +256,62 @@ def run_sweep(
             storage_path=storage_path(storage.checkpoints),
             callbacks=[view],
             verbose=0,
+            # a driver records its trial's failures itself and never raises for them: a Tune-level
+            # retry only follows a crash of the driver process (its node lost, killed)
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
-    with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
-        view.live = live
-        tuner.fit()
-        view.live = None
-        live.update(view.render())
-    # the result files are the truth: a trial is done only when its rows are written
-    final = results.finished_trials(results_location)
+    if console.is_terminal:
+        with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
+            view.live = live
+            grid = tuner.fit()
+            view.live = None
+            live.update(view.render())
+    else:
+        grid = tuner.fit()
+    tune_errors = {r.config["trial"]["trial_id"]: r.error for r in grid if r.error is not None}
+    _reconcile(states, results_location, tune_errors, spec.name)
+    return SweepSummary(states)
+
+
+def _reconcile(states: list[TrialState], location: str, tune_errors: dict[str, BaseException],
+               sweep: str) -> None:
+    """The result files are the truth: a trial is done only when its rows say so.
+
+    A trial that ended without a result (its Tune trial died) gets a failure row and a log file
+    here, so every failure names a log that exists.
+    """
+    final = results.finished_trials(location)
     for s in states:
         if s.status == "skipped":
             continue
+        if s.status == "busy":
+            s.status = "skipped" if final.get(s.trial_id) == "done" else "busy"
+            continue
         s.status = final.get(s.trial_id, "failed")
-        if s.status == "failed":
-            recorded = final.get(s.trial_id) and results.trial_error(results_location, s.trial_id)
-            s.error = recorded or s.error or "no result was written (see Ray's logs)"
-            s.log = s.log or f"{s.cfg.output.checkpoints.rstrip('/')}/logs/{s.trial_id}.log"
-    return SweepSummary(states)
+        if s.status != "failed":
+            continue
+        recorded = results.trial_error(location, s.trial_id) if s.trial_id in final else None
+        if recorded is None:
+            exc = tune_errors.get(s.trial_id)
+            error = exc if exc is not None else "the trial ended without writing a result"
+            s.log = record_failure(s.cfg, error, sweep) or s.log
+            s.error = s.error or (f"{type(exc).__name__}: {exc}" if exc is not None else str(error))
+        else:
+            s.error = recorded
+        if not s.log:
+            s.log = log_name(s.cfg)
 
 
 def summary_table(summary: SweepSummary) -> Table:
     table = Table(title="sweep summary")
     for col in ("status", "trials"):
         table.add_column(col)
-    for status in ("done", "skipped", "failed"):
-        table.add_row(status, str(sum(s.status == status for s in summary.states)))
+    for status, label in (("done", "done"), ("skipped", "done before"),
+                          ("busy", "running in another sweep"), ("failed", "failed")):
+        n = sum(s.status == status for s in summary.states)
+        if n or status in ("done", "failed"):
+            table.add_row(label, str(n))
     return table
 
 

@@ -127,20 +127,58 @@ def _check_resources(r: Resources, path: Path) -> None:
         raise ConfigError(f"sweep spec {path}: max_concurrent_trials >= 0 and max_failures >= -1 needed")
 
 
+def _output(key: str, flag: str | None, sets: Mapping[str, Any], default: str) -> str:
+    """A storage location: the command-line flag, else ``--set output.X=``, else the spec's."""
+    if flag:
+        return flag
+    if key in sets:
+        value = sets[key]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"override {key}={value!r}: expected a path or URI")
+        return value
+    return default
+
+
+def replaced_axes(spec: SweepSpec, sets: Mapping[str, Any] | None) -> list[str]:
+    """Grid axes that a ``--set`` override replaces by its one value, said in the plan."""
+    notes = []
+    for block in (spec.grid, *spec.grids):
+        for key, values in block.items():
+            if sets and key in sets and len(values) > 1:
+                note = f"grid axis {key} {list(values)} replaced by --set {key}={sets[key]!r}"
+                if note not in notes:
+                    notes.append(note)
+    return notes
+
+
 def expand(spec: SweepSpec, *, results: str | None = None, checkpoints: str | None = None,
            sets: Mapping[str, Any] | None = None) -> list[C.TrialConfig]:
-    """Every trial of the sweep, in grid order, without duplicates (same trial id)."""
+    """Every trial of the sweep, in grid order, without duplicates (same trial id).
+
+    ``sets`` (``--set`` on the command line) applies to every trial; a set key that is also a
+    grid axis replaces the axis by its one value (:func:`replaced_axes` says so). Each trial's
+    ``world_size`` is ``resources.num_workers``.
+    """
+    sets = dict(sets or {})
+    if "world_size" in sets or "world_size" in spec.base:
+        raise ConfigError("config key 'world_size' is set by the sweep from resources.num_workers")
+    results_at = _output("output.results", results, sets, spec.storage.results)
+    checkpoints_at = _output("output.checkpoints", checkpoints, sets, spec.storage.checkpoints)
     trials: dict[str, C.TrialConfig] = {}
     for block in spec.grids or ({},):
         overlap = set(block) & set(spec.grid)
         if overlap:
             raise ConfigError(f"grid key {sorted(overlap)[0]!r} is both in 'grid' and in a block of 'grids'")
         axes = {**block, **spec.grid}
+        if "world_size" in axes:
+            raise ConfigError("grid key 'world_size' is set by the sweep from resources.num_workers")
+        axes = {k: (sets[k],) if k in sets else v for k, v in axes.items()}
         for combo in itertools.product(*axes.values()):
             flat = dict(zip(axes, combo, strict=True))
-            flat.update(sets or {})
-            flat["output.results"] = results or spec.storage.results
-            flat["output.checkpoints"] = checkpoints or spec.storage.checkpoints
+            flat.update(sets)
+            flat["output.results"] = results_at
+            flat["output.checkpoints"] = checkpoints_at
+            flat["world_size"] = spec.resources.num_workers
             tree: dict[str, Any] = {}
             for key, value in flat.items():
                 C.set_dotted(tree, key, value)

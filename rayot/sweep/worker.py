@@ -19,14 +19,23 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from ray import tune
 from ray.train.torch import TorchTrainer
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from rayot import config as C
-from rayot import results
+from rayot import leases, results
 from rayot.errors import RayotError
-from rayot.train import TrialHooks, failure_row, result_rows, run_trial, save_checkpoint
+from rayot.train import (
+    PeerFailure,
+    TrialHooks,
+    failure_row,
+    prompt_checkpoint_name,
+    result_rows,
+    run_trial,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,15 @@ class RayTrainHooks(TrialHooks):
         return DistributedSampler(
             dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed
         )
+
+    def first_failed_rank(self, failed: bool) -> int | None:
+        if self.world_size == 1:
+            return super().first_failed_rank(failed)
+        device = ray.train.torch.get_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([self.rank if failed else self.world_size], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        first = int(flag.item())
+        return None if first == self.world_size else first
 
     def resume_state(self) -> dict[str, Any] | None:
         checkpoint = ray.train.get_checkpoint()
@@ -87,40 +105,75 @@ class RayTrainHooks(TrialHooks):
                 os._exit(1)  # a hard worker death, as a lost node would cause
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, RayotError) else str(exc)
+def _error_text(exc: BaseException | str) -> str:
+    if isinstance(exc, str) or isinstance(exc, RayotError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
-def record_failure(cfg: C.TrialConfig, exc: BaseException, sweep: str) -> str:
-    """Write a failed trial's row (with its error) and its traceback; returns the log's path.
+def log_name(cfg: C.TrialConfig) -> str:
+    """Where a failed trial's traceback goes: ``<checkpoints>/logs/<trial id>.log``."""
+    return f"{cfg.output.checkpoints.rstrip('/')}/logs/{C.trial_id(cfg)}.log"
 
-    The traceback is stored next to the checkpoints, ``<checkpoints>/logs/<trial id>.log``.
+
+def record_failure(cfg: C.TrialConfig, exc: BaseException | str, sweep: str) -> str | None:
+    """Record a failed trial: its row (with the error) and its traceback; returns the log's path.
+
+    A trial already ``done`` keeps its result (a failure never replaces one). Recording is
+    attempted once: if the storage refuses it, the problem is logged and ``None`` returned, and
+    nothing is retried, so a broken storage cannot multiply a trial's attempts.
     """
     tid = C.trial_id(cfg)
-    results.write_trial_rows(cfg.output.results, tid, [failure_row(cfg, _error_text(exc), sweep=sweep)])
-    text = "".join(traceback.format_exception(exc))
-    return results.write_file(cfg.output.checkpoints, f"logs/{tid}.log", text.encode())
+    if isinstance(exc, BaseException):
+        text = "".join(traceback.format_exception(exc))
+    else:
+        text = exc + "\n"
+    try:
+        results.write_failure_rows(cfg.output.results, tid, [failure_row(cfg, _error_text(exc), sweep=sweep)])
+        return results.write_file(cfg.output.checkpoints, f"logs/{tid}.log", text.encode())
+    except Exception as write_error:  # noqa: BLE001 - a failure to record must not fail again
+        log.error("trial %s failed (%s) and its failure could not be recorded: %s",
+                  tid, _error_text(exc), write_error)
+        return None
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train rank of one trial."""
+    """One Ray Train rank of one trial.
+
+    Every rank reports the same number of times (``ray.train.report`` is a barrier): once when it
+    starts, once per epoch, once at the end. A failure that every rank agreed on (bad input, a
+    NaN loss; see :meth:`rayot.train.TrialHooks.first_failed_rank`) is recorded once, by the rank that failed,
+    and ends the run without a Ray Train retry, which could not help.
+    """
     cfg = C.from_dict(json.loads(loop_config["config"]))
     tid = C.trial_id(cfg)
     hooks = RayTrainHooks(loop_config.get("fault"))
+    if hooks.world_size != cfg.world_size:
+        raise RuntimeError(f"trial {tid} is for {cfg.world_size} workers, Ray Train gave {hooks.world_size}")
+    ray.train.report({"status": "running"})  # the workers are up: no longer waiting for resources
     device = ray.train.torch.get_device()
     try:
         outcome = run_trial(cfg, device=device, hooks=hooks)
+    except PeerFailure as exc:
+        ray.train.report({"status": "failed", "error": str(exc)})
+        return
     except (RayotError, torch.OutOfMemoryError) as exc:
-        # bad input, a NaN loss or too little memory: retrying cannot help, so record and stop
-        if hooks.rank == 0:
-            record_failure(cfg, exc, loop_config["sweep"])
-        ray.train.report({"status": "failed", "error": _error_text(exc)})
+        if isinstance(exc, torch.OutOfMemoryError) and hooks.world_size > 1:
+            raise  # the other ranks may sit in a collective: only Ray Train can stop them
+        path = record_failure(cfg, exc, loop_config["sweep"])
+        ray.train.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
         return
     if hooks.rank == 0:
-        save_checkpoint(cfg.output.checkpoints, f"trial-{tid}/prompt.pt", cfg, outcome.prompt_state)
-        rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds,
-                           sweep=loop_config["sweep"])
-        results.write_trial_rows(cfg.output.results, tid, rows)
+        try:
+            save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
+            rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds,
+                               sweep=loop_config["sweep"])
+            results.write_trial_rows(cfg.output.results, tid, rows)
+        except Exception as exc:  # noqa: BLE001 - storage refused the result: a retry cannot help
+            path = record_failure(cfg, RayotError(f"trial {tid}: writing its result failed: {_error_text(exc)}"),
+                                  loop_config["sweep"])
+            ray.train.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
+            return
     ray.train.report({"status": "done"})
 
 
@@ -132,33 +185,46 @@ def storage_path(location: str) -> str:
 
 
 def tune_driver(param: dict[str, Any]) -> None:
-    """One Tune trial: fit a TorchTrainer for one trial configuration, record a failure if any."""
+    """One Tune trial: hold the trial's lease, fit a TorchTrainer, record a failure if any."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = C.from_dict(json.loads(param["config"]))
     tid = C.trial_id(cfg)
-    r = param["resources"]
-    use_gpu = r["gpus_per_worker"] > 0
-    per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"]} if use_gpu else {})
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"config": param["config"], "sweep": param["sweep"], "fault": param.get("fault")},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=r["num_workers"], use_gpu=use_gpu, resources_per_worker=per_worker
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"trial-{tid}",  # deterministic: a re-run resumes from this run's checkpoints
-            storage_path=storage_path(cfg.output.checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
-    try:
-        trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
+    try:  # two sweeps on one storage: the second skips what the first runs
+        lease = leases.acquire(cfg.output.results, tid, leases.Owner(**param["owner"]))
+    except Exception as exc:  # noqa: BLE001 - storage problem: recorded like any failure
         path = record_failure(cfg, exc, param["sweep"])
-        tune.report({"status": "failed", "error": _error_text(exc), "log": path})
+        tune.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
         return
-    status = results.trial_status(cfg.output.results, tid) or "failed"
-    tune.report({"status": status})
+    if not isinstance(lease, leases.Lease):
+        tune.report({"status": "busy", "error": lease.describe()})
+        return
+    with lease, leases.Heartbeat(lease):
+        if results.trial_status(cfg.output.results, tid) == "done":  # finished by another sweep
+            tune.report({"status": "done"})
+            return
+        r = param["resources"]
+        use_gpu = r["gpus_per_worker"] > 0
+        per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"]} if use_gpu else {})
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": param["config"], "sweep": param["sweep"], "fault": param.get("fault")},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=r["num_workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"trial-{tid}",  # deterministic: a re-run resumes from this run's checkpoints
+                storage_path=storage_path(cfg.output.checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                callbacks=[TuneReportCallback()],
+            ),
+        )
+        try:
+            trainer.fit()
+        except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
+            path = record_failure(cfg, exc, param["sweep"])
+            tune.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
+            return
+        status = results.trial_status(cfg.output.results, tid) or "failed"
+        tune.report({"status": status})

@@ -1,0 +1,200 @@
+"""The Ray cluster a sweep runs on: connect (or start an embedded one), check that a trial fits,
+and how many trials fit at once. Every check ends in seconds with one message naming the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from rayot.errors import RayotError
+from rayot.sweep.spec import Resources
+
+log = logging.getLogger(__name__)
+
+#: A custom resource that holds the Tune trials (drivers): cluster/ puts it on the head node, so
+#: that drivers stay off (spot) workers, and the embedded Ray has it too, so that a driver that
+#: only waits on its Train run takes no CPU from the workers that train.
+DRIVER_SLOT = "driver_slot"
+#: Driver slots of an embedded Ray: one per trial that could possibly run at once.
+EMBEDDED_DRIVER_SLOTS = 1024
+#: Where a cluster offers no driver slots, a driver takes this much CPU (counted in concurrency).
+DRIVER_CPU = 0.01
+#: Seconds to wait for a TCP answer from a cluster's address before giving up.
+PROBE_TIMEOUT_S = 3.0
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask and its cgroup quota (containers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(n, 1)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def _probe(address: str) -> None:
+    """Fail fast when nothing answers at a cluster's address (Ray itself retries for minutes)."""
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - private API: let ray.init say what is wrong
+            return
+        if target is None:
+            raise RayotError(
+                "Ray cluster at 'auto': no running Ray cluster found on this machine "
+                "(start one with `ray start --head`, or leave out --address to use an embedded Ray)"
+            )
+    target = target.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayotError(f"Ray cluster at {address!r}: expected host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RayotError(
+            f"Ray cluster at {address!r}: nothing answers at {host}:{port} ({reason} within "
+            f"{PROBE_TIMEOUT_S:g} s); is the head node up (`ray start --head`) and the port open?"
+        ) from exc
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at ``address``, or start an embedded Ray; returns True when embedded."""
+    # the plain reporter honours verbose=0; the sweep has its own live view
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray.tune", "ray.train", "ray.air"):  # their INFO lines would cut into the view
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return not address
+    if address:
+        _probe(address)
+        log.info("joining the Ray cluster at %s", address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, TimeoutError, ValueError) as exc:
+            raise RayotError(f"Ray cluster at {address!r}: cannot connect ({exc})") from exc
+        return False
+    cpus = available_cpus()
+    log.info("starting an embedded local Ray with %d CPUs", cpus)
+    ray.init(num_cpus=cpus, resources={DRIVER_SLOT: EMBEDDED_DRIVER_SLOTS},
+             include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def driver_resources() -> dict[str, float]:
+    """A driver slot where the cluster offers them (no CPU taken); a sliver of CPU otherwise."""
+    if ray.cluster_resources().get(DRIVER_SLOT, 0) >= 1:
+        return {DRIVER_SLOT: 1}
+    return {"CPU": DRIVER_CPU}
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the cluster has now, its largest node, and (autoscaling) the most it can grow to."""
+
+    total: dict[str, float]
+    largest: dict[str, float]  # per resource, the most any one node has (or can have)
+    maximum: dict[str, float] | None  # the autoscaler's limit; None for a fixed cluster
+
+    @classmethod
+    def of_cluster(cls) -> Capacity:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        largest = {k: max(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")} if nodes else {}
+        maximum = None
+        try:
+            from ray._private.state import state
+
+            config = state.get_cluster_config()
+            if config is not None and config.node_group_configs:
+                maximum = state.get_max_resources_from_cluster_config() or None
+                for group in config.node_group_configs:
+                    for k in ("CPU", "GPU"):
+                        largest[k] = max(largest.get(k, 0.0), float(group.resources.get(k, 0)))
+        except Exception:  # noqa: BLE001 - private API; without it the cluster counts as fixed
+            log.debug("no autoscaler configuration found", exc_info=True)
+        return cls(dict(ray.cluster_resources()), largest, maximum)
+
+
+def worker_resources(r: Resources) -> dict[str, float]:
+    return {"CPU": r.cpus_per_worker} | ({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})
+
+
+def check_fits(r: Resources, capacity: Capacity, *, embedded: bool) -> None:
+    """Refuse a trial that could never be scheduled (Ray Train would wait for it for ever)."""
+    per_worker = worker_resources(r)
+    for key, need in per_worker.items():
+        most = capacity.largest.get(key, 0.0)
+        if need > most:
+            raise RayotError(
+                f"resources: a trial's worker needs {need:g} {key} but the largest node "
+                f"{'can have' if capacity.maximum else 'has'} {most:g}: lower "
+                f"resources.{'cpus' if key == 'CPU' else 'gpus'}_per_worker"
+            )
+    limit = capacity.maximum or capacity.total
+    for key, need in per_worker.items():
+        trial = need * r.num_workers
+        have = limit.get(key, 0.0)
+        if trial > have:
+            where = (f"the embedded Ray has {have:g} (the CPUs this process may use)" if embedded
+                     else f"the cluster {'can grow to' if capacity.maximum else 'has'} {have:g}")
+            raise RayotError(
+                f"resources: a trial needs {r.num_workers} worker(s) × {need:g} {key} = {trial:g} "
+                f"{key}, but {where}: lower resources.num_workers or "
+                f"resources.{'cpus' if key == 'CPU' else 'gpus'}_per_worker"
+            )
+
+
+def concurrency(r: Resources, capacity: Capacity, driver: dict[str, float],
+                max_concurrent: int | None) -> int:
+    """Trials at once: what the cluster fits now, counting what workers and drivers take."""
+    if max_concurrent or r.max_concurrent_trials:
+        return max_concurrent or r.max_concurrent_trials
+    trial = {k: v * r.num_workers for k, v in worker_resources(r).items()}
+    for k, v in driver.items():
+        trial[k] = trial.get(k, 0.0) + v
+    fit = min(int(capacity.total.get(k, 0.0) // v) for k, v in trial.items() if v > 0)
+    if fit < 1:
+        log.warning("the cluster has no room for a trial yet; running one at a time "
+                    "(pass --max-concurrent N or set resources.max_concurrent_trials for an "
+                    "autoscaling cluster)")
+    return max(fit, 1)
+
+
+def check_storage(location: str, what: str, *, embedded: bool) -> None:
+    """A cluster's nodes share no local disk: a joined cluster needs URIs (file:// for a mount)."""
+    if "://" in location or embedded:
+        return
+    raise RayotError(
+        f"{what} location {location!r} is a local path, but the sweep runs on a Ray cluster whose "
+        "nodes (including those the autoscaler adds later) do not share it: use s3://, gs://, or "
+        "file:// for a mount every node has"
+    )
