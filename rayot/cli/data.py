@@ -150,8 +150,11 @@ def _classes(found: int | None, expected: int | None) -> str:
 
 
 def _progress_console() -> Console:
-    """Where download and extraction bars go (tests swap it for a recording console)."""
-    return Console(stderr=True)
+    """Where download and extraction bars go: the console the log handler writes to, so that log
+    lines print above the live bars (tests swap it for a recording console)."""
+    from rayot.cli import err_console
+
+    return err_console
 
 
 class _Bars:

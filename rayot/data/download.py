@@ -53,7 +53,7 @@ def download(urls: tuple[str, ...], dest: Path, *, label: str, progress: Progres
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
-    errors: list[str] = []
+    errors: dict[str, str] = {}  # address -> its last failure
     for url in urls:
         for attempt in range(1, retries + 1):
             try:
@@ -64,17 +64,18 @@ def download(urls: tuple[str, ...], dest: Path, *, label: str, progress: Progres
                     log.warning("%s: %s refused to resume (HTTP 416); restarting", label, url)
                     part.unlink()
                     continue
-                errors.append(f"{url}: HTTP {exc.code} {exc.reason}")
+                errors[url] = f"HTTP {exc.code} {exc.reason}"
                 break  # a 404 or 403 will not change on retry: next address
             except _DriveRefused as exc:
-                errors.append(f"{url}: {exc}")
+                errors[url] = str(exc)
                 break
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 have = part.stat().st_size if part.exists() else 0
-                errors.append(f"{url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
-                log.warning("%s: connection lost after %s (%s); attempt %d of %d%s", label,
-                            _human(have), exc, attempt, retries,
-                            ", resuming" if attempt < retries else "")
+                errors[url] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                then = "" if attempt == retries else (
+                    f"; resuming from {_human(have)}" if have else "; retrying")
+                log.warning("%s: attempt %d of %d failed (%s)%s", label, attempt, retries,
+                            errors[url], then)
                 if attempt < retries:
                     time.sleep(pause * attempt)
                 continue
@@ -82,7 +83,8 @@ def download(urls: tuple[str, ...], dest: Path, *, label: str, progress: Progres
             return dest
     kept = (f"; the partial file {part} ({_human(part.stat().st_size)}) is kept and the next run "
             "resumes from it") if part.exists() and part.stat().st_size else ""
-    raise DataError(f"{label}: download failed ({'; '.join(errors) or 'no address'}){kept}")
+    tried = "; ".join(f"{url}: {why}" for url, why in errors.items()) or "no address"
+    raise DataError(f"{label}: download failed ({tried}){kept}")
 
 
 class _DriveRefused(Exception):
@@ -109,6 +111,8 @@ def _fetch(url: str, part: Path, *, label: str, progress: Progress | None, timeo
         total = start + int(length) if length is not None and length.isdigit() else None
         if resumed:
             log.info("%s: resuming at %s", label, _human(start))
+        else:
+            log.info("%s: downloading %s%s", label, url, f" ({_human(total)})" if total else "")
         done = start
         with open(part, "ab" if resumed else "wb") as out:
             if progress is not None:

@@ -606,6 +606,9 @@ def prepare_dataset(name: str, root: Path, *, from_dir: Path | None = None,
                     table: dict[str, Recipe] | None = None) -> Outcome:
     """Download (or take from ``from_dir``), verify, extract, arrange and check one dataset.
 
+    The returned report is the check of the arranged folder without decoding images (``decode``
+    adds a check that decodes every image).
+
     The dataset folder appears under ``root`` only once its arranged copy passes
     ``check_dataset`` in a temporary folder beside it; a dataset already present and complete
     is left alone ("already prepared"); one present but incomplete is a DataError (rayot never
@@ -640,7 +643,7 @@ def prepare_dataset(name: str, root: Path, *, from_dir: Path | None = None,
             fetched[source.name] = path
             if downloaded:
                 ours.append(path)
-        _assemble(recipe, spec, root, fetched, progress)
+        report = _assemble(recipe, spec, root, fetched, progress)
         ok = True
     finally:
         # On failure only partial downloads (*.part, resumed by the next run) stay behind; a
@@ -650,13 +653,16 @@ def prepare_dataset(name: str, root: Path, *, from_dir: Path | None = None,
                 path.unlink(missing_ok=True)
         if own_downloads:
             _remove_if_empty(downloads)
-    report = check_dataset(name, root, decode=decode)
+    if decode:
+        report = check_dataset(name, root, decode=True)
     log.info("%s: prepared in %s", name, folder)
     return Outcome(name, "prepared", folder, report, list(fetched.values()))
 
 
 def _assemble(recipe: Recipe, spec: DatasetSpec, root: Path, files: dict[str, Path],
-              progress: Progress | None) -> None:
+              progress: Progress | None) -> CheckReport:
+    """Arrange ``files`` in a temporary folder in ``root``, check it, rename it into place;
+    returns the check of the staged copy (the same files, before the rename)."""
     stage = Path(tempfile.mkdtemp(prefix=f".{spec.folder}.prepare-", dir=root))
     try:
         dest = stage / spec.folder
@@ -676,6 +682,8 @@ def _assemble(recipe: Recipe, spec: DatasetSpec, root: Path, files: dict[str, Pa
                             f"({len(report.problems)} problem(s): {shown}); nothing was moved "
                             f"into {root}")
         os.rename(dest, root / spec.folder)
+        report.folder = root / spec.folder
+        return report
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
