@@ -213,13 +213,12 @@ def run_sweep(
         console.print(f"all {len(states)} trials already have results: nothing to run")
         return SweepSummary(states)
 
-    results.check_writable(results_location, "results")
-    results.check_writable(storage.checkpoints, "checkpoint")
-    results.clean_temporary_files(results_location)
-    results.clean_temporary_files(storage.checkpoints)
+    for location, what in ((results_location, "results"), (storage.checkpoints, "checkpoint")):
+        results.check_writable(location, what)
+        results.clean_temporary_files(location)
+    cluster.check_storage(results_location, "results", embedded=not address)
+    cluster.check_storage(storage.checkpoints, "checkpoint", embedded=not address)
     embedded = cluster.connect(address)
-    cluster.check_storage(results_location, "results", embedded=embedded)
-    cluster.check_storage(storage.checkpoints, "checkpoint", embedded=embedded)
     capacity = cluster.Capacity.of_cluster()
     cluster.check_fits(spec.resources, capacity, embedded=embedded)
     driver = cluster.driver_resources()

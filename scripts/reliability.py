@@ -1,0 +1,299 @@
+"""The failure matrix of `rayot sweep`: each scenario run as a user would, timed, its outcome checked.
+
+    python scripts/reliability.py                 # every scenario; rewrites docs/reliability.md
+    python scripts/reliability.py --only address  # some scenarios (name substrings), no rewrite
+
+Each scenario sets up a tiny sweep (the demo world at a few images per class, a tiny random
+CLIP, 1-2 epochs) in a fresh folder, runs `python -m rayot sweep ...` in a subprocess, and checks
+the exit status, the one message a user must see, and what is kept on storage. The tests run the
+same scenarios (tests/test_reliability.py), so the table cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+
+
+@dataclass
+class Outcome:
+    happens: str  # what the user sees
+    kept: str  # what is on storage afterwards
+    seconds: float  # wall time of the command, to its message
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    ray: bool  # starts a Ray (slower: seconds of start-up)
+    run: Callable[[Path], Outcome]
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+def _check(condition: bool, what: str, text: str = "") -> None:
+    if not condition:
+        raise ScenarioFailed(f"{what}\n--- output ---\n{text[-4000:]}")
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _world(tmp: Path) -> Path:
+    from rayot.data.synth import write_synthetic
+
+    root = tmp / "data"
+    if not (root / "synthetic").is_dir():
+        write_synthetic(root, seed=0, n_train=6, n_val=2, n_test=6)
+    return root
+
+
+def _spec(tmp: Path, *, grid: dict, resources: dict | None = None, base: dict | None = None,
+          name: str = "rel") -> Path:
+    tree = {
+        "device": "cpu",
+        "data": {"dataset": "synthetic", "root": str(_world(tmp)), "shots": 2, "num_workers": 0},
+        "model": {"name": "rayot-tiny", "pretrained": None},
+        "prompt": {"depth_text": 2, "depth_vision": 2},
+        "optim": {"epochs": 1, "batch_size": 4, "eval_batch_size": 64},
+    }
+    for key, value in (base or {}).items():
+        tree.setdefault(key, {}).update(value) if isinstance(value, dict) else tree.update({key: value})
+    spec = {"name": name, "base": tree, "grid": grid,
+            "resources": resources or {"num_workers": 1, "cpus_per_worker": 1},
+            "storage": {"results": str(tmp / "results"), "checkpoints": str(tmp / "ckpt")}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _rayot(tmp: Path, *args: str, timeout: float = 600) -> tuple[int, str, float]:
+    env = {**os.environ, "COLUMNS": "200"}
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "rayot", *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=tmp, env=env)
+    return out.returncode, out.stdout + out.stderr, time.monotonic() - t0
+
+
+def _rows(tmp: Path) -> dict[str, list[dict]]:
+    return {p.stem: pq.read_table(p).to_pylist() for p in sorted((tmp / "results").glob("*.parquet"))}
+
+
+def _status(tmp: Path) -> dict[str, str]:
+    return {tid: "done" if {r["status"] for r in rows} == {"done"} else "failed"
+            for tid, rows in _rows(tmp).items()}
+
+
+def _trial_ids(spec: Path) -> list[str]:
+    from rayot import config as C
+    from rayot.sweep.spec import expand, load_spec
+
+    return [C.trial_id(c) for c in expand(load_spec(spec))]
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def unreachable_address(tmp: Path) -> Outcome:
+    spec = _spec(tmp, grid={"method": ["zeroshot"]})
+    rc, text, t = _rayot(tmp, "sweep", str(spec), "--address", "127.0.0.1:1",
+                         "--results", f"file://{tmp}/results", "--checkpoints", f"file://{tmp}/ckpt")
+    _check(rc == 2, f"exit status {rc}, expected 2", text)
+    _check("Ray cluster at '127.0.0.1:1': nothing answers at 127.0.0.1:1" in text, "message", text)
+    _check("Traceback" not in text, "no traceback", text)
+    return Outcome("exit 2: `error: Ray cluster at '127.0.0.1:1': nothing answers at 127.0.0.1:1 "
+                   "(Connection refused …)`", "nothing was written", t)
+
+
+def unwritable_results(tmp: Path) -> Outcome:
+    spec = _spec(tmp, grid={"method": ["ivlp"]})
+    rc, text, t = _rayot(tmp, "sweep", str(spec), "--results", "/proc/x")
+    _check(rc == 2, f"exit status {rc}, expected 2", text)
+    _check("results location '/proc/x'" in text and "not writable" in text, "message", text)
+    _check("Started a local Ray" not in text, "refused before Ray starts", text)
+    return Outcome("exit 2 before Ray starts or anything trains: `error: results location "
+                   "'/proc/x' is not writable: …`", "nothing was written", t)
+
+
+def trial_larger_than_the_machine(tmp: Path) -> Outcome:
+    from rayot.sweep.cluster import available_cpus
+
+    n = available_cpus() + 1
+    spec = _spec(tmp, grid={"method": ["ivlp"]}, resources={"num_workers": n, "cpus_per_worker": 1})
+    rc, text, t = _rayot(tmp, "sweep", str(spec))
+    _check(rc == 2, f"exit status {rc}, expected 2", text)
+    _check(f"a trial needs {n} worker(s) × 1 CPU = {n} CPU" in text, "message names the numbers", text)
+    return Outcome(f"exit 2 once the embedded Ray is up: `error: resources: a trial needs {n} "
+                   f"worker(s) × 1 CPU = {n} CPU, but the embedded Ray has {n - 1} …`",
+                   "nothing was written", t)
+
+
+def unreadable_result_file(tmp: Path) -> Outcome:
+    spec = _spec(tmp, grid={"method": ["zeroshot"], "seed": [1, 2]})
+    ids = _trial_ids(spec)
+    (tmp / "results").mkdir(parents=True, exist_ok=True)
+    bad = tmp / "results" / f"{ids[0]}.parquet"
+    bad.write_bytes(b"")
+    rc, text, t = _rayot(tmp, "sweep", str(spec), "--dry-run")
+    _check(rc == 0, f"dry run exit status {rc}", text)
+    _check(f"results file {bad}" in text and "runs again" in text, "the file is named", text)
+    _check("Traceback" not in text, "no traceback", text)
+    rc, text, t_run = _rayot(tmp, "sweep", str(spec))
+    _check(rc == 0, f"sweep exit status {rc}", text)
+    _check(_status(tmp) == {i: "done" for i in ids}, "both trials done", text)
+    return Outcome("a warning naming the file, in `--dry-run` and in the sweep; its trial counts "
+                   "as not done and runs again, the sweep goes on",
+                   f"the bad file is replaced by the trial's result ({t_run:.0f} s for the sweep)", t)
+
+
+def override_of_a_swept_key(tmp: Path) -> Outcome:
+    spec = _spec(tmp, grid={"method": ["zeroshot"], "seed": [1, 2]})
+    rc, text, t = _rayot(tmp, "sweep", str(spec), "--dry-run", "--set", "seed=1",
+                         "--set", f"output.results={tmp}/elsewhere")
+    _check(rc == 0, f"exit status {rc}", text)
+    _check("note: grid axis seed [1, 2] replaced by --set seed=1" in text, "the plan says so", text)
+    _check(f"1 trials, 0 already done, 1 to run; results: {tmp}/elsewhere" in text,
+           "--set output.results is honoured", text)
+    return Outcome("the `--set` value replaces the axis, and the plan says `note: grid axis seed "
+                   "[1, 2] replaced by --set seed=1`; `--set output.results=…` is honoured "
+                   "(`--results` still wins)", "nothing (a dry run)", t)
+
+
+def every_trial_fails(tmp: Path) -> Outcome:
+    spec = _spec(tmp, grid={"method": ["zeroshot", "ivlp"]}, base={"data": {"dataset": "dtd"}})
+    rc, text, t = _rayot(tmp, "sweep", str(spec))
+    _check(rc == 1, f"exit status {rc}, expected 1", text)
+    _check("error:" not in text, "no second, misleading error", text)
+    _check("no trial of this sweep finished" in text, "says there is no table", text)
+    rows = _rows(tmp)
+    _check(len(rows) == 2 and all(r[0]["status"] == "failed" and "dtd" in r[0]["error"]
+                                  for r in rows.values()), "failure rows with the error", text)
+    for tid in rows:
+        _check((tmp / "ckpt" / "logs" / f"{tid}.log").is_file(), f"log of {tid} exists", text)
+        _check(str(tmp / "ckpt" / "logs" / f"{tid}.log") in text.replace("\n", ""), "log named", text)
+    return Outcome("exit 1; the summary lists each failure with its error and a log path that "
+                   "exists; `no trial of this sweep finished: no table to print`",
+                   "a `failed` row per trial with its error, a traceback under `<checkpoints>/logs/`", t)
+
+
+def lease_held_by_another_sweep(tmp: Path) -> Outcome:
+    from rayot import leases
+
+    spec = _spec(tmp, grid={"method": ["zeroshot"], "seed": [1, 2]})
+    ids = _trial_ids(spec)
+    other = leases.Owner("0" * 32, "other-host", 4242, "sweep other")
+    held = leases.acquire(str(tmp / "results"), ids[0], other, ttl_s=3600)
+    _check(isinstance(held, leases.Lease), "set-up: lease taken")
+    rc, text, t = _rayot(tmp, "sweep", str(spec))
+    _check(rc == 3, f"exit status {rc}, expected 3", text)
+    _check(f"{ids[0]}: trial {ids[0]} is held by sweep other on other-host (pid 4242)" in text,
+           "names the holder", text)
+    _check(_status(tmp) == {ids[1]: "done"}, "only the free trial ran", text)
+    # the holder dies: its lease expires and the next run takes the trial over
+    held.expires_at = time.time() - 1
+    lease_file = Path(held.path)
+    data = json.loads(lease_file.read_text())
+    lease_file.write_text(json.dumps({**data, "expires_at": time.time() - 1}))
+    rc, text, _ = _rayot(tmp, "sweep", str(spec))
+    _check(rc == 0, f"re-run exit status {rc}", text)
+    _check(_status(tmp) == {i: "done" for i in ids}, "the expired lease was taken over", text)
+    return Outcome("the trial held by the other sweep is skipped and named with its holder; the "
+                   "others run; exit 3 (nothing failed, something is still running elsewhere); "
+                   "once the holder's lease expires a re-run takes the trial",
+                   "each trial run exactly once; leases under `<results>/.leases/`", t)
+
+
+def one_rank_fails(tmp: Path) -> Outcome:
+    from rayot.data import build_task
+
+    spec = _spec(tmp, grid={"method": ["ivlp"]}, resources={"num_workers": 2, "cpus_per_worker": 0.5},
+                 base={"optim": {"epochs": 2}})
+    task = build_task("synthetic", str(_world(tmp)), shots=2, seed=1, subsample="base")
+    broken = task.image_root / task.train[0].impath
+    original = broken.read_bytes()
+    broken.write_bytes(original[: len(original) // 3])  # a truncated image: one rank's data error
+    try:
+        rc, text, t = _rayot(tmp, "sweep", str(spec))
+    finally:
+        broken.write_bytes(original)
+    _check(rc == 1, f"exit status {rc}, expected 1", text)
+    (rows,) = _rows(tmp).values()
+    _check(rows[0]["status"] == "failed" and str(broken) in rows[0]["error"],
+           "the failure names the file", text)
+    _check("FailurePolicy" not in text and "RETRY" not in text, "not retried", text)
+    return Outcome("the rank that read the broken image and the other rank agree at the next "
+                   "step and both stop; the failure is recorded once, naming the image; no retry",
+                   "a `failed` row naming the image, its traceback in the log", t)
+
+
+SCENARIOS = (
+    Scenario("address", "`--address 127.0.0.1:1` (nothing listening)", False, unreachable_address),
+    Scenario("storage", "`--results /proc/x` (not writable)", False, unwritable_results),
+    Scenario("too-large", "a trial needs more CPUs than the machine has", True, trial_larger_than_the_machine),
+    Scenario("bad-parquet", "a zero-byte `.parquet` in the results folder", True, unreadable_result_file),
+    Scenario("override", "`--set seed=1` on a sweep with a seed axis", False, override_of_a_swept_key),
+    Scenario("all-fail", "every trial fails (dataset missing)", True, every_trial_fails),
+    Scenario("lease", "another sweep on the same storage holds a trial", True, lease_held_by_another_sweep),
+    Scenario("rank", "one rank of a 2-worker trial hits a broken image", True, one_rank_fails),
+)
+
+
+def run(names: list[str] | None = None) -> list[tuple[Scenario, Outcome]]:
+    chosen = [s for s in SCENARIOS if not names or any(n in s.name for n in names)]
+    done = []
+    for scenario in chosen:
+        with tempfile.TemporaryDirectory(prefix=f"rayot-{scenario.name}-") as tmp:
+            print(f"{scenario.name}: {scenario.title} ...", flush=True)
+            outcome = scenario.run(Path(tmp))
+            print(f"  {outcome.seconds:.1f}s: {outcome.happens}", flush=True)
+            done.append((scenario, outcome))
+    return done
+
+
+def write_doc(outcomes: list[tuple[Scenario, Outcome]]) -> None:
+    lines = [
+        "# What a sweep does when things go wrong",
+        "",
+        "Generated by `python scripts/reliability.py` (the tests run the same scenarios,",
+        "`tests/test_reliability.py`). Each scenario is a tiny sweep run as `rayot sweep` in a",
+        "subprocess on the 2-core development machine; the time is the command's wall time to its",
+        "message or its end, Ray's start-up included where the scenario starts one.",
+        "",
+        "| scenario | what happens | time | what is kept |",
+        "|:---|:---|---:|:---|",
+    ]
+    for scenario, o in outcomes:
+        lines.append(f"| {scenario.title} | {o.happens} | {o.seconds:.1f} s | {o.kept} |")
+    lines += ["", (ROOT / "docs" / "reliability-notes.md").read_text().rstrip(), ""]
+    DOC.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run the scenarios whose names contain these")
+    args = parser.parse_args()
+    outcomes = run(args.only)
+    if not args.only:
+        write_doc(outcomes)
+        print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The failure matrix of docs/reliability.md: every scenario of scripts/reliability.py, run as a
+user would (`rayot sweep` in a subprocess), with its exit status, message and kept results
+asserted. The scenarios that start a Ray are marked slow."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("reliability", REPO / "scripts" / "reliability.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reliability"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+RELIABILITY = _script()
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.ray else []) for s in RELIABILITY.SCENARIOS],
+)
+def test_scenario(scenario, tmp_path):
+    outcome = scenario.run(tmp_path)
+    assert outcome.happens and outcome.kept
+    if not scenario.ray:
+        assert outcome.seconds < 60  # ends in seconds, not after Ray's minutes of retries
+
+
+def test_the_document_lists_every_scenario():
+    text = (REPO / "docs" / "reliability.md").read_text()
+    for scenario in RELIABILITY.SCENARIOS:
+        assert f"| {scenario.title} |" in text, scenario.title
