@@ -11,6 +11,10 @@ grids:                  # optional blocks, each a grid of its own; their trials 
   - {protocol: transfer, dataset: imagenet}
 resources: {num_workers: 1, gpus_per_worker: 1, cpus_per_worker: 8, max_concurrent_trials: 0}
 storage: {results: s3://bucket/results, checkpoints: s3://bucket/checkpoints}
+tracking:               # optional: each tracker named is on (rayot.tracking has the defaults)
+  mlflow: {tracking_uri: sqlite:///mlruns/mlflow.db, experiment: smoke}
+  wandb: {project: rayot, mode: offline}
+  tensorboard: {dir: tensorboard/smoke}
 ```
 
 Grid keys are dotted trial-configuration keys (``loss.lambda_ot``) or the short names
@@ -30,9 +34,10 @@ from typing import Any
 
 from rayot import config as C
 from rayot.errors import ConfigError
+from rayot.tracking import Tracking, parse_tracking
 
 ALIASES = {"dataset": "data.dataset", "protocol": "data.protocol", "shots": "data.shots"}
-_TOP_KEYS = ("name", "description", "base", "grid", "grids", "resources", "storage")
+_TOP_KEYS = ("name", "description", "base", "grid", "grids", "resources", "storage", "tracking")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     storage: C.OutputConfig = field(default_factory=C.OutputConfig)  # results, checkpoints
     description: str = ""
+    tracking: Tracking = field(default_factory=Tracking)  # trackers on for every run of the sweep
 
 
 def _axes(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
@@ -92,6 +98,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         resources = C.build_dataclass(Resources, raw.get("resources") or {}, "resources.")
         storage = C.build_dataclass(C.OutputConfig, raw.get("storage") or {}, "storage.")
+        tracking = parse_tracking(raw.get("tracking"))
     except ConfigError as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
     spec = SweepSpec(
@@ -102,6 +109,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         resources=resources,
         storage=storage,
         description=str(raw.get("description") or ""),
+        tracking=tracking,
     )
     _check_resources(spec.resources, path)
     try:
