@@ -30,6 +30,10 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table and exit."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
     report: bool = typer.Option(True, "--report/--no-report", help="Print the Base / Novel / HM table at the end."),
+    log_to: list[str] = typer.Option(
+        None, "--log", help="Log every trial to a tracker: tensorboard, mlflow or wandb (repeatable; adds to "
+        "the spec's tracking section). Local files and W&B offline unless configured.",
+    ),
 ) -> None:
     """Run every trial of a sweep that has no finished result yet.
 
@@ -46,6 +50,9 @@ def sweep(
     set_values = C.flatten(C.parse_overrides(sets or []))
     trials = expand(s, results=results_dir, checkpoints=checkpoints, sets=set_values)
     results_location = storage_of(s, trials).results
+    from rayot import tracking as T
+
+    track = T.resolve(s.tracking.with_log(log_to or []), results=results_location, name=s.name)
     for note in replaced_axes(s, set_values):
         console.print(f"note: {note}", highlight=False)
     for path, problem in results.unreadable_results(results_location).items():
@@ -60,6 +67,8 @@ def sweep(
         console.print(plan_table(states, f"sweep {s.name}: {len(states)} trials"))
         console.print(f"{len(states)} trials, {n_done} already done, {len(states) - n_done} to run; "
                       f"results: {results_location}")
+        for line in T.where(track):
+            console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
         return
 
     from rayot.cli._common import ensure_synthetic
@@ -68,7 +77,7 @@ def sweep(
     ensure_synthetic(c.data.root for c in trials if c.data.dataset == "synthetic")
     t0 = time.monotonic()
     summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed,
-                        max_concurrent=max_concurrent)
+                        max_concurrent=max_concurrent, tracking=track)
     console.print(summary_table(summary))
     if summary.failed:
         console.print(failures_table(summary))
@@ -76,6 +85,8 @@ def sweep(
         console.print(f"{st.trial_id}: {st.error or 'running in another sweep'}; re-run later to "
                       "pick up its result", highlight=False, soft_wrap=True)
     console.print(f"wall time {time.monotonic() - t0:.0f}s; results: {results_location}")
+    for line in T.where(track):
+        console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
     if report:
         _print_report(console, results_location, [st.trial_id for st in summary.states])
     if summary.failed:

@@ -15,12 +15,17 @@ log = logging.getLogger(__name__)
 def train(
     config: Path = typer.Argument(..., help="Trial configuration (YAML)."),
     overrides: list[str] = typer.Argument(None, help="Overrides as dotted key=value, e.g. loss.lambda_ot=1."),
+    log_to: list[str] = typer.Option(
+        None, "--log", help="Log the trial to a tracker: tensorboard, mlflow or wandb (repeatable). Local "
+        "files and W&B offline unless MLFLOW_TRACKING_URI / WANDB_MODE say otherwise.",
+    ),
 ) -> None:
     """Train and evaluate one trial; write its result rows (Parquet) and prompt checkpoint."""
     from rayot import config as C
     from rayot import results
+    from rayot import tracking as T
     from rayot.cli._common import ensure_synthetic
-    from rayot.errors import ConfigError
+    from rayot.errors import ConfigError, RayotError
     from rayot.train import (
         prompt_checkpoint_name,
         resolve_device,
@@ -36,6 +41,8 @@ def train(
     if cfg.data.dataset == "synthetic":
         ensure_synthetic([cfg.data.root])
     tid = C.trial_id(cfg)
+    track = T.resolve(T.Tracking().with_log(log_to or []), results=cfg.output.results, name="rayot-train")
+    T.prepare(track)  # a missing package or a bad store: one message, before the model loads
     device = resolve_device(cfg.device)
     console = Console()
     console.print(
@@ -59,14 +66,22 @@ def train(
             task = bar.add_task("train", total=p.steps, epoch="-", loss=0.0, ce=0.0, reg=0.0)
         bar.update(task, completed=p.step, total=p.steps, epoch=f"{p.epoch + 1}/{p.epochs}",
                    loss=p.loss, ce=p.ce, reg=p.reg)
+        trackers.progress(p)
 
+    trackers = T.TrialTracking(track, cfg)
     try:
         outcome = run_trial(cfg, device=device, progress=on_progress)
+    except BaseException as exc:
+        trackers.finish(error=str(exc) if isinstance(exc, RayotError) else f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         bar.stop()
     rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds)
+    trackers.finish(T.final_metrics(rows))
     path = results.write_trial_rows(cfg.output.results, tid, rows)
     ckpt = save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
     for r in outcome.evals:
         console.print(f"{r.protocol:>22} {r.eval_dataset:>16} {r.split:>6}: {r.accuracy:6.2f}% of {r.n_test}")
     console.print(f"results: {path}\ncheckpoint: {ckpt}")
+    for line in T.where(track):
+        console.print(f"tracking: {line}", highlight=False, soft_wrap=True)

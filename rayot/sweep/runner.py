@@ -20,7 +20,10 @@ from rayot import config as C
 from rayot import results
 from rayot.sweep import cluster
 from rayot.sweep.spec import SweepSpec, storage_of
+from rayot.sweep.tracking import callbacks as tracker_callbacks
 from rayot.sweep.worker import FAULT_ENV, log_name, record_failure, storage_path, tune_driver
+from rayot.tracking import Tracking
+from rayot.tracking import prepare as prepare_tracking
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +196,13 @@ def run_sweep(
     console: Console,
     retry_failed: bool = True,
     max_concurrent: int | None = None,
+    tracking: Tracking | None = None,
 ) -> SweepSummary:
     """Run every trial that has no finished result; returns the final state of each trial.
 
     Everything that can be checked before Ray starts is checked first (storage is writable, the
     cluster answers, a trial fits on it), so a bad sweep ends in seconds with one message.
+    ``tracking`` (resolved: :func:`rayot.tracking.resolve`) logs every trial to its trackers.
     """
     storage = storage_of(spec, trials)
     results_location = storage.results
@@ -216,6 +221,8 @@ def run_sweep(
     for location, what in ((results_location, "results"), (storage.checkpoints, "checkpoint")):
         results.check_writable(location, what)
         results.clean_temporary_files(location)
+    if tracking is not None and tracking.enabled:
+        prepare_tracking(tracking)  # a missing package or a bad store: one message, before Ray
     cluster.check_storage(results_location, "results", embedded=not address)
     cluster.check_storage(storage.checkpoints, "checkpoint", embedded=not address)
     embedded = cluster.connect(address)
@@ -253,7 +260,7 @@ def run_sweep(
         run_config=tune.RunConfig(
             name=f"tune-{spec.name}",
             storage_path=storage_path(storage.checkpoints),
-            callbacks=[view],
+            callbacks=[view, *tracker_callbacks(tracking or Tracking(), spec.name)],
             verbose=0,
             # a driver records its trial's failures itself and never raises for them: a Tune-level
             # retry only follows a crash of the driver process (its node lost, killed)

@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from rayot import config as C
-from rayot import leases, results
+from rayot import leases, results, tracking
 from rayot.errors import RayotError
 from rayot.train import (
     PeerFailure,
@@ -227,4 +227,6 @@ def tune_driver(param: dict[str, Any]) -> None:
             tune.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
             return
         status = results.trial_status(cfg.output.results, tid) or "failed"
-        tune.report({"status": status})
+        # the final accuracies ride along for the sweep's trackers (rayot.sweep.tracking)
+        final = tracking.final_metrics_of(cfg.output.results, tid) if status == "done" else {}
+        tune.report({"status": status, **({"final": final} if final else {})})
