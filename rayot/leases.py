@@ -65,6 +65,19 @@ class Owner:
         """A fresh owner of this process (a new token on every call)."""
         return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), label)
 
+    def gone(self) -> bool:
+        """True when the owner ran on this host and its process no longer exists (a killed or
+        interrupted sweep), so its leases need not be waited out. Elsewhere: not known, False."""
+        if self.pid <= 0 or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
     def describe(self) -> str:
         name = self.label or "an unnamed owner"
         return f"{name} on {self.host} (pid {self.pid})"
@@ -79,7 +92,8 @@ class LeaseHolder:
     expires_at: float
 
     def live(self, now: float) -> bool:
-        return self.expires_at > now
+        """Not expired, and its owner not known to be gone (see :meth:`Owner.gone`)."""
+        return self.expires_at > now and not self.owner.gone()
 
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now

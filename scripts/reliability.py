@@ -84,8 +84,8 @@ def _spec(tmp: Path, *, grid: dict, resources: dict | None = None, base: dict | 
     return path
 
 
-def _rayot(tmp: Path, *args: str, timeout: float = 600) -> tuple[int, str, float]:
-    env = {**os.environ, "COLUMNS": "200"}
+def _rayot(tmp: Path, *args: str, timeout: float = 600, **env_vars: str) -> tuple[int, str, float]:
+    env = {**os.environ, "COLUMNS": "200", **env_vars}
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "rayot", *args], capture_output=True, text=True,
                          timeout=timeout, cwd=tmp, env=env)
@@ -229,18 +229,52 @@ def one_rank_fails(tmp: Path) -> Outcome:
     broken = task.image_root / task.train[0].impath
     original = broken.read_bytes()
     broken.write_bytes(original[: len(original) // 3])  # a truncated image: one rank's data error
-    try:
-        rc, text, t = _rayot(tmp, "sweep", str(spec))
+    try:  # Ray's own logs in a folder of this scenario, to see whether Ray Train retried
+        rc, text, t = _rayot(tmp, "sweep", str(spec), RAY_TMPDIR=str(tmp / "ray"))
     finally:
         broken.write_bytes(original)
     _check(rc == 1, f"exit status {rc}, expected 1", text)
     (rows,) = _rows(tmp).values()
     _check(rows[0]["status"] == "failed" and str(broken) in rows[0]["error"],
            "the failure names the file", text)
-    _check("FailurePolicy" not in text and "RETRY" not in text, "not retried", text)
+    controller_logs = [p.read_text(errors="replace") for p in (tmp / "ray").glob("**/logs/**/*")
+                       if p.is_file() and "controller" in p.name]
+    _check(bool(controller_logs), "Ray Train's controller logs were found", text)
+    _check(not any("FailurePolicy] RETRY" in log for log in controller_logs), "not retried", text)
     return Outcome("the rank that read the broken image and the other rank agree at the next "
                    "step and both stop; the failure is recorded once, naming the image; no retry",
                    "a `failed` row naming the image, its traceback in the log", t)
+
+
+def interrupted(tmp: Path) -> Outcome:
+    import signal
+
+    spec = _spec(tmp, grid={"method": ["zeroshot", "ivlp"], "seed": [1, 2]},
+                 resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1})
+    ids = _trial_ids(spec)
+    with open(tmp / "out.txt", "w") as out:
+        sweep = subprocess.Popen(  # SIGINT as a terminal's Ctrl-C sends it
+            [sys.executable, "-m", "rayot", "sweep", str(spec)], stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 300
+        while not list((tmp / "results").glob("*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # into the next trial
+        sweep.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        rc = sweep.wait(timeout=120)
+        t = time.monotonic() - t0
+    text = (tmp / "out.txt").read_text()
+    _check(rc == 130, f"exit status {rc}, expected 130", text)
+    _check("interrupted after" in text and "finished trials are kept" in text, "message", text)
+    kept = _status(tmp)
+    _check(0 < len(kept) < len(ids) and set(kept.values()) == {"done"}, "finished trials kept, none failed", text)
+    rc, text, _ = _rayot(tmp, "sweep", str(spec))
+    _check(rc == 0 and _status(tmp) == {i: "done" for i in ids}, "the re-run finishes the rest at once", text)
+    return Outcome("exit 130 with `interrupted after …: finished trials are kept …; run the same "
+                   "command again to go on`; nothing is marked failed; the re-run starts at once "
+                   "(the leases of a process gone from this host are not waited out)",
+                   "every finished trial; the interrupted one resumes from its epoch checkpoint", t)
 
 
 SCENARIOS = (
@@ -252,6 +286,7 @@ SCENARIOS = (
     Scenario("all-fail", "every trial fails (dataset missing)", True, every_trial_fails),
     Scenario("lease", "another sweep on the same storage holds a trial", True, lease_held_by_another_sweep),
     Scenario("rank", "one rank of a 2-worker trial hits a broken image", True, one_rank_fails),
+    Scenario("interrupt", "Ctrl-C (SIGINT) during a sweep", True, interrupted),
 )
 
 

@@ -208,7 +208,9 @@ def test_racing_processes_end_with_exactly_one_holder(tmp_path):
     for r in range(ROUNDS):
         winners = [token for rr, token, won in outcomes if rr == r and won]
         assert len(winners) == 1, f"round {r}: {len(winners)} holders"
-        assert leases.holder(str(tmp_path / f"r{r}"), "t1").owner.token == winners[0]
+        # the racers have exited (so holder() would see their leases as gone): read the file
+        held = json.loads(_lease_file(tmp_path / f"r{r}").read_text())
+        assert held["owner"]["token"] == winners[0]
         assert [p.name for p in (tmp_path / f"r{r}" / ".leases").iterdir()] == ["t1.json"]
 
 
@@ -277,3 +279,18 @@ def test_heartbeat_survives_storage_errors(tmp_path, monkeypatch, caplog):
         assert _wait_for(lambda: hb.renewals >= 1)
     assert hb.errors == 2 and not hb.lost
     assert "storage hiccup" in caplog.text
+
+
+def test_a_lease_of_a_process_gone_from_this_host_is_taken_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    gone = Owner("gone" * 8, __import__("socket").gethostname(), int(child.stdout), "a killed sweep")
+    assert gone.gone() and not Owner.new().gone()
+    assert not Owner("x" * 32, "elsewhere", int(child.stdout)).gone()  # another host: not known
+    first = leases.acquire(str(tmp_path), "t1", gone, ttl_s=3600)
+    assert isinstance(first, Lease)
+    second = leases.acquire(str(tmp_path), "t1", Owner.new("next sweep"), ttl_s=60)
+    assert isinstance(second, Lease) and leases.holder(str(tmp_path), "t1").owner.label == "next sweep"

@@ -76,8 +76,15 @@ def sweep(
 
     ensure_synthetic(c.data.root for c in trials if c.data.dataset == "synthetic")
     t0 = time.monotonic()
-    summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed,
-                        max_concurrent=max_concurrent, tracking=track)
+    try:
+        summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed,
+                            max_concurrent=max_concurrent, tracking=track)
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            f"interrupted after {time.monotonic() - t0:.0f}s: finished trials are kept in "
+            f"{results_location}; run the same command again to go on (an interrupted trial "
+            "resumes from its last epoch checkpoint)", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     console.print(summary_table(summary))
     if summary.failed:
         console.print(failures_table(summary))

@@ -91,6 +91,9 @@ def connect(address: str | None) -> bool:
     """Join the cluster at ``address``, or start an embedded Ray; returns True when embedded."""
     # the plain reporter honours verbose=0; the sweep has its own live view
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C ends the sweep at once (exit 130): Tune's own handler would instead end every trial
+    # as if it had finished, and the sweep would have to guess which of them were interrupted
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     for name in ("ray.tune", "ray.train", "ray.air"):  # their INFO lines would cut into the view
         logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
