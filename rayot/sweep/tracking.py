@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,7 +94,18 @@ class MLflowCallback(MLflowLoggerCallback):
         tid = _trial_id(trial)
         run = self.mlflow_util.start_run(run_name=tid, tags={**self.tags, "trial_id": tid})
         self._trial_runs[trial] = run.info.run_id
-        self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=_params(trial))
+        # one batch, not Ray's one write per parameter (~60 here: seconds of Tune's event loop)
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)) for k, v in _params(trial).items()]
+        self.mlflow_util._get_client().log_batch(run.info.run_id, params=params)
+
+    def _log(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.mlflow_util._get_client().log_batch(run_id, metrics=batch)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if trial not in self._trial_runs:
@@ -101,9 +113,9 @@ class MLflowCallback(MLflowLoggerCallback):
         run_id = self._trial_runs[trial]
         epoch = _epoch(result)
         if epoch is not None:
-            self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=epoch[1], step=epoch[0])
+            self._log(run_id, *epoch)
         if result.get("final"):
-            self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=result["final"], step=_final_step(trial))
+            self._log(run_id, _final_step(trial), result["final"])
         self._outcome.note(trial, result)
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:

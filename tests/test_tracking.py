@@ -1,0 +1,345 @@
+"""Experiment tracking: `rayot train --log` and `rayot sweep --log` into TensorBoard, MLflow and W&B.
+
+Everything stays on this machine: MLflow writes a local SQLite store, W&B runs offline
+(WANDB_MODE=offline, WANDB_DIR in tmp; no login), TensorBoard writes event files. Each store is
+read back with the tracker's own reader where it has one (MLflow's client, TensorBoard's
+EventAccumulator); W&B has no public reader of offline runs, so :func:`wandb_runs` decodes the
+run's ``.wandb`` log (LevelDB-style records of wandb's own protobuf messages).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import tiny_overrides
+from typer.testing import CliRunner
+
+from rayot import config as C
+from rayot import tracking as T
+from rayot.errors import ConfigError
+
+mlflow = pytest.importorskip("mlflow", reason='the tracker tests need pip install -e ".[test]" (mlflow-skinny)')
+pytest.importorskip("sqlalchemy", reason="MLflow's SQLite store needs sqlalchemy (in the test extra)")
+pytest.importorskip("wandb", reason='the tracker tests need pip install -e ".[test]" (wandb)')
+pytest.importorskip("tensorboard", reason='the tracker tests need pip install -e ".[test]" (tensorboard)')
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No tracker may reach the network, and none may write outside tmp."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-env"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+
+
+# Readers -------------------------------------------------------------------------------------
+
+
+def mlflow_runs(uri: str, experiment: str) -> dict[str, dict]:
+    """``{run name: {status, params, tags, metrics: {key: [(step, value), ...]}}}``, MLflow's client."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} in {uri}"
+    out = {}
+    for run in client.search_runs([exp.experiment_id]):
+        series = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                  for key in run.data.metrics}
+        out[run.info.run_name] = {"status": run.info.status, "params": run.data.params,
+                                  "tags": run.data.tags, "metrics": series}
+    return out
+
+
+def tensorboard_scalars(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], list[str]]:
+    """The scalar series and text tags of one run folder, read by TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]}
+    texts = [t for t in tags["tensors"]]
+    texts_values = []
+    for t in texts:
+        for e in acc.Tensors(t):
+            texts_values.append(f"{t}={b''.join(e.tensor_proto.string_val).decode()}")
+    return scalars, texts_values
+
+
+def _wandb_records(path: Path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, block, chunks = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a record header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            break
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(chunks)
+            chunks = b""
+            yield record
+
+
+def _key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def wandb_runs(root: Path) -> dict[str, dict]:
+    """``{run name: {group, config, history: {key: [(step, value)]}, summary, exit_code}}`` of the
+    offline runs under ``root/wandb``."""
+    out = {}
+    for path in sorted(root.glob("wandb/offline-run-*/run-*.wandb")):
+        run = {"history": {}, "summary": {}, "config": {}, "exit_code": None}
+        for r in _wandb_records(path):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run["name"], run["group"] = r.run.display_name, r.run.run_group
+                run["config"].update({_key(u): json.loads(u.value_json) for u in r.run.config.update})
+            elif kind == "history":
+                values = {_key(i): json.loads(i.value_json) for i in r.history.item}
+                for k, v in values.items():
+                    if not k.startswith("_"):
+                        run["history"].setdefault(k, []).append((values["_step"], v))
+            elif kind == "summary":
+                run["summary"].update({_key(u): json.loads(u.value_json) for u in r.summary.update})
+            elif kind == "exit":
+                run["exit_code"] = r.exit.exit_code
+        out[run["name"]] = run
+    return out
+
+
+# Options, defaults, messages -----------------------------------------------------------------
+
+
+def test_defaults_are_local_and_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_DIR")
+    results = str(tmp_path / "results" / "smoke")
+    t = T.resolve(T.Tracking().with_log(["mlflow", "wandb,tensorboard"]), results=results, name="smoke")
+    assert t.enabled == ("tensorboard", "mlflow", "wandb")
+    root = tmp_path / "results"
+    assert t.mlflow == T.MLflowOptions(f"sqlite:///{root}/mlruns/mlflow.db", "smoke")
+    assert t.wandb.mode == "offline" and t.wandb.dir == str(root) and t.wandb.project == "rayot"
+    assert t.wandb.group == "smoke"
+    assert t.tensorboard.dir == str(root / "tensorboard" / "smoke")
+    # the user's environment, then explicit options, win over the defaults
+    env = {"WANDB_MODE": "online", "MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    t = T.resolve(T.Tracking().with_log(["wandb", "mlflow"]), results=results, name="s", environ=env)
+    assert t.wandb.mode == "online" and t.mlflow.tracking_uri == "http://mlflow.example:5000"
+    t = T.resolve(T.Tracking(wandb=T.WandbOptions(mode="disabled")), results=results, name="s", environ=env)
+    assert t.wandb.mode == "disabled"
+    # remote results: the stores go to the current folder
+    monkeypatch.chdir(tmp_path)
+    t = T.resolve(T.Tracking().with_log(["tensorboard"]), results="s3://bucket/results", name="s")
+    assert t.tensorboard.dir == str(tmp_path / "tensorboard" / "s")
+
+
+def test_sweep_file_tracking_section_is_strict(tmp_path):
+    from rayot.sweep.spec import load_spec
+
+    base = "name: t\nbase: {model: {name: rayot-tiny, pretrained: null}}\ngrid: {seed: [1]}\n"
+    path = tmp_path / "s.yaml"
+    path.write_text(base + "tracking:\n  mlflow: {experiment: exp, tracking_uri: sqlite:///db/m.db}\n"
+                    "  tensorboard:\n  wandb: {project: p, mode: offline}\n")
+    t = load_spec(path).tracking
+    assert t.enabled == ("tensorboard", "mlflow", "wandb")
+    assert t.mlflow.experiment == "exp" and t.wandb.project == "p" and t.tensorboard == T.TensorBoardOptions()
+    resolved = T.resolve(t, results=str(tmp_path / "r"), name="t")
+    assert resolved.mlflow.tracking_uri.startswith("sqlite:////")  # relative paths made absolute
+    for bad, key in (("tracking: {neptune: {}}", "tracking.neptune"),
+                     ("tracking: {mlflow: {uri: x}}", "tracking.mlflow.uri"),
+                     ("tracking: {wandb: {mode: cloud}}", "tracking.wandb.mode"),
+                     ("tracking: [mlflow]", "tracking")):
+        path.write_text(base + bad + "\n")
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_spec(path)
+    assert load_spec(_plain(tmp_path, base)).tracking.enabled == ()
+    with pytest.raises(ConfigError, match="--log 'neptune': unknown tracker"):
+        T.parse_log(["mlflow", "neptune"])
+
+
+def _plain(tmp_path, text):
+    path = tmp_path / "plain.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("tracker,module", [("mlflow", "mlflow"), ("wandb", "wandb"),
+                                            ("tensorboard", "tensorboardX"), ("mlflow", "sqlalchemy")])
+def test_a_missing_package_is_one_message_with_the_install_command(tmp_path, monkeypatch, tracker, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    t = T.resolve(T.Tracking().with_log([tracker]), results=str(tmp_path / "r"), name="s")
+    with pytest.raises(ConfigError) as info:
+        T.check_available(t)
+    assert str(info.value) == T.missing_message(tracker, module)
+    assert f'pip install -e ".[{tracker}]"' in str(info.value) and f"'{module}' is not installed" in str(info.value)
+    # through the command line: exit status 2 and that one line, before any training
+    from rayot.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["rayot", "train", "configs/demo_prompt_ot.yaml",
+                                      f"output.results={tmp_path / 'r'}", "--log", tracker])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_final_metrics_base_novel_hm_and_per_target():
+    from rayot.report import harmonic_mean
+
+    rows = [{"protocol": "base2novel", "eval_dataset": "dtd", "split": "base", "accuracy": 80.0},
+            {"protocol": "base2novel", "eval_dataset": "dtd", "split": "novel", "accuracy": 60.0}]
+    assert T.final_metrics(rows) == {"base": 80.0, "novel": 60.0, "hm": harmonic_mean(80.0, 60.0)}
+    rows = [{"protocol": "cross_dataset", "eval_dataset": "imagenet", "split": "all", "accuracy": 70.0},
+            {"protocol": "domain_generalization", "eval_dataset": "imagenet_sketch", "split": "all",
+             "accuracy": 48.0}]
+    assert T.final_metrics(rows) == {"acc/imagenet": 70.0, "acc/imagenet_sketch": 48.0}
+    assert T.final_metrics([{"status": "failed", "protocol": "few_shot", "eval_dataset": "dtd",
+                             "split": "", "accuracy": None}]) == {}
+
+
+# One trial: `rayot train --log` ---------------------------------------------------------------
+
+
+def _trial_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "trial.yaml"
+    path.write_text("method: prompt_ot\n")
+    return path
+
+
+def test_rayot_train_logs_to_all_three_trackers(tmp_path, synth_root):
+    from rayot.cli import app
+
+    overrides = tiny_overrides(synth_root, tmp_path, method="prompt_ot")
+    result = CliRunner().invoke(app, ["train", str(_trial_yaml(tmp_path)), *overrides,
+                                      "--log", "mlflow", "--log", "wandb", "--log", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    cfg = C.load_config(_trial_yaml(tmp_path), overrides)
+    tid = C.trial_id(cfg)
+    rows = pq.read_table(tmp_path / "results" / f"{tid}.parquet").to_pylist()
+    final = T.final_metrics(rows)
+    assert set(final) == {"base", "novel", "hm"}
+    expected_params = T.params(cfg)
+
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "rayot-train")
+    assert list(runs) == [tid]
+    run = runs[tid]
+    assert run["status"] == "FINISHED"
+    assert run["params"] == {k: str(v) for k, v in expected_params.items()}
+    assert [s for s, _ in run["metrics"]["loss"]] == [1, 2] and set(run["metrics"]) >= {"loss", "ce", "reg", "lr"}
+    assert {k: run["metrics"][k] for k in final} == {k: [(2, pytest.approx(v))] for k, v in final.items()}
+
+    wb = wandb_runs(tmp_path / "wandb-env")  # WANDB_DIR of the environment
+    assert list(wb) == [tid]
+    assert wb[tid]["exit_code"] == 0 and wb[tid]["group"] == "rayot-train"
+    assert wb[tid]["config"]["loss.lambda_ot"] == cfg.loss.lambda_ot
+    assert [s for s, _ in wb[tid]["history"]["loss"]] == [1, 2]
+    assert {k: wb[tid]["summary"][k] for k in final} == pytest.approx(final)
+
+    scalars, texts = tensorboard_scalars(tmp_path / "tensorboard" / "rayot-train" / tid)
+    assert [s for s, _ in scalars["loss"]] == [1, 2] and set(scalars) >= {"loss", "ce", "reg", "lr", *final}
+    assert scalars["hm"] == [(2, pytest.approx(final["hm"], rel=1e-6))]
+    assert "status/text_summary=done" in texts
+
+
+def test_rayot_train_failure_is_marked_failed(tmp_path, synth_root):
+    from rayot.cli import app
+
+    overrides = tiny_overrides(synth_root, tmp_path, method="prompt_ot", **{"data.dataset": "dtd"})
+    result = CliRunner().invoke(app, ["train", str(_trial_yaml(tmp_path)), *overrides,
+                                      "--log", "mlflow", "--log", "wandb", "--log", "tensorboard"])
+    assert result.exit_code != 0
+    tid = C.trial_id(C.load_config(_trial_yaml(tmp_path), overrides))
+    run = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "rayot-train")[tid]
+    assert run["status"] == "FAILED" and "dtd" in run["tags"]["error"] and run["tags"]["status"] == "failed"
+    wb = wandb_runs(tmp_path / "wandb-env")[tid]
+    assert wb["exit_code"] == 1 and "dtd" in wb["summary"]["error"]
+    _, texts = tensorboard_scalars(tmp_path / "tensorboard" / "rayot-train" / tid)
+    assert any(t.startswith("status/text_summary=failed: ") and "dtd" in t for t in texts)
+
+
+# A sweep on a local Ray: `rayot sweep --log` ----------------------------------------------------
+
+
+@pytest.fixture
+def local_ray(_offline):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # after the offline env is set
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_sweep_logs_every_trial_to_all_three_trackers(local_ray, tmp_path, synth_root):
+    import yaml
+    from rich.console import Console
+
+    from rayot.sweep.runner import run_sweep
+    from rayot.sweep.spec import expand, load_spec
+
+    base: dict = {}
+    for item in tiny_overrides(synth_root, tmp_path):
+        key, value = item.split("=", 1)
+        C.set_dotted(base, key, yaml.safe_load(value))
+    spec_file = tmp_path / "sweep.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "t", "base": base,
+        "grid": {"method": ["prompt_ot"]}, "grids": [{"dataset": "synthetic"}, {"dataset": "dtd"}],
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "storage": {"results": str(tmp_path / "results"), "checkpoints": str(tmp_path / "ckpt")},
+        # options from the file for two trackers, the third one on with its defaults (as --log does)
+        "tracking": {"wandb": {"project": "rayot-test", "dir": str(tmp_path / "wb")},
+                     "tensorboard": {"dir": str(tmp_path / "tb")}},
+    }))
+    spec = load_spec(spec_file)
+    trials = expand(spec)
+    tracking = T.resolve(spec.tracking.with_log(["mlflow"]), results=str(tmp_path / "results"), name=spec.name)
+    summary = run_sweep(spec, trials, address=None, console=Console(quiet=True), tracking=tracking)
+    status = {s.cfg.data.dataset: s for s in summary.states}
+    assert {k: s.status for k, s in status.items()} == {"synthetic": "done", "dtd": "failed"}
+    ok, bad = status["synthetic"], status["dtd"]
+    final = T.final_metrics(pq.read_table(tmp_path / "results" / f"{ok.trial_id}.parquet").to_pylist())
+    assert set(final) == {"base", "novel", "hm"}
+
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "t")
+    assert set(runs) == {ok.trial_id, bad.trial_id}  # one run per trial, named by its id
+    run = runs[ok.trial_id]
+    assert run["status"] == "FINISHED" and run["tags"]["sweep"] == "t"
+    assert run["params"] == {k: str(v) for k, v in T.params(ok.cfg).items()}
+    assert {k: [s for s, _ in run["metrics"][k]] for k in T.EPOCH_METRICS} == {k: [1, 2] for k in T.EPOCH_METRICS}
+    assert {k: run["metrics"][k] for k in final} == {k: [(2, pytest.approx(v))] for k, v in final.items()}
+    failed = runs[bad.trial_id]
+    assert failed["status"] == "FAILED" and "dtd" in failed["tags"]["error"]
+
+    wb = wandb_runs(tmp_path / "wb")
+    assert set(wb) == {ok.trial_id, bad.trial_id}
+    assert wb[ok.trial_id]["exit_code"] == 0 and wb[ok.trial_id]["group"] == "t"
+    assert wb[ok.trial_id]["config"]["loss.lambda_ot"] == ok.cfg.loss.lambda_ot
+    assert [s for s, _ in wb[ok.trial_id]["history"]["loss"]] == [1, 2]
+    assert {k: wb[ok.trial_id]["summary"][k] for k in final} == pytest.approx(final)
+    assert wb[bad.trial_id]["exit_code"] == 1 and "dtd" in wb[bad.trial_id]["summary"]["error"]
+
+    scalars, texts = tensorboard_scalars(tmp_path / "tb" / ok.trial_id)
+    assert {k: [s for s, _ in scalars[k]] for k in T.EPOCH_METRICS} == {k: [1, 2] for k in T.EPOCH_METRICS}
+    assert scalars["hm"] == [(2, pytest.approx(final["hm"], rel=1e-6))] and "status/text_summary=done" in texts
+    _, texts = tensorboard_scalars(tmp_path / "tb" / bad.trial_id)
+    assert any(t.startswith("status/text_summary=failed: ") and "dtd" in t for t in texts)
