@@ -415,6 +415,13 @@ FIDELITY_CASES = [
         dict(n_ctx_text=3, ctx_init="", depth_text=2, depth_vision=3),
         "X X X",
     ),
+    # MaPLe's IVLP baseline: 2 context vectors from "a photo of a", "of a" stays fixed words
+    (
+        "ivlp",
+        "rayot-demo",
+        dict(n_ctx_text=2, n_ctx_vision=2, depth_text=2, depth_vision=3),
+        "a photo of a",
+    ),
     ("coop", "rayot-demo", {}, "a photo of a"),
     ("kgcoop", "rayot-tiny", dict(n_ctx_text=2, ctx_init=None), "X X"),
 ]
