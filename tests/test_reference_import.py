@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,12 @@ def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ModelError, match="cut.pt"):
         load_reference_file(cut)
+    script = tmp_path / "script.pt"  # a TorchScript archive holds code: never handed to torch.jit
+    with zipfile.ZipFile(script, "w") as archive:
+        archive.writestr("script/data.pkl", pickle.dumps({}, protocol=2))
+        archive.writestr("script/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(ModelError, match="script.pt is a TorchScript archive"):
+        load_reference_file(script)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], listed)
     with pytest.raises(ModelError, match="list.pt holds a list, not a dict"):

@@ -142,16 +142,9 @@ class PickledObject:
         return f"<PickledObject {self.dotted_name}>"
 
 
-_placeholder_classes: dict[str, type[PickledObject]] = {}
-
-
 def _placeholder(dotted: str) -> type[PickledObject]:
     """A PickledObject subclass named after ``dotted`` (pickle's NEWOBJ needs a class)."""
-    cls = _placeholder_classes.get(dotted)
-    if cls is None:
-        cls = type(dotted.rsplit(".", 1)[-1], (PickledObject,), {"dotted_name": dotted})
-        _placeholder_classes[dotted] = cls
-    return cls
+    return type(dotted.rsplit(".", 1)[-1], (PickledObject,), {"dotted_name": dotted})
 
 
 def _plain_dict(*_args: Any) -> dict:
@@ -193,6 +186,10 @@ _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits the globals in ``_ADMITTED`` and torch dtypes; any other becomes a placeholder."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._placeholders: dict[str, type[PickledObject]] = {}  # one class per name and file
+
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)
         admitted = _ADMITTED.get((module, name))
@@ -200,8 +197,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return admitted
         if module == "torch" and name in _DTYPES:
             return getattr(torch, name)
-        logger.debug("checkpoint global %s.%s read as an inert placeholder", module, name)
-        return _placeholder(f"{module}.{name}")
+        dotted = f"{module}.{name}"
+        if dotted not in self._placeholders:
+            logger.debug("checkpoint global %s read as an inert placeholder", dotted)
+            self._placeholders[dotted] = _placeholder(dotted)
+        return self._placeholders[dotted]
 
 
 def _restricted_load(file: Any, **kwargs: Any) -> Any:
@@ -228,6 +228,7 @@ def load_reference_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"reference checkpoint {path}: file not found")
+    _check_format(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as safe_err:  # noqa: BLE001 - any refusal: try the restricted reader
@@ -241,7 +242,8 @@ def load_reference_file(path: str | Path) -> dict[str, Any]:
     return dict(obj)
 
 
-def _load_restricted(path: Path, first_error: Exception) -> Any:
+def _check_format(path: Path) -> None:
+    """Refuse what torch.load would hand to other loaders: TorchScript (code) and tar archives."""
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
@@ -257,13 +259,17 @@ def _load_restricted(path: Path, first_error: Exception) -> Any:
             head = f.read(512)
         if len(head) >= 262 and head[257:262] == b"ustar":
             raise ModelError(f"reference checkpoint {path}: the legacy tar format is not supported")
+
+
+def _load_restricted(path: Path, first_error: Exception) -> Any:
     try:
         return torch.load(
             path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
         )
     except Exception as err:  # noqa: BLE001 - any failure here is an unreadable file
+        first = (str(first_error).strip().splitlines() or [type(first_error).__name__])[0]
         raise ModelError(
-            f"reference checkpoint {path} cannot be read: {err} (weights_only load: {first_error})"
+            f"reference checkpoint {path} cannot be read: {err} (weights_only load: {first})"
         ) from err
 
 
