@@ -233,7 +233,7 @@ def load_reference_file(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as safe_err:  # noqa: BLE001 - any refusal: try the restricted reader
         logger.debug("%s: weights_only load refused (%s); restricted unpickler", path, safe_err)
-        obj = _load_restricted(path, safe_err)
+        obj = _load_restricted(path)
     if not isinstance(obj, Mapping):
         raise ModelError(
             f"reference checkpoint {path} holds a {type(obj).__name__}, not a dict (a Dassl "
@@ -261,16 +261,14 @@ def _check_format(path: Path) -> None:
             raise ModelError(f"reference checkpoint {path}: the legacy tar format is not supported")
 
 
-def _load_restricted(path: Path, first_error: Exception) -> Any:
+def _load_restricted(path: Path) -> Any:
     try:
         return torch.load(
             path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
         )
     except Exception as err:  # noqa: BLE001 - any failure here is an unreadable file
-        first = (str(first_error).strip().splitlines() or [type(first_error).__name__])[0]
-        raise ModelError(
-            f"reference checkpoint {path} cannot be read: {err} (weights_only load: {first})"
-        ) from err
+        # the weights_only error (logged at debug level) suggests an unsafe load: not repeated
+        raise ModelError(f"reference checkpoint {path} cannot be read: {err}") from err
 
 
 def reference_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
