@@ -86,8 +86,11 @@ def sweep(
             "resumes from its last epoch checkpoint)", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     console.print(summary_table(summary))
-    if summary.failed:
+    if summary.failed and console.is_terminal:
         console.print(failures_table(summary))
+    for st in summary.failed if not console.is_terminal else ():  # whole lines, for logs and grep
+        console.print(f"failed: {st.trial_id} ({st.cfg.data.dataset} {st.cfg.method} seed {st.cfg.seed}): "
+                      f"{st.error} (log: {st.log})", highlight=False, soft_wrap=True)
     for st in summary.busy:
         console.print(f"{st.trial_id}: {st.error or 'running in another sweep'}; re-run later to "
                       "pick up its result", highlight=False, soft_wrap=True)
