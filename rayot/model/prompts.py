@@ -253,11 +253,16 @@ class PromptedCLIP(nn.Module):
         visual = self.clip.visual
         return self.clip.encode_image(images.to(visual.conv1.weight.dtype), normalize=True)
 
+    def eval_text_features(self) -> Tensor:
+        """What evaluation encodes once for every test batch: the class text features (n_cls, D)."""
+        return self.encode_text()
+
     @torch.no_grad()
     def frozen_text_features(
-        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
+        self, classnames: list[str], template: str = DEFAULT_TEMPLATE, *, normalize: bool = True
     ) -> Tensor:
-        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+        """The frozen CLIP's features (n_cls, D) of ``template.format(class)``, normalised unless
+        ``normalize`` is False (PromptSRC averages raw features over templates)."""
         if not classnames:
             raise ModelError("class names: the list is empty")
         if "{}" not in template:
@@ -267,7 +272,7 @@ class PromptedCLIP(nn.Module):
         tokens = self._tokenize(ids, names).to(self.text_tokens.device)  # (n_cls, L)
         eot = eot_positions(tokens, self.tokenizer.eot_token_id)
         feats = encode_text_tokens(self.clip, tokens, eot, None, truncate=True)  # (n_cls, D)
-        return F.normalize(feats, dim=-1)
+        return F.normalize(feats, dim=-1) if normalize else feats
 
     def extra_repr(self) -> str:
         return (
