@@ -38,6 +38,7 @@ from rayot.data.specs import DEFAULT_TEMPLATE
 from rayot.errors import DataError, RayotError, TrainingError
 from rayot.losses import kgcoop_loss, l1_consistency, logit_kl, prompt_ot_loss, total_loss
 from rayot.model import PromptedCLIP, load_clip
+from rayot.model.prompts import frozen_text_features
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ def reference_text_features(model: nn.Module, classnames: list[str], templates: 
     raw features are averaged before normalising, as PromptSRC does (peers.md §6.7)."""
     if len(templates) == 1:
         return model.frozen_text_features(classnames, templates[0]).float()
-    raw = sum(model.frozen_text_features(classnames, t, normalize=False).float() for t in templates)
+    raw = sum(frozen_text_features(model.clip, model.tokenizer, classnames, t, normalize=False).float()
+              for t in templates)
     return F.normalize(raw / len(templates), dim=-1)  # (n_cls, D)
 
 

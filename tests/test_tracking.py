@@ -283,7 +283,8 @@ def test_rayot_train_failure_is_marked_failed(tmp_path, synth_root):
 def local_ray(_offline):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # after the offline env is set
+    # after the offline env is set; a Ray of its own even if another one runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

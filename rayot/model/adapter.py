@@ -101,15 +101,29 @@ def encode_text_tokens(
             return torch.cat([h[:, :1], ctx, h[:, 1 + n_ctx :]], dim=1)
 
         x = inject(0, x)
-    x = x + clip.positional_embedding[:length].to(x.dtype)
 
     # Layer 0's prompt went in with the embedding; later layers replace their own.
     def deep(i: int, h: Tensor) -> Tensor:
         return inject(i, h) if inject is not None and i > 0 else h
 
-    attn_mask = clip.attn_mask[:length, :length]  # causal (L', L')
-    x = _run_blocks(clip.transformer, x, attn_mask, deep)
-    x = clip.ln_final(x)  # (N, L', W)
+    return encode_text_embeddings(clip, x, eot, deep)
+
+
+def encode_text_embeddings(
+    clip: open_clip.CLIP, x: Tensor, eot: Tensor, inject: Inject | None = None
+) -> Tensor:
+    """Text features (N, D), not normalised, of input embeddings ``x`` (N, L, W) pooled at ``eot``.
+
+    ``x`` holds the token embeddings with any prompt vectors already in place (for example
+    CoCoOp's per-image context); the positional embedding of the first L positions is added here.
+    ``inject(i, h)``, when given, is called before every layer i. ``L`` may be shorter than the
+    context length (truncated after the last EOT, see ``encode_text_tokens``).
+    """
+    length = x.shape[1]
+    x = x + clip.positional_embedding[:length].to(x.dtype)
+    attn_mask = clip.attn_mask[:length, :length]  # causal (L, L)
+    x = _run_blocks(clip.transformer, x, attn_mask, inject)
+    x = clip.ln_final(x)  # (N, L, W)
     x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, W)
     projection = clip.text_projection
     if projection is None:

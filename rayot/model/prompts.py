@@ -11,6 +11,7 @@ Only the prompt tensors train; the CLIP model stays frozen and in eval mode.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,12 @@ _INIT_STD = 0.02
 
 @dataclass
 class PromptOutput:
-    """What ``PromptedCLIP.forward`` returns in every mode.
+    """What the ``forward`` of every prompt module returns, in every mode.
 
-    logits (B, n_cls): ``logit_scale.exp() * image @ text.T``; image (B, D) and text (n_cls, D):
-    L2-normalised adapted features.
+    logits (B, n_cls): ``logit_scale.exp() * image @ text.T``; image (B, D) and text: L2-normalised
+    adapted features. text is (n_cls, D) for every method whose class features do not depend on
+    the image (PromptedCLIP, MaPLe), and (B, n_cls, D) for CoCoOp, whose class features are
+    conditioned on each image (then logits[b] = scale * text[b] @ image[b]).
     """
 
     logits: Tensor
@@ -72,12 +75,7 @@ class PromptedCLIP(nn.Module):
         super().__init__()
         model = clip.model
         check_supported(model, repr(clip.model_name))
-        tokenizer = clip.tokenizer
-        if not all(hasattr(tokenizer, a) for a in ("encode", "sot_token_id", "eot_token_id")):
-            raise ModelError(
-                f"model {clip.model_name!r}: deep prompts need open_clip's CLIP BPE tokenizer, "
-                f"got {type(tokenizer).__name__}"
-            )
+        tokenizer = check_tokenizer(clip)
         text_layers = len(model.transformer.resblocks)
         vision_layers = len(model.visual.transformer.resblocks)
         _check_setting("n_ctx_text", n_ctx_text, 0)
@@ -140,16 +138,7 @@ class PromptedCLIP(nn.Module):
 
     def _tokenize(self, texts_ids: list[list[int]], names: list[str]) -> Tensor:
         """Token ids (N, context_length): SOS, ids, EOT, zero padding; too long -> cut, EOT kept."""
-        length = self.clip.context_length
-        sot, eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
-        out = torch.zeros(len(texts_ids), length, dtype=torch.long)
-        for row, (ids, name) in enumerate(zip(texts_ids, names, strict=True)):
-            seq = [sot, *ids, eot]
-            if len(seq) > length:
-                logger.warning("prompt of class %r cut to %d tokens", name, length)
-                seq = seq[: length - 1] + [eot]
-            out[row, : len(seq)] = torch.tensor(seq)
-        return out
+        return tokenize_ids(self.tokenizer, self.clip.context_length, texts_ids, names)
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Use these classes from now on (for example the novel classes, same learned prompts)."""
@@ -192,22 +181,7 @@ class PromptedCLIP(nn.Module):
 
     def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
-        own = self.prompt_state_dict()
-        for key in own:
-            if key not in state:
-                raise ModelError(f"prompt state dict: missing key {key!r}")
-        for key in state:
-            if key not in own:
-                raise ModelError(
-                    f"prompt state dict: unexpected key {key!r} (this model has {sorted(own)})"
-                )
-        for key, value in state.items():
-            if not isinstance(value, Tensor) or value.shape != own[key].shape:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ModelError(
-                    f"prompt state dict: key {key!r} has shape {shape}, this model expects "
-                    f"{tuple(own[key].shape)}"
-                )
+        check_prompt_state(self.prompt_state_dict(), state)
         with torch.no_grad():
             for key, value in state.items():
                 getattr(self, key).copy_(value)
@@ -231,6 +205,10 @@ class PromptedCLIP(nn.Module):
         )  # (n_cls, D)
         return F.normalize(feats, dim=-1)
 
+    def eval_text_features(self) -> Tensor | None:
+        """What evaluation encodes once for all test batches: ``encode_text()`` (n_cls, D)."""
+        return self.encode_text()
+
     def encode_image(self, images: Tensor) -> Tensor:
         """L2-normalised prompted image features (B, D) of ``images`` (B, 3, H, W)."""
         feats = encode_image_prompted(self.clip.visual, images, self.vision_prompts)  # (B, D)
@@ -247,32 +225,15 @@ class PromptedCLIP(nn.Module):
         logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
         return PromptOutput(logits=logits, image=image, text=text)
 
-    @torch.no_grad()
     def frozen_image_features(self, images: Tensor) -> Tensor:
         """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
-        visual = self.clip.visual
-        return self.clip.encode_image(images.to(visual.conv1.weight.dtype), normalize=True)
+        return frozen_image_features(self.clip, images)
 
-    def eval_text_features(self) -> Tensor:
-        """What evaluation encodes once for every test batch: the class text features (n_cls, D)."""
-        return self.encode_text()
-
-    @torch.no_grad()
     def frozen_text_features(
-        self, classnames: list[str], template: str = DEFAULT_TEMPLATE, *, normalize: bool = True
+        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
     ) -> Tensor:
-        """The frozen CLIP's features (n_cls, D) of ``template.format(class)``, normalised unless
-        ``normalize`` is False (PromptSRC averages raw features over templates)."""
-        if not classnames:
-            raise ModelError("class names: the list is empty")
-        if "{}" not in template:
-            raise ConfigError(f"template {template!r} has no '{{}}' for the class name")
-        names = [prompt_classname(c) for c in classnames]
-        ids = [self.tokenizer.encode(template.format(n)) for n in names]
-        tokens = self._tokenize(ids, names).to(self.text_tokens.device)  # (n_cls, L)
-        eot = eot_positions(tokens, self.tokenizer.eot_token_id)
-        feats = encode_text_tokens(self.clip, tokens, eot, None, truncate=True)  # (n_cls, D)
-        return F.normalize(feats, dim=-1) if normalize else feats
+        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
 
     def extra_repr(self) -> str:
         return (
@@ -280,6 +241,110 @@ class PromptedCLIP(nn.Module):
             f"text=(n_ctx={self.n_ctx_text}, depth={self.depth_text}), "
             f"vision=(n_ctx={self.n_ctx_vision}, depth={self.depth_vision})"
         )
+
+
+# ----- shared by every prompt module (PromptedCLIP, CoCoOpCLIP, MaPLeCLIP) -----
+
+
+def check_tokenizer(clip: LoadedCLIP) -> Any:
+    """``clip.tokenizer`` if it is open_clip's CLIP BPE tokenizer (ids, SOS/EOT), else ModelError."""
+    tokenizer = clip.tokenizer
+    if not all(hasattr(tokenizer, a) for a in ("encode", "sot_token_id", "eot_token_id")):
+        raise ModelError(
+            f"model {clip.model_name!r}: deep prompts need open_clip's CLIP BPE tokenizer, "
+            f"got {type(tokenizer).__name__}"
+        )
+    return tokenizer
+
+
+def tokenize_ids(
+    tokenizer: Any, context_length: int, texts_ids: list[list[int]], names: list[str]
+) -> Tensor:
+    """Token ids (N, context_length): SOS, ids, EOT, zero padding; too long -> cut, EOT kept."""
+    sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+    out = torch.zeros(len(texts_ids), context_length, dtype=torch.long)
+    for row, (ids, name) in enumerate(zip(texts_ids, names, strict=True)):
+        seq = [sot, *ids, eot]
+        if len(seq) > context_length:
+            logger.warning("prompt of class %r cut to %d tokens", name, context_length)
+            seq = seq[: context_length - 1] + [eot]
+        out[row, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+def check_prompt_state(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> None:
+    """ModelError naming the first key of ``state`` missing from, foreign to or shaped unlike ``own``."""
+    for key in own:
+        if key not in state:
+            raise ModelError(f"prompt state dict: missing key {key!r}")
+    for key in state:
+        if key not in own:
+            raise ModelError(
+                f"prompt state dict: unexpected key {key!r} (this model has {sorted(own)})"
+            )
+    for key, value in state.items():
+        if not isinstance(value, Tensor) or value.shape != own[key].shape:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ModelError(
+                f"prompt state dict: key {key!r} has shape {shape}, this model expects "
+                f"{tuple(own[key].shape)}"
+            )
+
+
+def read_reference_tensors(
+    state: Mapping[str, Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
+    method: str,
+    prefixes: tuple[str, ...] = ("",),
+) -> dict[str, Tensor]:
+    """The tensors named by ``shapes``, taken from a reference implementation's state dict.
+
+    Each key is looked up under each of ``prefixes`` in turn (a reference saves either the whole
+    model, keys ``prompt_learner.*``, or its prompt learner alone); every other key of ``state``
+    is ignored. ModelError names the first key that is missing, not a tensor or of another shape.
+    Returned under the unprefixed keys, in the file's dtype.
+    """
+    out = {}
+    for key, shape in shapes.items():
+        found = next((prefix + key for prefix in prefixes if prefix + key in state), None)
+        if found is None:
+            names = " or ".join(repr(prefix + key) for prefix in prefixes)
+            raise ModelError(f"{method} reference checkpoint: missing key {names}")
+        value = state[found]
+        if not isinstance(value, Tensor) or tuple(value.shape) != tuple(shape):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ModelError(
+                f"{method} reference checkpoint: key {found!r} has shape {got}, this model "
+                f"expects {tuple(shape)}"
+            )
+        out[key] = value
+    return out
+
+
+@torch.no_grad()
+def frozen_image_features(model: nn.Module, images: Tensor) -> Tensor:
+    """The frozen CLIP's normalised image features (B, D) of ``images``, no gradient."""
+    return model.encode_image(images.to(model.visual.conv1.weight.dtype), normalize=True)
+
+
+@torch.no_grad()
+def frozen_text_features(
+    model: nn.Module, tokenizer: Any, classnames: list[str], template: str = DEFAULT_TEMPLATE,
+    *, normalize: bool = True,
+) -> Tensor:
+    """The frozen CLIP's features (n_cls, D) of ``template.format(class)``, normalised unless
+    ``normalize`` is False."""
+    if not classnames:
+        raise ModelError("class names: the list is empty")
+    if "{}" not in template:
+        raise ConfigError(f"template {template!r} has no '{{}}' for the class name")
+    names = [prompt_classname(c) for c in classnames]
+    ids = [tokenizer.encode(template.format(n)) for n in names]
+    tokens = tokenize_ids(tokenizer, model.context_length, ids, names)
+    tokens = tokens.to(model.positional_embedding.device)  # (n_cls, L)
+    eot = eot_positions(tokens, tokenizer.eot_token_id)
+    feats = encode_text_tokens(model, tokens, eot, None, truncate=True)  # (n_cls, D)
+    return F.normalize(feats, dim=-1) if normalize else feats
 
 
 def _check_setting(

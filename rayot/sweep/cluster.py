@@ -108,7 +108,8 @@ def connect(address: str | None) -> bool:
         return False
     cpus = available_cpus()
     log.info("starting an embedded local Ray with %d CPUs", cpus)
-    ray.init(num_cpus=cpus, resources={DRIVER_SLOT: EMBEDDED_DRIVER_SLOTS},
+    # address="local": a new Ray of its own, even where `ray start` left one running here
+    ray.init(address="local", num_cpus=cpus, resources={DRIVER_SLOT: EMBEDDED_DRIVER_SLOTS},
              include_dashboard=False, log_to_driver=False)
     return True
 

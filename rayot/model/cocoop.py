@@ -1,0 +1,248 @@
+"""CoCoOp: a learned text context shifted by a meta-token computed from each image (peers.md §3).
+
+Text prompt of class c for image x: SOS, ctx_1 + pi(x) .. ctx_M + pi(x), tokens of "c.", EOT, with
+pi(x) = meta_net(normalise(frozen image feature of x)). The class features therefore depend on the
+image: ``forward`` returns text features (B, n_cls, D), and evaluation cannot encode them once.
+The B x n_cls prompts of a batch go through the text encoder in one call.
+
+Only ``ctx`` and the meta-net train; the CLIP model stays frozen and in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rayot.data.specs import DEFAULT_TEMPLATE, prompt_classname
+from rayot.errors import ConfigError, ModelError
+from rayot.model.adapter import check_supported, encode_text_embeddings, eot_positions
+from rayot.model.loading import LoadedCLIP
+from rayot.model.prompts import (
+    PromptOutput,
+    _check_setting,
+    check_prompt_state,
+    check_tokenizer,
+    frozen_image_features,
+    frozen_text_features,
+    read_reference_tensors,
+    tokenize_ids,
+)
+
+logger = logging.getLogger(__name__)
+
+_INIT_STD = 0.02
+_HIDDEN_RATIO = 16  # meta-net hidden width = image feature width // 16 (reference)
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` with the (float32 master) weights cast to the activations' dtype."""
+    return F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+
+
+class MetaNet(nn.Module):
+    """linear1 (D -> D // 16), ReLU, linear2 (-> text width): the meta-token of an image feature."""
+
+    def __init__(
+        self, d_in: int, d_hidden: int, d_out: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_in, d_hidden, device=device, dtype=dtype)
+        self.linear2 = nn.Linear(d_hidden, d_out, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _linear(self.linear2, F.relu(_linear(self.linear1, x)))  # (B, d_out)
+
+
+class CoCoOpCLIP(nn.Module):
+    """A frozen CLIP with CoCoOp's conditional text context.
+
+    Parameters: ``ctx`` (n_ctx, text width), initialised from the token embeddings of
+    ``ctx_init`` (which must be n_ctx tokens; N(0, 0.02) and "X" placeholders when empty or None),
+    and ``meta_net`` (PyTorch's default Linear init). They are kept in float32 (float64 for a
+    float64 model) and cast to the activations' dtype where they enter. Seed torch's global
+    generator beforehand for reproducible initial values.
+    """
+
+    def __init__(
+        self,
+        clip: LoadedCLIP,
+        classnames: list[str],
+        *,
+        n_ctx: int = 4,
+        ctx_init: str | None = "a photo of a",
+    ) -> None:
+        super().__init__()
+        model = clip.model
+        check_supported(model, repr(clip.model_name))
+        self.tokenizer = check_tokenizer(clip)
+        _check_setting("n_ctx", n_ctx, 1)
+        embed_dim = model.visual.output_dim
+        hidden = embed_dim // _HIDDEN_RATIO
+        if hidden < 1:
+            raise ModelError(
+                f"model {clip.model_name!r}: image features of width {embed_dim} are too narrow "
+                f"for CoCoOp's meta-net (hidden width {embed_dim} // {_HIDDEN_RATIO})"
+            )
+
+        model.requires_grad_(False)
+        self.clip = model
+        self.model_name = clip.model_name
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init or ""
+
+        device = model.positional_embedding.device
+        dtype = (
+            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
+        )
+        width = model.transformer.width
+        ctx = torch.empty(n_ctx, width, device=device, dtype=dtype)
+        nn.init.normal_(ctx, std=_INIT_STD)
+        if self.ctx_init:
+            ids = self.tokenizer.encode(self.ctx_init)
+            if len(ids) != n_ctx:
+                raise ConfigError(
+                    f"ctx_init {self.ctx_init!r} is {len(ids)} tokens but n_ctx={n_ctx}; give a "
+                    "phrase of n_ctx tokens, or an empty ctx_init for random context vectors"
+                )
+            emb = model.token_embedding.weight
+            with torch.no_grad():
+                ctx.copy_(emb[torch.tensor(ids, device=device)])  # (n_ctx, W)
+        self.ctx = nn.Parameter(ctx)  # (n_ctx, W)
+        self.meta_net = MetaNet(embed_dim, hidden, width, device, dtype)
+
+        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames)
+        self.train(False)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Use these classes from now on (for example the novel classes, same learned tensors)."""
+        if not classnames:
+            raise ModelError("class names: the list is empty")
+        names = [prompt_classname(c) for c in classnames]
+        # Positions 1..n_ctx hold the init phrase (or "X"s); their embeddings are replaced.
+        prefix = self.ctx_init or " ".join(["X"] * self.n_ctx)
+        ids = [self.tokenizer.encode(f"{prefix} {n}.") for n in names]
+        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, names)
+        tokens = tokens.to(self.clip.positional_embedding.device)
+        self.text_tokens = tokens  # (n_cls, context_length)
+        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
+        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
+        self.classnames = list(classnames)
+
+    # ----- nn.Module plumbing -----
+
+    def train(self, mode: bool = True) -> CoCoOpCLIP:
+        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def _learned(self) -> dict[str, nn.Parameter]:
+        return {"ctx": self.ctx, **dict(self.meta_net.named_parameters(prefix="meta_net"))}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """``ctx`` and the meta-net's weights, the only parameters an optimizer should see."""
+        return list(self._learned().values())
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The learned tensors only (``ctx``, ``meta_net.linear{1,2}.{weight,bias}``), detached."""
+        return {k: p.detach().clone() for k, p in self._learned().items()}
+
+    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
+        own = self._learned()
+        check_prompt_state(own, state)
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+
+    def reference_state(self) -> dict[str, Tensor]:
+        """The learned tensors under the reference's keys (its prompt learner's state dict)."""
+        return self.prompt_state_dict()  # same names: ctx, meta_net.linear1.weight, ...
+
+    def load_reference(self, state: Mapping[str, Tensor]) -> None:
+        """Load the reference's prompt-learner tensors, keys with or without ``prompt_learner.``.
+
+        Class buffers (``token_prefix``, ``token_suffix``) and any other key are ignored; fp16
+        tensors are cast to the parameters' dtype. ModelError names the first missing or
+        mis-shaped key.
+        """
+        own = self._learned()
+        shapes = {k: tuple(p.shape) for k, p in own.items()}
+        found = read_reference_tensors(state, shapes, "CoCoOp", ("", "prompt_learner."))
+        with torch.no_grad():
+            for key, value in found.items():
+                own[key].copy_(value.to(own[key].dtype))
+
+    # ----- features -----
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp of CLIP's learned temperature (scalar)."""
+        return self.clip.logit_scale.exp()
+
+    def encode_text(self, image: Tensor) -> Tensor:
+        """Normalised class features (B, n_cls, D) conditioned on normalised image features (B, D).
+
+        One text-encoder call on the B x n_cls prompts (truncated after the last EOT, exact).
+        """
+        length = self.text_length
+        tokens = self.text_tokens[:, :length]  # (C, L)
+        emb = self.clip.token_embedding(tokens).to(self.clip.transformer.get_cast_dtype())
+        n_img, n_cls, width = image.shape[0], tokens.shape[0], emb.shape[-1]
+        shift = self.meta_net(image).to(emb.dtype)  # (B, W)
+        ctx = self.ctx.to(emb.dtype)[None] + shift[:, None]  # (B, M, W)
+        x = torch.cat(
+            [
+                emb[None, :, :1].expand(n_img, -1, -1, -1),  # SOS (B, C, 1, W)
+                ctx[:, None].expand(-1, n_cls, -1, -1),  # (B, C, M, W)
+                emb[None, :, 1 + self.n_ctx :].expand(n_img, -1, -1, -1),  # (B, C, L-1-M, W)
+            ],
+            dim=2,
+        )  # (B, C, L, W)
+        x = x.reshape(n_img * n_cls, length, width)  # (B*C, L, W)
+        feats = encode_text_embeddings(self.clip, x, self.text_eot.repeat(n_img))  # (B*C, D)
+        return F.normalize(feats, dim=-1).reshape(n_img, n_cls, -1)  # (B, C, D)
+
+    def eval_text_features(self) -> Tensor | None:
+        """None: CoCoOp's class features depend on each image, evaluation cannot encode them once."""
+        return None
+
+    def forward(self, images: Tensor, text_features: Tensor | None = None) -> PromptOutput:
+        """Logits (B, n_cls) of ``images`` (B, 3, H, W) against the current classes.
+
+        ``text_features`` (B, n_cls, D), normalised, from an earlier call on the same images,
+        skips the text encoder. The image features are the frozen CLIP's (no prompt on the image
+        side, no gradient).
+        """
+        image = frozen_image_features(self.clip, images)  # (B, D)
+        if text_features is None:
+            text = self.encode_text(image)  # (B, C, D)
+        elif text_features.dim() != 3 or text_features.shape[0] != image.shape[0]:
+            raise ModelError(
+                f"CoCoOp text_features must be (B, n_cls, D) for a batch of {image.shape[0]} "
+                f"images, got {tuple(text_features.shape)}"
+            )
+        else:
+            text = text_features
+        logits = self.logit_scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))
+        return PromptOutput(logits=logits, image=image, text=text)  # logits (B, C)
+
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
+        return frozen_image_features(self.clip, images)
+
+    def frozen_text_features(
+        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
+    ) -> Tensor:
+        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
+
+    def extra_repr(self) -> str:
+        return f"model={self.model_name!r}, n_cls={len(self.classnames)}, n_ctx={self.n_ctx}"

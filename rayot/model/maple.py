@@ -1,0 +1,270 @@
+"""MaPLe: text prompts coupled to vision prompts through per-layer linear maps (peers.md §5).
+
+Learned: text prompts P_j (n_ctx, text width) for the first ``depth`` layers and affine maps F_j
+(text width -> vision width). Layer j's vision prompts are V_j = F_j(P_j). Text side: P_0
+replaces the embeddings of positions 1..n_ctx of "{ctx_init} {c}." (so with n_ctx 2 and "a photo
+of a" the prompt reads "[P_0] of a {c}."), P_j replaces those positions before layer j. Image
+side: V_0 is appended after the class and patch tokens (after the positional embedding, before
+``ln_pre``), V_j replaces the last n_ctx tokens before layer j; they are dropped before pooling.
+
+Only the prompts and the maps train; the CLIP model stays frozen and in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rayot.data.specs import DEFAULT_TEMPLATE, prompt_classname
+from rayot.errors import ConfigError, ModelError
+from rayot.model.adapter import (
+    check_supported,
+    encode_image_prompted,
+    encode_text_tokens,
+    eot_positions,
+)
+from rayot.model.loading import LoadedCLIP
+from rayot.model.prompts import (
+    PromptOutput,
+    _check_setting,
+    check_prompt_state,
+    check_tokenizer,
+    frozen_image_features,
+    frozen_text_features,
+    read_reference_tensors,
+    tokenize_ids,
+)
+
+logger = logging.getLogger(__name__)
+
+_INIT_STD = 0.02
+_PREFIX = "prompt_learner."  # the reference saves the whole model
+
+
+class MaPLeCLIP(nn.Module):
+    """A frozen CLIP with MaPLe's coupled vision-language prompts.
+
+    Parameters, kept in float32 (float64 for a float64 model) and cast to the activations' dtype
+    where they enter:
+
+    - ``text_prompts`` (depth, n_ctx, text width): row 0 = P_0, the token embeddings of the first
+      n_ctx tokens of ``ctx_init`` (N(0, 0.02) and "X" placeholders when empty or None); rows
+      1.. = P_1..P_{depth-1}, N(0, 0.02).
+    - ``proj_weight`` (depth, vision width, text width) and ``proj_bias`` (depth, vision width):
+      row 0 = F_0, one PyTorch-default Linear draw; rows 1.. = F_1..F_{depth-1}, copies of one
+      other draw (they start identical, as in the reference).
+
+    Seed torch's global generator beforehand for reproducible initial values.
+    """
+
+    def __init__(
+        self,
+        clip: LoadedCLIP,
+        classnames: list[str],
+        *,
+        n_ctx: int = 2,
+        depth: int = 9,
+        ctx_init: str | None = "a photo of a",
+    ) -> None:
+        super().__init__()
+        model = clip.model
+        check_supported(model, repr(clip.model_name))
+        self.tokenizer = check_tokenizer(clip)
+        layers = min(len(model.transformer.resblocks), len(model.visual.transformer.resblocks))
+        _check_setting("n_ctx", n_ctx, 1)
+        _check_setting("depth", depth, 1, (layers, "text or vision", clip.model_name))
+
+        model.requires_grad_(False)
+        self.clip = model
+        self.model_name = clip.model_name
+        self.n_ctx = n_ctx
+        self.depth = depth
+        self.ctx_init = ctx_init or ""
+
+        device = model.positional_embedding.device
+        dtype = (
+            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
+        )
+        text_width = model.transformer.width
+        vision_width = model.visual.transformer.width
+
+        text = torch.empty(depth, n_ctx, text_width, device=device, dtype=dtype)
+        nn.init.normal_(text, std=_INIT_STD)
+        if self.ctx_init:
+            ids = self.tokenizer.encode(self.ctx_init)
+            if len(ids) < n_ctx:
+                raise ConfigError(
+                    f"ctx_init {self.ctx_init!r} is {len(ids)} tokens but n_ctx={n_ctx}; give a "
+                    "phrase of at least n_ctx tokens, or an empty ctx_init for random context"
+                )
+            emb = model.token_embedding.weight
+            with torch.no_grad():
+                text[0] = emb[torch.tensor(ids[:n_ctx], device=device)]  # (n_ctx, W_t)
+        self.text_prompts = nn.Parameter(text)  # (J, n_ctx, W_t)
+
+        first = nn.Linear(text_width, vision_width, device=device, dtype=dtype)
+        deep = nn.Linear(text_width, vision_width, device=device, dtype=dtype)
+        weight = torch.cat([first.weight[None], deep.weight[None].expand(depth - 1, -1, -1)])
+        bias = torch.cat([first.bias[None], deep.bias[None].expand(depth - 1, -1)])
+        self.proj_weight = nn.Parameter(weight.detach().clone())  # (J, W_v, W_t)
+        self.proj_bias = nn.Parameter(bias.detach().clone())  # (J, W_v)
+
+        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames)
+        self.train(False)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Use these classes from now on (for example the novel classes, same learned tensors)."""
+        if not classnames:
+            raise ModelError("class names: the list is empty")
+        names = [prompt_classname(c) for c in classnames]
+        # The whole init phrase is tokenised; P_0 replaces only its first n_ctx tokens.
+        prefix = self.ctx_init or " ".join(["X"] * self.n_ctx)
+        ids = [self.tokenizer.encode(f"{prefix} {n}.") for n in names]
+        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, names)
+        tokens = tokens.to(self.clip.positional_embedding.device)
+        self.text_tokens = tokens  # (n_cls, context_length)
+        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
+        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
+        self.classnames = list(classnames)
+
+    # ----- nn.Module plumbing -----
+
+    def train(self, mode: bool = True) -> MaPLeCLIP:
+        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def _learned(self) -> dict[str, nn.Parameter]:
+        return {
+            "text_prompts": self.text_prompts,
+            "proj_weight": self.proj_weight,
+            "proj_bias": self.proj_bias,
+        }
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The prompts and the coupling maps, the only parameters an optimizer should see."""
+        return list(self._learned().values())
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The learned tensors only (``text_prompts``, ``proj_weight``, ``proj_bias``), detached."""
+        return {k: p.detach().clone() for k, p in self._learned().items()}
+
+    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
+        own = self._learned()
+        check_prompt_state(own, state)
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+
+    def _reference_keys(self) -> dict[str, tuple[str, int]]:
+        """Reference key (without ``prompt_learner.``) -> (own parameter, row of it)."""
+        keys = {"ctx": ("text_prompts", 0), "proj.weight": ("proj_weight", 0)}
+        keys["proj.bias"] = ("proj_bias", 0)
+        for j in range(1, self.depth):
+            keys[f"compound_prompts_text.{j - 1}"] = ("text_prompts", j)
+            keys[f"compound_prompt_projections.{j - 1}.weight"] = ("proj_weight", j)
+            keys[f"compound_prompt_projections.{j - 1}.bias"] = ("proj_bias", j)
+        return keys
+
+    def reference_state(self) -> dict[str, Tensor]:
+        """The learned tensors under the reference's whole-model keys (``prompt_learner.*``)."""
+        own = self._learned()
+        return {
+            _PREFIX + key: own[name][row].detach().clone()
+            for key, (name, row) in self._reference_keys().items()
+        }
+
+    def load_reference(self, state: Mapping[str, Tensor]) -> None:
+        """Load the learned tensors from the reference's whole-model state dict.
+
+        Frozen CLIP weights, class buffers (``token_prefix``, ``token_suffix``) and any other key
+        are ignored; fp16 tensors are cast to the parameters' dtype. ModelError names the first
+        missing or mis-shaped key, and refuses a checkpoint with more prompted layers than
+        ``depth`` (their prompts would otherwise be dropped without a word).
+        """
+        keys = self._reference_keys()
+        own = self._learned()
+        for key in state:
+            if (
+                key.startswith(_PREFIX + "compound_prompt")
+                and key.removeprefix(_PREFIX) not in keys
+            ):
+                raise ModelError(
+                    f"MaPLe reference checkpoint: key {key!r} belongs to a deeper prompt than "
+                    f"this model's depth={self.depth}; build the model with the checkpoint's depth"
+                )
+        shapes = {key: tuple(own[name].shape[1:]) for key, (name, _) in keys.items()}
+        found = read_reference_tensors(state, shapes, "MaPLe", (_PREFIX,))
+        with torch.no_grad():
+            for key, (name, row) in keys.items():
+                own[name][row].copy_(found[key].to(own[name].dtype))
+
+    # ----- features -----
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp of CLIP's learned temperature (scalar)."""
+        return self.clip.logit_scale.exp()
+
+    def vision_prompts(self) -> Tensor:
+        """V_j = F_j(P_j) for every prompted layer j: (depth, n_ctx, vision width)."""
+        weight = self.proj_weight  # (J, W_v, W_t)
+        prompts = torch.einsum("jnt,jvt->jnv", self.text_prompts, weight)
+        return prompts + self.proj_bias[:, None]  # (J, n_ctx, W_v)
+
+    def encode_text(self) -> Tensor:
+        """L2-normalised prompted text features of the current classes (n_cls, D)."""
+        feats = encode_text_tokens(
+            self.clip,
+            self.text_tokens,
+            self.text_eot,
+            self.text_prompts,
+            truncate=True,
+            length=self.text_length,
+        )  # (n_cls, D)
+        return F.normalize(feats, dim=-1)
+
+    def eval_text_features(self) -> Tensor | None:
+        """What evaluation encodes once for all test batches: ``encode_text()`` (n_cls, D)."""
+        return self.encode_text()
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """L2-normalised prompted image features (B, D) of ``images`` (B, 3, H, W)."""
+        feats = encode_image_prompted(self.clip.visual, images, self.vision_prompts())  # (B, D)
+        return F.normalize(feats, dim=-1)
+
+    def forward(self, images: Tensor, text_features: Tensor | None = None) -> PromptOutput:
+        """Logits (B, n_cls) of ``images`` (B, 3, H, W) against the current classes.
+
+        ``text_features`` (n_cls, D), normalised, skips re-encoding the class prompts (evaluation
+        encodes them once with ``eval_text_features``).
+        """
+        text = self.encode_text() if text_features is None else text_features  # (n_cls, D)
+        image = self.encode_image(images)  # (B, D)
+        logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
+        return PromptOutput(logits=logits, image=image, text=text)
+
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
+        return frozen_image_features(self.clip, images)
+
+    def frozen_text_features(
+        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
+    ) -> Tensor:
+        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
+
+    def extra_repr(self) -> str:
+        return (
+            f"model={self.model_name!r}, n_cls={len(self.classnames)}, n_ctx={self.n_ctx}, "
+            f"depth={self.depth}"
+        )
