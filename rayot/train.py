@@ -667,19 +667,19 @@ def run_trial(
 def init_prompts(model: nn.Module, cfg: C.TrialConfig, path: str) -> None:
     """Start from saved prompts (``model.init_from``): a rayot ``prompt.pt`` of the same method,
     or a checkpoint written by the method's reference code (rayot.model.reference)."""
+    import json
+
     from rayot.errors import ModelError
-    from rayot.model.reference import load_reference_file
+    from rayot.model.reference import load_reference_file, load_reference_state
 
     payload = load_reference_file(path)
-    if isinstance(payload, dict) and "prompt" in payload and "config" in payload:  # rayot's own
-        import json
-
+    if "prompt" in payload and "config" in payload:  # a rayot prompt.pt
         saved = json.loads(payload["config"]).get("method")
         if saved != cfg.method:
             raise ModelError(f"checkpoint {path}: its prompts are of method {saved!r}, not {cfg.method!r}")
         model.load_prompt_state_dict(payload["prompt"])
     else:
-        model.load_reference(payload.get("state_dict", payload) if isinstance(payload, dict) else payload)
+        load_reference_state(model, cfg.method, payload)
     log.info("prompts initialised from %s", path)
 
 
