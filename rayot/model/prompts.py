@@ -56,9 +56,11 @@ class PromptedCLIP(nn.Module):
     (depth_vision, n_ctx_vision, vision width), kept in float32 (float64 for a float64 model) and
     cast to the activations' dtype where they enter, so a bf16/fp16 model or autocast trains
     float32 prompts.
-    ``text_prompts[0]`` starts as the token embeddings of ``ctx_init`` (N(0, 0.02) when
-    ``ctx_init`` is empty or None); every other prompt vector starts N(0, 0.02). Seed torch's
-    global generator beforehand for reproducible initial prompts.
+    ``text_prompts[0]`` starts as the token embeddings of the first ``n_ctx_text`` tokens of
+    ``ctx_init`` (N(0, 0.02) when ``ctx_init`` is empty or None); a longer phrase keeps its other
+    tokens as fixed words after the context, as the IVLP reference does ("a photo of a" with 2
+    context vectors reads "[ctx] of a {c}."). Every other prompt vector starts N(0, 0.02). Seed
+    torch's global generator beforehand for reproducible initial prompts.
     """
 
     def __init__(
@@ -127,14 +129,14 @@ class PromptedCLIP(nn.Module):
 
     def _init_embeddings(self, text: str, n_ctx: int) -> Tensor:
         ids = self.tokenizer.encode(text)
-        if len(ids) != n_ctx:
+        if len(ids) < n_ctx:
             raise ConfigError(
                 f"ctx_init {text!r} is {len(ids)} tokens but n_ctx_text={n_ctx}; give a phrase of "
-                "n_ctx_text tokens, or an empty ctx_init for random context vectors"
+                "at least n_ctx_text tokens, or an empty ctx_init for random context vectors"
             )
         emb = self.clip.token_embedding.weight
         with torch.no_grad():
-            return emb[torch.tensor(ids, device=emb.device)]  # (n_ctx, W)
+            return emb[torch.tensor(ids[:n_ctx], device=emb.device)]  # (n_ctx, W)
 
     def _tokenize(self, texts_ids: list[list[int]], names: list[str]) -> Tensor:
         """Token ids (N, context_length): SOS, ids, EOT, zero padding; too long -> cut, EOT kept."""
@@ -147,8 +149,10 @@ class PromptedCLIP(nn.Module):
         names = [prompt_classname(c) for c in classnames]
         if self.n_ctx_text:
             # Placeholder ids for the context positions; their embeddings are overwritten.
-            placeholder = self.tokenizer.encode("X")
-            ids = [placeholder * self.n_ctx_text + self.tokenizer.encode(f"{n}.") for n in names]
+            placeholder = self.tokenizer.encode("X") * self.n_ctx_text
+            # A phrase longer than the context keeps its remaining tokens as fixed words.
+            fixed = self.tokenizer.encode(self.ctx_init)[self.n_ctx_text :] if self.ctx_init else []
+            ids = [placeholder + fixed + self.tokenizer.encode(f"{n}.") for n in names]
         else:
             prefix = f"{self.ctx_init} " if self.ctx_init else ""
             ids = [self.tokenizer.encode(f"{prefix}{n}.") for n in names]
