@@ -243,20 +243,15 @@ def gpa_weights(mean: float, std: float, epochs: int) -> list[float]:
 
 
 def build_model(cfg: C.TrialConfig, clip: Any, classnames: list[str]) -> nn.Module:
-    """The prompted model of ``cfg.method``: one module per architecture (explicit dispatch)."""
-    p = cfg.prompt
-    match cfg.method:
-        case "cocoop":
-            from rayot.model.cocoop import CoCoOpCLIP
+    """The prompted model of ``cfg.method`` with the configuration's shapes (zero-shot: IVLP's
+    module, used for its frozen features only)."""
+    from rayot.model.reference import build_model as build_method_model
+    from rayot.model.reference import model_settings
 
-            return CoCoOpCLIP(clip, classnames, n_ctx=p.n_ctx_text, ctx_init=p.ctx_init)
-        case "maple":
-            from rayot.model.maple import MaPLeCLIP
-
-            return MaPLeCLIP(clip, classnames, n_ctx=p.n_ctx_text, depth=p.depth_text, ctx_init=p.ctx_init)
-        case _:
-            return PromptedCLIP(clip, classnames, n_ctx_text=p.n_ctx_text, n_ctx_vision=p.n_ctx_vision,
-                                depth_text=p.depth_text, depth_vision=p.depth_vision, ctx_init=p.ctx_init)
+    settings = model_settings(cfg.method, cfg.prompt)
+    if cfg.method == "zeroshot":
+        return PromptedCLIP(clip, classnames, **settings)
+    return build_method_model(cfg.method, clip, classnames, **settings)
 
 
 def _batches(loader: DataLoader) -> Iterator[Any]:
