@@ -18,13 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
-from rayot.model.adapter import check_supported, encode_text_embeddings
+from rayot.model.adapter import encode_text_embeddings
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
     FrozenCLIPPrompts,
     PromptOutput,
     _check_setting,
-    check_tokenizer,
     frozen_image_features,
     phrase_token_ids,
     read_reference_tensors,
@@ -74,9 +73,8 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
+        device, dtype = self._adopt(clip)
         model = clip.model
-        check_supported(model, repr(clip.model_name))
-        self.tokenizer = check_tokenizer(clip)
         _check_setting("n_ctx", n_ctx, 1)
         embed_dim = model.visual.output_dim
         hidden = embed_dim // _HIDDEN_RATIO
@@ -86,16 +84,9 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
                 f"for CoCoOp's meta-net (hidden width {embed_dim} // {_HIDDEN_RATIO})"
             )
 
-        model.requires_grad_(False)
-        self.clip = model
-        self.model_name = clip.model_name
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init or ""
 
-        device = model.positional_embedding.device
-        dtype = (
-            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
-        )
         width = model.transformer.width
         ctx = torch.empty(n_ctx, width, device=device, dtype=dtype)
         nn.init.normal_(ctx, std=_INIT_STD)
@@ -112,11 +103,7 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
         self.ctx = nn.Parameter(ctx)  # (n_ctx, W)
         self.meta_net = MetaNet(embed_dim, hidden, width, device, dtype)
 
-        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames)
-        self.train(False)
+        self._init_classes(classnames)
 
     def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         return phrase_token_ids(self.tokenizer, self.ctx_init, self.n_ctx, names)

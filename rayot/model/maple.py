@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
 from rayot.model.adapter import (
-    check_supported,
     encode_image_prompted,
     encode_text_tokens,
 )
@@ -29,7 +28,6 @@ from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
     FrozenCLIPPrompts,
     _check_setting,
-    check_tokenizer,
     phrase_token_ids,
     read_reference_tensors,
 )
@@ -66,24 +64,16 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
+        device, dtype = self._adopt(clip)
         model = clip.model
-        check_supported(model, repr(clip.model_name))
-        self.tokenizer = check_tokenizer(clip)
         layers = min(len(model.transformer.resblocks), len(model.visual.transformer.resblocks))
         _check_setting("n_ctx", n_ctx, 1)
         _check_setting("depth", depth, 1, (layers, "text or vision", clip.model_name))
 
-        model.requires_grad_(False)
-        self.clip = model
-        self.model_name = clip.model_name
         self.n_ctx = n_ctx
         self.depth = depth
         self.ctx_init = ctx_init or ""
 
-        device = model.positional_embedding.device
-        dtype = (
-            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
-        )
         text_width = model.transformer.width
         vision_width = model.visual.transformer.width
 
@@ -108,11 +98,7 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         self.proj_weight = nn.Parameter(weight.detach().clone())  # (J, W_v, W_t)
         self.proj_bias = nn.Parameter(bias.detach().clone())  # (J, W_v)
 
-        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames)
-        self.train(False)
+        self._init_classes(classnames)
 
     def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         return phrase_token_ids(self.tokenizer, self.ctx_init, self.n_ctx, names)

@@ -53,9 +53,10 @@ class FrozenCLIPPrompts(nn.Module):
     """What every prompt module (PromptedCLIP, MaPLeCLIP, CoCoOpCLIP) shares: a frozen CLIP kept
     in eval mode, its temperature, its frozen features, and the token ids of the class prompts.
 
-    A subclass sets ``clip``, ``tokenizer`` and ``classnames``, registers the ``text_tokens`` and
-    ``text_eot`` buffers, and implements :meth:`_prompt_token_ids` (the tokens of each class prompt,
-    the learned positions as placeholders), ``encode_text()`` and ``encode_image(images)``.
+    A subclass sets ``clip`` and ``tokenizer``, ends its ``__init__`` with :meth:`_init_classes`,
+    and implements :meth:`_learned` (its learned tensors by name), :meth:`_prompt_token_ids` (the
+    tokens of each class prompt, the learned positions as placeholders), ``encode_text()`` and
+    ``encode_image(images)``.
     """
 
     clip: nn.Module
@@ -83,6 +84,26 @@ class FrozenCLIPPrompts(nn.Module):
         with torch.no_grad():
             for key, value in state.items():
                 own[key].copy_(value)
+
+    def _adopt(self, clip: LoadedCLIP) -> tuple[torch.device, torch.dtype]:
+        """The start of a subclass's ``__init__``: take ``clip`` frozen (after checking that its
+        towers and tokenizer can take prompts); returns the device and the dtype of the learned
+        tensors: float32 master copies even for a low-precision model, float64 for a float64 one."""
+        check_supported(clip.model, repr(clip.model_name))
+        self.tokenizer = check_tokenizer(clip)
+        clip.model.requires_grad_(False)
+        self.clip = clip.model
+        self.model_name = clip.model_name
+        dtype = self.clip.positional_embedding.dtype
+        return self.clip.positional_embedding.device, torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _init_classes(self, classnames: list[str]) -> None:
+        """The end of a subclass's ``__init__``: the class prompt buffers, then eval mode."""
+        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames)
+        self.train(False)
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Use these classes from now on (for example the novel classes, same learned tensors)."""
@@ -167,9 +188,8 @@ class PromptedCLIP(FrozenCLIPPrompts):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
+        device, dtype = self._adopt(clip)
         model = clip.model
-        check_supported(model, repr(clip.model_name))
-        tokenizer = check_tokenizer(clip)
         text_layers = len(model.transformer.resblocks)
         vision_layers = len(model.visual.transformer.resblocks)
         _check_setting("n_ctx_text", n_ctx_text, 0)
@@ -177,10 +197,6 @@ class PromptedCLIP(FrozenCLIPPrompts):
         _check_setting("depth_text", depth_text, 0, (text_layers, "text", clip.model_name))
         _check_setting("depth_vision", depth_vision, 0, (vision_layers, "vision", clip.model_name))
 
-        model.requires_grad_(False)
-        self.clip = model
-        self.tokenizer = tokenizer
-        self.model_name = clip.model_name
         self.ctx_init = ctx_init or ""
         # A side with depth 0 or no context vectors has no prompts at all.
         self.n_ctx_text = n_ctx_text if depth_text > 0 else 0
@@ -189,11 +205,6 @@ class PromptedCLIP(FrozenCLIPPrompts):
         self.depth_vision = depth_vision if n_ctx_vision > 0 else 0
         self.truncate_text = True  # exact; switch off only to check that claim
 
-        device = model.positional_embedding.device
-        # float32 master copies even for a low-precision model; float64 stays float64 (checks).
-        dtype = (
-            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
-        )
         self.text_prompts: nn.Parameter | None = None
         self.vision_prompts: nn.Parameter | None = None
         if self.depth_text:
@@ -211,11 +222,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
             nn.init.normal_(vision, std=_INIT_STD)
             self.vision_prompts = nn.Parameter(vision)
 
-        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames)
-        self.train(False)
+        self._init_classes(classnames)
 
     # ----- construction helpers -----
 
