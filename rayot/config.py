@@ -3,12 +3,15 @@
 The configuration is a tree of frozen dataclasses. :func:`load_config` resolves it in this order,
 each layer overriding the one before:
 
-1. the defaults below, which reproduce the reference code's settings (method.md);
-2. the YAML file (in a sweep: the sweep's base configuration);
-3. the preset of the chosen ``method`` (:data:`METHOD_PRESETS`): the few keys that define the
-   method (zero-shot trains 0 epochs, CoOp has no vision prompts, ...), so that one base
-   configuration serves every method of a sweep;
-4. ``key=value`` overrides (dotted keys, values parsed as YAML; in a sweep: the grid values),
+1. the defaults below;
+2. the chosen ``method``'s reference settings (:func:`method_preset`, ``reference``): its
+   published run's schedule, batch size, token counts, depths and loss weights, per protocol
+   (peers.md, method.md), where the YAML file leaves them unsaid;
+3. the YAML file (in a sweep: the sweep's base configuration);
+4. the keys that define the method (``defines``: zero-shot trains 0 epochs, CoOp has no vision
+   prompts, IVLP has no regulariser, ...), so that one base configuration serves every method
+   of a sweep and no base can turn one method into another;
+5. ``key=value`` overrides (dotted keys, values parsed as YAML; in a sweep: the grid values),
    which may still change a preset key on purpose.
 
 An unknown key, a wrong type or a value outside its allowed set fails at load time with the
@@ -33,7 +36,7 @@ import yaml
 from rayot.data import protocols as _protocols
 from rayot.errors import ConfigError
 
-METHODS = ("zeroshot", "coop", "ivlp", "prompt_ot", "pointwise")
+METHODS = ("zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "prompt_ot", "pointwise")
 PROTOCOLS = _protocols.PROTOCOLS
 CROSS_DATASET_TARGETS = _protocols.CROSS_DATASET_TARGETS
 DG_TARGETS = _protocols.DOMAIN_GENERALIZATION_TARGETS
@@ -59,6 +62,9 @@ class ModelConfig:
     pretrained: str | None = "openai"
     checkpoint: str | None = None
     cache_dir: str | None = None
+    #: a checkpoint saved by the method's reference code (or a rayot prompt.pt) to start from;
+    #: with optim.epochs=0 the imported prompts are evaluated as they are
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,13 @@ class LossConfig:
     epsilon: float = 0.05  # entropic regularisation of the Sinkhorn solvers, in units of the cost
     tau: float = 1.0  # marginal relaxation of the unbalanced solver
     n_iters: int = 100  # Sinkhorn iterations (fixed: no host sync per step)
+    #: KgCoOp: weight W of 1 - mean_c cos(t_c, w_c) against the hand-made class text features
+    kg_weight: float = 0.0
+    #: PromptSRC: L1 weights of the text and image features against the frozen ones, and of
+    #: the logit KL (divided by B·C as the reference does)
+    text_l1: float = 0.0
+    image_l1: float = 0.0
+    logit_kl: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,10 +102,15 @@ class OptimConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-4
-    epochs: int = 20
+    epochs: int = 20  # E: the length of the cosine schedule
+    #: S: train the first S epochs of the E-epoch schedule, then evaluate (None: all E)
+    stop_epoch: int | None = None
     batch_size: int = 4
     eval_batch_size: int = 100
     log_every: int = 10  # steps between loss checks and progress updates
+    #: PromptSRC's Gaussian prompt aggregation over epochs 1..S (mean, std; std 0 = off)
+    gpa_mean: float = 0.0
+    gpa_std: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,28 +137,81 @@ class TrialConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-#: Values each method sets before the YAML file and the overrides are applied.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    # frozen CLIP with the hand-written per-dataset template: no training
-    "zeroshot": {
-        "optim.epochs": 0,
-        "loss.lambda_ot": 0.0,
-        "loss.regularizer": "none",
-        "data.template": "dataset",
-    },
-    # CoOp: text-only, shallow context (CoCoOp's base-to-novel setting: 4 tokens from "a photo of a")
-    "coop": {
-        "prompt.depth_text": 1,
-        "prompt.depth_vision": 0,
-        "loss.lambda_ot": 0.0,
-        "loss.regularizer": "none",
-    },
-    # independent vision-language deep prompts without regularizer (Prompt-OT at λ = 0)
-    "ivlp": {"loss.lambda_ot": 0.0, "loss.regularizer": "none"},
-    "prompt_ot": {},
-    # the point-wise feature regularizer (PromptSRC-style) with the same strength
-    "pointwise": {"loss.regularizer": "pointwise"},
-}
+#: The toolbox's warm-up rate of the peers (Dassl's WARMUP_CONS_LR); Prompt-OT's is 1e-4.
+_PEER_WARMUP = {"optim.warmup_epochs": 1, "optim.warmup_lr": 1e-5}
+_NO_REG = {"loss.lambda_ot": 0.0, "loss.regularizer": "none"}
+_TRANSFER = ("cross_dataset", "domain_generalization", "transfer")
+#: PromptSRC's few-shot GPA (mean, std) by dataset (peers.md §6.4)
+_SRC_FEW_SHOT_GPA = {d: (45.0, 5.0) for d in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a method sets: ``reference`` under the YAML file, ``defines`` over it."""
+
+    reference: dict[str, Any]
+    defines: dict[str, Any]
+
+
+def method_preset(method: str, protocol: str = "base2novel", dataset: str = "") -> Preset:
+    """The reference configuration of ``method`` for a protocol and dataset (peers.md, method.md).
+
+    ``reference`` is the published run's schedule and shapes; ``defines`` the keys without which
+    the method would be another one.
+    """
+    transfer, few_shot = protocol in _TRANSFER, protocol == "few_shot"
+    match method:
+        case "zeroshot":  # frozen CLIP with the hand-written per-dataset template
+            return Preset({"data.template": "dataset"},
+                          {"optim.epochs": 0, "optim.stop_epoch": None, **_NO_REG})
+        case "coop":  # learned text context, 4 tokens from "a photo of a" (CoCoOp's b2n CoOp)
+            epochs = 50 if dataset == "imagenet" else 200
+            return Preset({**_PEER_WARMUP, "optim.lr": 0.002, "optim.batch_size": 32,
+                           "optim.epochs": epochs, "prompt.n_ctx_text": 4},
+                          {"prompt.depth_text": 1, "prompt.depth_vision": 0, **_NO_REG})
+        case "cocoop":
+            return Preset({**_PEER_WARMUP, "optim.lr": 0.002, "optim.batch_size": 1,
+                           "optim.epochs": 10, "prompt.n_ctx_text": 4},
+                          {"prompt.depth_text": 1, "prompt.depth_vision": 0, **_NO_REG})
+        case "kgcoop":
+            return Preset({**_PEER_WARMUP, "optim.lr": 0.002, "optim.batch_size": 128,
+                           "optim.epochs": 100, "prompt.n_ctx_text": 4, "loss.kg_weight": 8.0,
+                           "data.template": "kgcoop"},
+                          {"prompt.depth_text": 1, "prompt.depth_vision": 0, **_NO_REG})
+        case "maple":  # coupled prompts: vision prompts are projections of the text ones
+            return Preset({**_PEER_WARMUP, "optim.lr": 0.0026 if transfer else 0.0035,
+                           "optim.batch_size": 4, "optim.epochs": 2 if transfer else 5,
+                           "prompt.n_ctx_text": 2, "prompt.depth_text": 3 if transfer else 9},
+                          {"prompt.n_ctx_vision": 0, "prompt.depth_vision": 0, **_NO_REG})
+        case "ivlp":  # PromptSRC's IVLP baseline: deep prompts, cross-entropy only
+            return Preset({**_PEER_WARMUP, "optim.lr": 0.0025, "optim.batch_size": 4,
+                           "optim.epochs": 20, "prompt.n_ctx_text": 4, "prompt.n_ctx_vision": 4,
+                           "prompt.depth_text": 9, "prompt.depth_vision": 9}, dict(_NO_REG))
+        case "promptsrc":
+            depth = 3 if transfer else 9
+            if few_shot:
+                mean, std = _SRC_FEW_SHOT_GPA.get(dataset, (30.0, 30.0))
+            else:
+                mean, std = (6.0, 10.0) if transfer else (15.0, 1.0)
+            return Preset({**_PEER_WARMUP, "optim.lr": 0.0025, "optim.batch_size": 4,
+                           "optim.epochs": 50 if few_shot else 20, "prompt.n_ctx_text": 4,
+                           "prompt.n_ctx_vision": 4, "prompt.depth_text": depth,
+                           "prompt.depth_vision": depth, "loss.text_l1": 25.0, "loss.image_l1": 10.0,
+                           "loss.logit_kl": 1.0, "optim.gpa_mean": mean, "optim.gpa_std": std,
+                           "data.template": "ensemble"}, dict(_NO_REG))
+        case "prompt_ot" | "pointwise":  # method.md: E = 40, evaluated after epoch S = 30
+            reference = {"optim.lr": 0.005, "optim.batch_size": 4, "optim.epochs": 40,
+                         "optim.stop_epoch": 30, "optim.warmup_epochs": 1, "optim.warmup_lr": 1e-4,
+                         "prompt.n_ctx_text": 4, "prompt.n_ctx_vision": 4, "prompt.depth_text": 12,
+                         "prompt.depth_vision": 12, "loss.lambda_ot": 10.0, "loss.eta": 0.5}
+            regularizer = "ot" if method == "prompt_ot" else "pointwise"
+            return Preset(reference, {"loss.regularizer": regularizer})
+    raise ConfigError(f"config key 'method': {method!r} is not one of {', '.join(METHODS)}")
+
+
+#: Named reference text features: "default" = "a photo of a {}.", "dataset" = the per-dataset
+#: template, "kgcoop" = KgCoOp's per-dataset table, "ensemble" = PromptSRC's 60 templates averaged.
+TEMPLATE_CHOICES = ("default", "dataset", "kgcoop", "ensemble")
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -164,6 +235,12 @@ _NON_NEGATIVE = (
     "optim.weight_decay",
     "optim.warmup_epochs",
     "optim.epochs",
+    "loss.kg_weight",
+    "loss.text_l1",
+    "loss.image_l1",
+    "loss.logit_kl",
+    "optim.gpa_mean",
+    "optim.gpa_std",
 )
 _POSITIVE = ("world_size", "optim.batch_size", "optim.eval_batch_size", "optim.log_every", "loss.tau", "loss.n_iters")
 
@@ -289,16 +366,31 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     return data
 
 
+def _dotted_tree(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        set_dotted(tree, key, value)
+    return tree
+
+
 def resolve_config(base: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> TrialConfig:
-    """Build a :class:`TrialConfig`: defaults < ``base`` < method preset < ``overrides``."""
+    """Build a :class:`TrialConfig`: defaults < method reference < ``base`` < method-defining keys
+    < ``overrides``."""
     overrides = overrides or {}
-    method = overrides.get("method", base.get("method", TrialConfig.method))
-    if method not in METHOD_PRESETS:
+    given = _merge(dict(base), overrides)
+    method = given.get("method", TrialConfig.method)
+    if method not in METHODS:
         raise ConfigError(f"config key 'method': {method!r} is not one of {', '.join(METHODS)}")
-    preset: dict[str, Any] = {}
-    for key, value in METHOD_PRESETS[method].items():
-        set_dotted(preset, key, value)
-    cfg = build_dataclass(TrialConfig, _merge(_merge(dict(base), preset), overrides))
+    data = given.get("data") if isinstance(given.get("data"), Mapping) else {}
+    preset = method_preset(method, data.get("protocol", DataConfig.protocol), data.get("dataset", ""))
+    reference = dict(preset.reference)
+    optim = given.get("optim") if isinstance(given.get("optim"), Mapping) else {}
+    if "epochs" in optim and "stop_epoch" not in optim:
+        # a schedule of another length: evaluate after all of it, unless told otherwise
+        reference.pop("optim.stop_epoch", None)
+    tree = _merge(_merge(_merge(_dotted_tree(reference), dict(base)), _dotted_tree(preset.defines)),
+                  overrides)
+    cfg = build_dataclass(TrialConfig, tree)
     validate(cfg)
     return cfg
 
@@ -325,9 +417,19 @@ def validate(cfg: TrialConfig) -> None:
     if cfg.prompt.depth_text == 0 and cfg.method != "zeroshot":
         raise ConfigError("config key 'prompt.depth_text': must be >= 1 (the text prompt is learned)")
     template = cfg.data.template
-    if template not in ("default", "dataset") and "{}" not in template:
+    if template not in TEMPLATE_CHOICES and "{}" not in template:
         raise ConfigError(
-            f"config key 'data.template': {template!r} is neither 'default', 'dataset' nor a template with {{}}"
+            f"config key 'data.template': {template!r} is neither one of {', '.join(TEMPLATE_CHOICES)} "
+            "nor a template with {}"
+        )
+    if cfg.method == "cocoop" and (cfg.loss.kg_weight or cfg.loss.text_l1 or cfg.loss.logit_kl):
+        raise ConfigError("config keys 'loss.kg_weight', 'loss.text_l1', 'loss.logit_kl': cocoop's class "
+                          "text features depend on each image; these terms need fixed ones")
+    o = cfg.optim
+    if o.stop_epoch is not None and not (0 <= o.stop_epoch <= o.epochs):
+        raise ConfigError(
+            f"config key 'optim.stop_epoch': {o.stop_epoch} is outside 0..optim.epochs ({o.epochs}); "
+            "null trains every epoch of the schedule"
         )
     if cfg.model.pretrained is None and cfg.model.checkpoint is None:
         pass  # random weights: allowed (tiny test models)
@@ -405,6 +507,12 @@ def eval_targets(cfg: TrialConfig) -> list[tuple[str, str, str]]:
                 for t in targets
             ]
     raise AssertionError(d.protocol)  # validate() rejects other protocols
+
+
+def epochs_trained(cfg: TrialConfig) -> int:
+    """S: the epochs a trial trains (of its E-epoch schedule) before it is evaluated."""
+    o = cfg.optim
+    return o.epochs if o.stop_epoch is None else o.stop_epoch
 
 
 def train_subsample(cfg: TrialConfig) -> str:

@@ -44,6 +44,9 @@ __all__ = [
     "prompt_ot_loss",
     "sinkhorn_log",
     "sinkhorn_unbalanced_log",
+    "kgcoop_loss",
+    "l1_consistency",
+    "logit_kl",
     "total_loss",
 ]
 
@@ -347,19 +350,72 @@ def prompt_ot_loss(
         return (plan * cost).sum()
 
 
-def total_loss(logits: Tensor, labels: Tensor, reg: Tensor, lambda_ot: float) -> Tensor:
-    """Training objective ``CrossEntropy(logits, labels) + lambda_ot * reg``.
+def kgcoop_loss(text: Tensor, text_ref: Tensor) -> Tensor:
+    """KgCoOp's knowledge-guided term as its code computes it: ``1 - mean_c cos(t_c, w_c)``.
 
-    The one place where ``lambda_ot`` is applied.
+    Args:
+        text: (n_cls, D) learned class text features (every training class, every step).
+        text_ref: (n_cls, D) hand-made class text features of the frozen CLIP.
+
+    Returns:
+        Scalar () tensor; for unit vectors it is half the mean squared distance.
+    """
+    dtype = _compute_dtype(text.dtype)
+    cos = F.cosine_similarity(text.to(dtype), text_ref.to(dtype), dim=-1, eps=1e-7)  # (n_cls,)
+    return 1.0 - cos.mean()
+
+
+def l1_consistency(features: Tensor, frozen: Tensor) -> Tensor:
+    """PromptSRC's self-consistency term: the mean absolute difference over every element.
+
+    Args:
+        features: (N, D) adapted features (N = B images or n_cls classes), normalised.
+        frozen: (N, D) the frozen CLIP's features of the same images or classes, normalised.
+    """
+    dtype = _compute_dtype(features.dtype)
+    return F.l1_loss(features.to(dtype), frozen.to(dtype), reduction="mean")
+
+
+def logit_kl(logits: Tensor, frozen_logits: Tensor) -> Tensor:
+    """PromptSRC's logit distillation: ``sum_b KL(softmax(z0_b) || softmax(z_b)) / (B * n_cls)``.
+
+    The division by every element (not by B) is the reference's; with many classes the term is
+    small, and it is reproduced as written (peers.md §6.2).
+
+    Args:
+        logits: (B, n_cls) adapted logits z.
+        frozen_logits: (B, n_cls) the frozen CLIP's logits z0 of the same images.
+    """
+    dtype = _compute_dtype(logits.dtype)
+    log_p = F.log_softmax(logits.to(dtype), dim=-1)  # (B, n_cls)
+    log_q = F.log_softmax(frozen_logits.to(dtype), dim=-1)  # (B, n_cls)
+    return F.kl_div(log_p, log_q, reduction="sum", log_target=True) / logits.numel()
+
+
+def total_loss(
+    logits: Tensor,
+    labels: Tensor,
+    reg: Tensor,
+    lambda_ot: float,
+    terms: tuple[tuple[float, Tensor], ...] = (),
+) -> Tensor:
+    """Training objective ``CrossEntropy(logits, labels) + lambda_ot * reg + sum_k w_k * term_k``.
+
+    The one place where ``lambda_ot`` and the peers' loss weights are applied.
 
     Args:
         logits: (B, n_cls) class logits (any float dtype; the cross-entropy runs in float32 at least).
         labels: (B,) int64 class indices.
         reg: () regularizer, e.g. from :func:`prompt_ot_loss`.
         lambda_ot: weight of the regularizer (10 in the reference code).
+        terms: (weight, () tensor) pairs of further terms (KgCoOp's, PromptSRC's); a zero weight
+            leaves its term out.
 
     Returns:
         Scalar () tensor.
     """
-    ce = F.cross_entropy(logits.to(_compute_dtype(logits.dtype)), labels)  # ()
-    return ce + lambda_ot * reg
+    loss = F.cross_entropy(logits.to(_compute_dtype(logits.dtype)), labels) + lambda_ot * reg  # ()
+    for weight, term in terms:
+        if weight:
+            loss = loss + weight * term
+    return loss

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rayot import config as C
@@ -36,8 +36,9 @@ from rayot.data import (
 )
 from rayot.data.specs import DEFAULT_TEMPLATE
 from rayot.errors import DataError, RayotError, TrainingError
-from rayot.losses import prompt_ot_loss, total_loss
+from rayot.losses import kgcoop_loss, l1_consistency, logit_kl, prompt_ot_loss, total_loss
 from rayot.model import PromptedCLIP, load_clip
+from rayot.model.prompts import frozen_text_features
 
 log = logging.getLogger(__name__)
 
@@ -171,21 +172,86 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 def lr_at_epoch(epoch: int, optim: C.OptimConfig) -> float:
-    """Constant warm-up, then cosine over the max epoch count, stepped once per epoch."""
+    """The rate of 0-based ``epoch``: the reference toolbox's constant warm-up, then a cosine over
+    the max epoch count E whose count restarts after the warm-up (stepped once per epoch).
+
+    With W warm-up epochs, epoch k >= W runs at lr · (1 + cos(π (k − W) / E)) / 2: the first
+    epoch after the warm-up runs at the full rate and the last never reaches zero (peers.md §0.4).
+    """
     if epoch < optim.warmup_epochs:
         return optim.warmup_lr
-    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / max(optim.epochs, 1)))
+    k = epoch - optim.warmup_epochs
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * k / max(optim.epochs, 1)))
 
 
-def resolve_template(cfg: C.TrialConfig, dataset: str) -> str:
-    """The text template of the frozen reference (and zero-shot) text features."""
+def plan(cfg: C.TrialConfig) -> dict[str, Any]:
+    """What a trial will do, without doing it: its id, configuration, the rate of each epoch it
+    trains, how many, and what is evaluated (``rayot train --plan``)."""
+    trained = 0 if cfg.method == "zeroshot" else C.epochs_trained(cfg)
+    return {
+        "trial_id": C.trial_id(cfg),
+        "config": C.to_dict(cfg),
+        "lr_per_epoch": [lr_at_epoch(e, cfg.optim) for e in range(trained)],
+        "epochs_trained": trained,
+        "evaluated": [{"protocol": p, "dataset": d, "split": s} for p, d, s in C.eval_targets(cfg)],
+    }
+
+
+#: KgCoOp's table differs from CoOp's zero-shot one in one entry (peers.md §4.1).
+_KGCOOP_TEMPLATES = {"dtd": "a photo of a {}, a type of texture."}
+
+
+def ensemble_templates() -> tuple[str, ...]:
+    """PromptSRC's 60 templates: "a photo of a {}." and the first 60 of OpenAI's 80 without it."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    openai = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES][:60]
+    return (DEFAULT_TEMPLATE, *(t for t in openai if t != DEFAULT_TEMPLATE))
+
+
+def resolve_templates(cfg: C.TrialConfig, dataset: str) -> tuple[str, ...]:
+    """The text templates of the frozen reference (and zero-shot) text features."""
     match cfg.data.template:
         case "default":
-            return DEFAULT_TEMPLATE
+            return (DEFAULT_TEMPLATE,)
         case "dataset":
-            return template_for(dataset)
+            return (template_for(dataset),)
+        case "kgcoop":
+            return (_KGCOOP_TEMPLATES.get(dataset, template_for(dataset)),)
+        case "ensemble":
+            return ensemble_templates()
         case literal:
-            return literal
+            return (literal,)
+
+
+@torch.no_grad()
+def reference_text_features(model: nn.Module, classnames: list[str], templates: tuple[str, ...]) -> Tensor:
+    """The frozen CLIP's normalised class text features (n_cls, D); over several templates, the
+    raw features are averaged before normalising, as PromptSRC does (peers.md §6.7)."""
+    if len(templates) == 1:
+        return model.frozen_text_features(classnames, templates[0]).float()
+    raw = sum(frozen_text_features(model.clip, model.tokenizer, classnames, t, normalize=False).float()
+              for t in templates)
+    return F.normalize(raw / len(templates), dim=-1)  # (n_cls, D)
+
+
+def gpa_weights(mean: float, std: float, epochs: int) -> list[float]:
+    """PromptSRC's Gaussian prompt aggregation: N(e; mean, std) at the 1-based epochs 1..epochs,
+    normalised to sum to 1 (computed in log space, so far-off means do not underflow)."""
+    logs = torch.tensor([-0.5 * ((e - mean) / std) ** 2 for e in range(1, epochs + 1)], dtype=torch.float64)
+    return torch.softmax(logs, dim=0).tolist()
+
+
+def build_model(cfg: C.TrialConfig, clip: Any, classnames: list[str]) -> nn.Module:
+    """The prompted model of ``cfg.method`` with the configuration's shapes (zero-shot: IVLP's
+    module, used for its frozen features only)."""
+    from rayot.model.reference import build_model as build_method_model
+    from rayot.model.reference import model_settings
+
+    settings = model_settings(cfg.method, cfg.prompt)
+    if cfg.method == "zeroshot":
+        return PromptedCLIP(clip, classnames, **settings)
+    return build_method_model(cfg.method, clip, classnames, **settings)
 
 
 def _batches(loader: DataLoader) -> Iterator[Any]:
@@ -223,11 +289,11 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: PromptedCLIP,
+    model: nn.Module,
     task: Task,
     *,
     zero_shot: bool,
-    template: str,
+    templates: tuple[str, ...],
     image_size: int,
     device: torch.device,
     precision: str,
@@ -244,11 +310,10 @@ def evaluate(
     model.eval()
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         if zero_shot:
-            text = model.frozen_text_features(task.classnames, template)  # (n_cls, D)
+            text = reference_text_features(model, task.classnames, templates)  # (n_cls, D)
         else:
             model.set_classnames(task.classnames)
-            text = model.encode_text()  # (n_cls, D)
-    text = text.float()
+            text = model.eval_text_features()  # (n_cls, D), or None when it depends on the image
     scale = model.logit_scale.float()  # already exp(log-scale)
     dataset = ImageDataset(task.test, task.image_root, test_transform(image_size), task.dataset)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -256,8 +321,10 @@ def evaluate(
     for images, labels in _batches(loader):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            image = model.frozen_image_features(images) if zero_shot else model.encode_image(images)
-        logits = scale * image.float() @ text.T  # (B, n_cls)
+            if zero_shot:
+                logits = scale * model.frozen_image_features(images).float() @ text.T  # (B, n_cls)
+            else:
+                logits = model(images, text_features=text).logits  # (B, n_cls)
         correct += (logits.argmax(dim=-1) == labels).sum()
     return int(correct.item()), len(dataset)
 
@@ -307,9 +374,43 @@ def _check_resumable(state: dict[str, Any], cfg: C.TrialConfig) -> None:
         )
 
 
+def _regularizer_terms(cfg: C.TrialConfig, out: Any, labels: Tensor, image_ref: Tensor | None,
+                       text_ref_all: Tensor | None, scale: Tensor) -> tuple[Tensor, tuple[tuple[float, Tensor], ...]]:
+    """The method's terms beside cross-entropy: the OT (or point-wise) regulariser, to be weighted
+    by λ, and the peers' weighted terms (KgCoOp, PromptSRC); a weight of 0 computes nothing."""
+    lc = cfg.loss
+    reg = torch.zeros((), device=labels.device)
+    if lc.regularizer != "none" and lc.lambda_ot > 0:
+        text = out.text[labels] if out.text.dim() == 2 else out.text[torch.arange(len(labels)), labels]
+        reg = prompt_ot_loss(
+            out.image.float(),
+            image_ref.float(),
+            text.float(),  # (B, D): each sample's class
+            text_ref_all[labels],
+            eta=lc.eta,
+            solver=lc.solver,
+            epsilon=lc.epsilon,
+            tau=lc.tau,
+            n_iters=lc.n_iters,
+            modality=lc.modality,
+            regularizer=lc.regularizer,
+        )
+    terms = []
+    if lc.kg_weight:
+        terms.append((lc.kg_weight, kgcoop_loss(out.text, text_ref_all)))
+    if lc.text_l1:
+        terms.append((lc.text_l1, l1_consistency(out.text, text_ref_all)))
+    if lc.image_l1:
+        terms.append((lc.image_l1, l1_consistency(out.image, image_ref)))
+    if lc.logit_kl:
+        frozen_logits = scale * image_ref.float() @ text_ref_all.T  # (B, n_cls)
+        terms.append((lc.logit_kl, logit_kl(out.logits, frozen_logits)))
+    return reg, tuple(terms)
+
+
 def train_prompts(
     cfg: C.TrialConfig,
-    model: PromptedCLIP,
+    model: nn.Module,
     task: Task,
     *,
     image_size: int,
@@ -317,7 +418,9 @@ def train_prompts(
     hooks: TrialHooks,
     progress: Callable[[Progress], None] | None = None,
 ) -> float:
-    """Train the prompt parameters of ``model`` in place for ``cfg.optim.epochs`` epochs.
+    """Train the prompt parameters of ``model`` in place: the first S epochs of the E-epoch
+    schedule (``optim.stop_epoch``), then, with GPA, load the Gaussian-weighted average of the
+    end-of-epoch prompts.
 
     Returns the training time in seconds, summed over every run of the trial when it resumed.
     """
@@ -327,12 +430,17 @@ def train_prompts(
             f"dataset {task.dataset}: the training subset is empty "
             f"(shots={cfg.data.shots}, seed={cfg.seed}, protocol={cfg.data.protocol})"
         )
+    stop = C.epochs_trained(cfg)
     use_reg = lc.regularizer != "none" and lc.lambda_ot > 0
+    need_image_ref = use_reg or lc.image_l1 > 0 or lc.logit_kl > 0
+    need_text_ref = use_reg or lc.kg_weight > 0 or lc.text_l1 > 0 or lc.logit_kl > 0
+    gpa = gpa_weights(o.gpa_mean, o.gpa_std, stop) if o.gpa_std > 0 else None
     amp = autocast_dtype(cfg.precision)
     params = list(model.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
     start_epoch, seconds_before = 0, 0.0
+    gpa_sum: dict[str, Tensor] | None = None
     t0 = time.perf_counter()
     state = hooks.resume_state()
     if state is not None:
@@ -341,14 +449,14 @@ def train_prompts(
         model.load_prompt_state_dict(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
+        gpa_sum = state.get("gpa")
         log.info("resuming from the checkpoint of epoch %d", start_epoch)
     ddp_model = hooks.prepare_model(model)
 
-    template = resolve_template(cfg, task.dataset)
     text_ref_all = None
-    if use_reg:
-        with torch.no_grad():
-            text_ref_all = model.frozen_text_features(task.classnames, template).float()  # (n_cls, D)
+    if need_text_ref:
+        text_ref_all = reference_text_features(model, task.classnames,
+                                               resolve_templates(cfg, task.dataset))  # (n_cls, D)
 
     dataset = _SeededAugment(
         ImageDataset(task.train, task.image_root, train_transform(image_size), task.dataset), cfg.seed
@@ -361,7 +469,7 @@ def train_prompts(
     if steps == 0:
         raise DataError(f"dataset {task.dataset}: the training subset gives no batch on this worker")
 
-    for epoch in range(start_epoch, o.epochs):
+    for epoch in range(start_epoch, stop):
         # the whole epoch is a function of (state at its start, seed, epoch): resumable exactly
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         sampler.set_epoch(epoch)  # type: ignore[attr-defined]
@@ -386,32 +494,18 @@ def train_prompts(
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = ddp_model(images)
-                if use_reg:
-                    with torch.no_grad():
-                        image_ref = model.frozen_image_features(images)  # (B, D)
-                    reg = prompt_ot_loss(
-                        out.image.float(),
-                        image_ref.float(),
-                        out.text[labels].float(),  # (B, D): each sample's class
-                        text_ref_all[labels],
-                        eta=lc.eta,
-                        solver=lc.solver,
-                        epsilon=lc.epsilon,
-                        tau=lc.tau,
-                        n_iters=lc.n_iters,
-                        modality=lc.modality,
-                        regularizer=lc.regularizer,
-                    )
-                else:
-                    reg = torch.zeros((), device=device)
-            loss = total_loss(out.logits, labels, reg, lc.lambda_ot if use_reg else 0.0)
+                image_ref = model.frozen_image_features(images) if need_image_ref else None  # (B, D)
+                reg, terms = _regularizer_terms(cfg, out, labels, image_ref, text_ref_all,
+                                                model.logit_scale.float())
+            loss = total_loss(out.logits, labels, reg, lc.lambda_ot if use_reg else 0.0, terms)
             with torch.no_grad():
                 ce = F.cross_entropy(out.logits.float(), labels)  # logged apart from the total
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            pending.append(torch.stack([loss.detach(), ce.detach(), reg.detach()]))
+            # logged: total, cross-entropy, and every weighted term beside it
+            pending.append(torch.stack([loss.detach(), ce.detach(), loss.detach() - ce.detach()]))
             if len(pending) == o.log_every or step == steps - 1:
                 error = _check_finite(pending, first, epoch)
                 if error is not None or hooks.world_size > 1:
@@ -422,13 +516,19 @@ def train_prompts(
                 first = step + 1
                 pending = []
         log.info("epoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", epoch + 1, o.epochs, *last, lr)
+        if gpa is not None:  # a weighted running sum of the learned tensors, resumable
+            snapshot = model.prompt_state_dict()
+            w = gpa[epoch]
+            gpa_sum = {k: w * v.detach().clone() + (gpa_sum[k] if gpa_sum else 0) for k, v in snapshot.items()}
         seconds = seconds_before + time.perf_counter() - t0
-        hooks.save_epoch(
-            epoch,
-            {"prompt": model.prompt_state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-             "train_seconds": seconds, "trial_id": C.trial_id(cfg), "world_size": cfg.world_size},
-            {"epoch": epoch + 1, "loss": last[0], "ce": last[1], "reg": last[2], "lr": lr},
-        )
+        state = {"prompt": model.prompt_state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "train_seconds": seconds, "trial_id": C.trial_id(cfg), "world_size": cfg.world_size}
+        if gpa_sum is not None:
+            state["gpa"] = gpa_sum
+        hooks.save_epoch(epoch, state, {"epoch": epoch + 1, "loss": last[0], "ce": last[1],
+                                        "reg": last[2], "lr": lr})
+    if gpa_sum is not None:
+        model.load_prompt_state_dict(gpa_sum)  # the aggregate is the model that is evaluated
     return seconds_before + time.perf_counter() - t0
 
 
@@ -526,19 +626,12 @@ def run_trial(
         _agree(hooks, exc)
     if hooks.world_size > 1:
         _agree(hooks, None)
-    p = cfg.prompt
-    model = PromptedCLIP(
-        loaded,
-        train_task.classnames,
-        n_ctx_text=p.n_ctx_text,
-        n_ctx_vision=p.n_ctx_vision,
-        depth_text=p.depth_text,
-        depth_vision=p.depth_vision,
-        ctx_init=p.ctx_init,
-    ).to(device)
+    model = build_model(cfg, loaded, train_task.classnames).to(device)
+    if cfg.model.init_from:
+        init_prompts(model, cfg, cfg.model.init_from)
 
     train_seconds = 0.0
-    if not zero_shot and cfg.optim.epochs > 0:
+    if not zero_shot and C.epochs_trained(cfg) > 0:
         train_seconds = train_prompts(cfg, model, train_task, image_size=loaded.image_size,
                                       device=device, hooks=hooks, progress=progress)
 
@@ -554,7 +647,7 @@ def run_trial(
                 model,
                 task,
                 zero_shot=zero_shot,
-                template=resolve_template(cfg, eval_dataset),
+                templates=resolve_templates(cfg, eval_dataset),
                 image_size=loaded.image_size,
                 device=device,
                 precision=cfg.precision,
@@ -564,6 +657,25 @@ def run_trial(
             evals.append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
             log.info("%s %s (%s): %.2f%% of %d", protocol, eval_dataset, split, evals[-1].accuracy, n_test)
     return TrialOutcome(C.trial_id(cfg), evals, model.prompt_state_dict(), train_seconds)
+
+
+def init_prompts(model: nn.Module, cfg: C.TrialConfig, path: str) -> None:
+    """Start from saved prompts (``model.init_from``): a rayot ``prompt.pt`` of the same method,
+    or a checkpoint written by the method's reference code (rayot.model.reference)."""
+    import json
+
+    from rayot.errors import ModelError
+    from rayot.model.reference import load_reference_file, load_reference_state
+
+    payload = load_reference_file(path)
+    if "prompt" in payload and "config" in payload:  # a rayot prompt.pt
+        saved = json.loads(payload["config"]).get("method")
+        if saved != cfg.method:
+            raise ModelError(f"checkpoint {path}: its prompts are of method {saved!r}, not {cfg.method!r}")
+        model.load_prompt_state_dict(payload["prompt"])
+    else:
+        load_reference_state(model, cfg.method, payload)
+    log.info("prompts initialised from %s", path)
 
 
 def prompt_checkpoint_name(trial_id: str) -> str:

@@ -12,7 +12,8 @@ def test_defaults_reproduce_the_reference_settings():
     cfg = C.load_config()
     assert cfg.method == "prompt_ot"
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.005, 0.9, 5e-4)
-    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.epochs, cfg.optim.batch_size) == (1, 1e-4, 20, 4)
+    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.batch_size) == (1, 1e-4, 4)
+    assert (cfg.optim.epochs, cfg.optim.stop_epoch, C.epochs_trained(cfg)) == (40, 30, 30)  # method.md
     assert (cfg.loss.lambda_ot, cfg.loss.eta, cfg.loss.solver, cfg.loss.modality) == (10.0, 0.5, "emd", "joint")
     assert (cfg.prompt.n_ctx_text, cfg.prompt.n_ctx_vision, cfg.prompt.depth_text) == (4, 4, 12)
     assert (cfg.model.name, cfg.model.pretrained, cfg.data.shots) == ("ViT-B-16", "openai", 16)
@@ -34,7 +35,9 @@ def test_yaml_and_overrides(tmp_path):
         (["optim.epochs=1.5"], "optim.epochs"),
         (["seed=abc"], "seed"),
         (["loss.solver=simplex"], "loss.solver"),
-        (["method=maple"], "method"),
+        (["method=tip_adapter"], "method"),
+        (["optim.stop_epoch=50"], "optim.stop_epoch"),
+        (["method=cocoop", "loss.kg_weight=1"], "loss.kg_weight"),
         (["optim.batch_size=0"], "optim.batch_size"),
         (["data=3"], "data"),
         (["loss.eta=-1"], "loss.eta"),
@@ -59,15 +62,72 @@ def test_bad_files(tmp_path):
         C.load_config(None, ["seed"])
 
 
-def test_presets_sit_between_the_file_and_the_overrides(tmp_path):
+def test_presets_layers_reference_file_defining_keys_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("method: zeroshot\noptim:\n  epochs: 20\nloss:\n  lambda_ot: 10\n")
     cfg = C.load_config(path)
     assert cfg.optim.epochs == 0 and cfg.loss.regularizer == "none" and cfg.data.template == "dataset"
+    # the file's epochs win over CoOp's reference 200; its defining depths win over the file
     coop = C.load_config(path, ["method=coop"])
     assert (coop.prompt.depth_text, coop.prompt.depth_vision, coop.optim.epochs) == (1, 0, 20)
+    assert (coop.optim.lr, coop.optim.batch_size, coop.optim.warmup_lr) == (0.002, 32, 1e-5)
     forced = C.load_config(path, ["method=ivlp", "loss.lambda_ot=3"])
     assert forced.loss.lambda_ot == 3.0 and forced.loss.regularizer == "none"
+    # a file that sets the schedule length evaluates after all of it, unless it says otherwise
+    ot = C.load_config(path, ["method=prompt_ot"])
+    assert (ot.optim.epochs, ot.optim.stop_epoch, C.epochs_trained(ot)) == (20, None, 20)
+    assert C.epochs_trained(C.load_config(path, ["method=prompt_ot", "optim.stop_epoch=15"])) == 15
+
+
+#: Each preset against its reference configuration (peers.md §2-§7, method.md): schedule
+#: (E, S, batch, lr, warm-up rate), shapes (tokens, depths) and loss weights.
+REFERENCE = {
+    ("zeroshot", "base2novel"): dict(E=0, S=0, template="dataset"),
+    ("coop", "base2novel"): dict(E=200, S=200, bs=32, lr=0.002, wlr=1e-5, ctx=(4, 1, 0)),
+    ("cocoop", "base2novel"): dict(E=10, S=10, bs=1, lr=0.002, wlr=1e-5, ctx=(4, 1, 0)),
+    ("kgcoop", "base2novel"): dict(E=100, S=100, bs=128, lr=0.002, wlr=1e-5, ctx=(4, 1, 0), kg=8.0,
+                                   template="kgcoop"),
+    ("maple", "base2novel"): dict(E=5, S=5, bs=4, lr=0.0035, wlr=1e-5, ctx=(2, 9, 0)),
+    ("maple", "transfer"): dict(E=2, S=2, bs=4, lr=0.0026, wlr=1e-5, ctx=(2, 3, 0)),
+    ("ivlp", "base2novel"): dict(E=20, S=20, bs=4, lr=0.0025, wlr=1e-5, ctx=(4, 9, 9), lam=0.0),
+    ("promptsrc", "base2novel"): dict(E=20, S=20, bs=4, lr=0.0025, wlr=1e-5, ctx=(4, 9, 9),
+                                      src=(25.0, 10.0, 1.0), gpa=(15.0, 1.0), template="ensemble"),
+    ("promptsrc", "transfer"): dict(E=20, S=20, ctx=(4, 3, 3), src=(25.0, 10.0, 1.0), gpa=(6.0, 10.0),
+                                    template="ensemble"),
+    ("promptsrc", "few_shot"): dict(E=50, S=50, src=(25.0, 10.0, 1.0), gpa=(30.0, 30.0),
+                                    template="ensemble"),
+    ("prompt_ot", "base2novel"): dict(E=40, S=30, bs=4, lr=0.005, wlr=1e-4, ctx=(4, 12, 12), lam=10.0),
+    ("pointwise", "base2novel"): dict(E=40, S=30, bs=4, lr=0.005, wlr=1e-4, ctx=(4, 12, 12), lam=10.0),
+}
+
+
+@pytest.mark.parametrize(("method", "protocol"), list(REFERENCE))
+def test_each_preset_is_its_reference_configuration(method, protocol):
+    ref = REFERENCE[(method, protocol)]
+    cfg = C.load_config(None, [f"method={method}", f"data.protocol={protocol}", "data.dataset=caltech101"])
+    o, p, lc = cfg.optim, cfg.prompt, cfg.loss
+    assert (o.epochs, C.epochs_trained(cfg)) == (ref["E"], ref["S"])
+    if "bs" in ref:
+        assert o.batch_size == ref["bs"]
+    if "lr" in ref:
+        assert (o.lr, o.warmup_epochs, o.warmup_lr) == (ref["lr"], 1, ref["wlr"])
+    if "ctx" in ref:
+        n_ctx, depth_t, depth_v = ref["ctx"]
+        assert (p.n_ctx_text, p.depth_text, p.depth_vision) == (n_ctx, depth_t, depth_v)
+    if "lam" in ref:
+        assert lc.lambda_ot == ref["lam"]
+    assert lc.kg_weight == ref.get("kg", 0.0)
+    assert (lc.text_l1, lc.image_l1, lc.logit_kl) == ref.get("src", (0.0, 0.0, 0.0))
+    assert (o.gpa_mean, o.gpa_std) == ref.get("gpa", (0.0, 0.0))
+    assert cfg.data.template == ref.get("template", "default")
+    assert (p.ctx_init, o.momentum, o.weight_decay) == ("a photo of a", 0.9, 5e-4)
+
+
+def test_dataset_dependent_presets():
+    coop_in = C.load_config(None, ["method=coop", "data.dataset=imagenet"])
+    assert coop_in.optim.epochs == 50  # CoOp's ep50 config on ImageNet
+    cars = C.load_config(None, ["method=promptsrc", "data.protocol=few_shot", "data.dataset=stanford_cars"])
+    assert (cars.optim.gpa_mean, cars.optim.gpa_std) == (45.0, 5.0)
 
 
 def test_trial_id_is_stable_and_ignores_placement_only_keys():

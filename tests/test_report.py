@@ -186,7 +186,7 @@ def test_incomplete_cells_and_averages_are_marked_and_never_best(tmp_path: Path)
     pot_avg = _row(comparison, "Prompt-OT").cells
     assert pot_avg[2].flag == "1/2 datasets" and not pot_avg[2].comparable
     assert not any(c.best for c in pot_avg)  # an average over fewer datasets never wins
-    assert _row(comparison, "IVLP (λ=0)").cells[2].best
+    assert _row(comparison, "IVLP").cells[2].best
     md = to_markdown(report)
     assert "(1/2 datasets)" in md and "(2/3 seeds)" in md
     assert "| EuroSAT | — | — | — |" in md
@@ -208,7 +208,7 @@ def test_methods_side_by_side_settings_are_not_pooled_and_best_is_bold(tmp_path:
     comparison = _table(report, "base2novel_comparison")
     assert [r.label for r in comparison.rows] == [
         "CLIP (zero-shot)",
-        "IVLP (λ=0)",
+        "IVLP",
         "Prompt-OT (λ=1)",
         "Prompt-OT (λ=10)",
         "fancy_new",
@@ -300,10 +300,11 @@ def test_few_shot_table(tmp_path: Path):
 # ---------------------------------------------------------------------------- ablations
 
 
-def _lambda_sweep(loc: Path, lambdas: tuple[float, ...]) -> None:
+def _lambda_sweep(loc: Path, lambdas: tuple[float, ...], with_zero: bool = True) -> None:
     for seed in (1, 2):
         for d in ("caltech101", "dtd"):
-            _b2n(loc, "ivlp", d, seed, 84.0, 68.0, lambda_ot=0.0, regularizer="none")
+            if with_zero:  # the method without its regulariser
+                _b2n(loc, "prompt_ot", d, seed, 84.0, 68.0, lambda_ot=0.0)
             for lam in lambdas:
                 _b2n(loc, "prompt_ot", d, seed, 84.0 - lam * 0.1, 68.0 + lam, lambda_ot=lam)
 
@@ -312,7 +313,7 @@ def test_ablation_over_lambda_and_its_figure(tmp_path: Path):
     _lambda_sweep(tmp_path, (10.0, 1.0, 0.1))
     report = _build(tmp_path, figures=True)
     ablation = _table(report, "ablation__prompt_ot__lambda_ot")
-    assert [r.label for r in ablation.rows] == ["IVLP (λ=0)", "λ=0.1", "λ=1", "λ=10"]
+    assert [r.label for r in ablation.rows] == ["λ=0", "λ=0.1", "λ=1", "λ=10"]
     assert [c.label for c in ablation.columns] == ["Base", "Novel", "HM", "Caltech101", "DTD"]
     hm = [r.cells[2].value for r in ablation.rows]
     assert hm == pytest.approx([harmonic_mean(84.0 - lam * 0.1, 68.0 + lam) for lam in (0.0, 0.1, 1.0, 10.0)])
@@ -325,7 +326,7 @@ def test_ablation_over_lambda_and_its_figure(tmp_path: Path):
 
 
 def test_a_figure_the_results_cannot_support_is_skipped_with_a_note(tmp_path: Path):
-    _lambda_sweep(tmp_path, (10.0,))
+    _lambda_sweep(tmp_path, (10.0,), with_zero=False)
     report = _build(tmp_path, figures=True)
     assert "hm_vs_lambda" not in {f.key for f in report.figures}
     assert any("λ" in s for s in report.skipped_figures)
@@ -390,10 +391,10 @@ def test_every_format_is_written(tmp_path: Path):
     comparison = pd.read_csv(out / "csv" / "base2novel_comparison.csv")
     row = comparison[(comparison["row"] == "Prompt-OT (λ=10)") & (comparison["column"] == "HM")]
     assert row["value"].item() == pytest.approx(_row(_table(report, "base2novel_comparison"), "Prompt-OT (λ=10)").cells[2].value)
-    assert set(comparison["lambda_ot"].dropna()) == {1.0, 10.0}
+    assert set(comparison["lambda_ot"].dropna()) == {0.0, 1.0, 10.0}
 
     # a second report into the same folder leaves no stale table behind
-    only = build_report(read_results([str(res)]), methods=["ivlp"], figures=False)
+    only = build_report(read_results([str(res)]), methods=["prompt_ot:lambda_ot=10"], figures=False)
     write_report(only, out, ["csv"])
     assert not (out / "csv" / "base2novel__prompt_ot__lambda_ot=1.csv").exists()
 

@@ -27,11 +27,12 @@ def _losses(cfg, **kw):
     return outcome, seen
 
 
-def test_schedule_is_constant_warmup_then_per_epoch_cosine():
+def test_schedule_is_constant_warmup_then_a_cosine_restarted_after_it():
     o = C.OptimConfig(epochs=4, lr=0.01, warmup_epochs=1, warmup_lr=1e-4)
     assert lr_at_epoch(0, o) == 1e-4
-    assert lr_at_epoch(1, o) == pytest.approx(0.5 * 0.01 * (1 + math.cos(math.pi / 4)))
-    assert lr_at_epoch(2, o) == pytest.approx(0.005)
+    assert lr_at_epoch(1, o) == 0.01  # the first epoch after the warm-up runs at the full rate
+    assert lr_at_epoch(2, o) == pytest.approx(0.5 * 0.01 * (1 + math.cos(math.pi / 4)))
+    assert lr_at_epoch(3, o) == pytest.approx(0.005)
 
 
 def test_trial_is_reproducible_and_pins_its_first_losses(synth_root, tmp_path):

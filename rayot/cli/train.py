@@ -19,6 +19,10 @@ def train(
         None, "--log", help="Log the trial to a tracker: tensorboard, mlflow or wandb (repeatable). Local "
         "files and W&B offline unless MLFLOW_TRACKING_URI / WANDB_MODE say otherwise.",
     ),
+    plan_only: bool = typer.Option(
+        False, "--plan", help="Print what the trial would do (id, configuration, rate per epoch, "
+        "epochs trained, evaluations) as one JSON object, and exit without training.",
+    ),
 ) -> None:
     """Train and evaluate one trial; write its result rows (Parquet) and prompt checkpoint."""
     from rayot import config as C
@@ -35,6 +39,13 @@ def train(
     )
 
     cfg = C.load_config(config, overrides or [])
+    if plan_only:
+        import json
+
+        from rayot.train import plan
+
+        typer.echo(json.dumps(plan(cfg), indent=2))
+        return
     if cfg.world_size != 1:
         raise ConfigError(f"config key 'world_size': rayot train runs one process, got {cfg.world_size} "
                           "(a sweep trains on several workers: resources.num_workers)")

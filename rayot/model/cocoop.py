@@ -17,19 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.data.specs import DEFAULT_TEMPLATE, prompt_classname
 from rayot.errors import ConfigError, ModelError
-from rayot.model.adapter import check_supported, encode_text_embeddings, eot_positions
+from rayot.model.adapter import encode_text_embeddings
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
+    FrozenCLIPPrompts,
     PromptOutput,
     _check_setting,
-    check_prompt_state,
-    check_tokenizer,
     frozen_image_features,
-    frozen_text_features,
+    phrase_token_ids,
     read_reference_tensors,
-    tokenize_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,7 +54,7 @@ class MetaNet(nn.Module):
         return _linear(self.linear2, F.relu(_linear(self.linear1, x)))  # (B, d_out)
 
 
-class CoCoOpCLIP(nn.Module):
+class CoCoOpCLIP(FrozenCLIPPrompts):
     """A frozen CLIP with CoCoOp's conditional text context.
 
     Parameters: ``ctx`` (n_ctx, text width), initialised from the token embeddings of
@@ -76,9 +73,8 @@ class CoCoOpCLIP(nn.Module):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
+        device, dtype = self._adopt(clip)
         model = clip.model
-        check_supported(model, repr(clip.model_name))
-        self.tokenizer = check_tokenizer(clip)
         _check_setting("n_ctx", n_ctx, 1)
         embed_dim = model.visual.output_dim
         hidden = embed_dim // _HIDDEN_RATIO
@@ -88,16 +84,9 @@ class CoCoOpCLIP(nn.Module):
                 f"for CoCoOp's meta-net (hidden width {embed_dim} // {_HIDDEN_RATIO})"
             )
 
-        model.requires_grad_(False)
-        self.clip = model
-        self.model_name = clip.model_name
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init or ""
 
-        device = model.positional_embedding.device
-        dtype = (
-            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
-        )
         width = model.transformer.width
         ctx = torch.empty(n_ctx, width, device=device, dtype=dtype)
         nn.init.normal_(ctx, std=_INIT_STD)
@@ -114,53 +103,15 @@ class CoCoOpCLIP(nn.Module):
         self.ctx = nn.Parameter(ctx)  # (n_ctx, W)
         self.meta_net = MetaNet(embed_dim, hidden, width, device, dtype)
 
-        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames)
-        self.train(False)
+        self._init_classes(classnames)
 
-    def set_classnames(self, classnames: list[str]) -> None:
-        """Use these classes from now on (for example the novel classes, same learned tensors)."""
-        if not classnames:
-            raise ModelError("class names: the list is empty")
-        names = [prompt_classname(c) for c in classnames]
-        # Positions 1..n_ctx hold the init phrase (or "X"s); their embeddings are replaced.
-        prefix = self.ctx_init or " ".join(["X"] * self.n_ctx)
-        ids = [self.tokenizer.encode(f"{prefix} {n}.") for n in names]
-        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, names)
-        tokens = tokens.to(self.clip.positional_embedding.device)
-        self.text_tokens = tokens  # (n_cls, context_length)
-        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
-        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
-        self.classnames = list(classnames)
+    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+        return phrase_token_ids(self.tokenizer, self.ctx_init, self.n_ctx, names)
 
     # ----- nn.Module plumbing -----
 
-    def train(self, mode: bool = True) -> CoCoOpCLIP:
-        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
-        super().train(mode)
-        self.clip.eval()
-        return self
-
     def _learned(self) -> dict[str, nn.Parameter]:
         return {"ctx": self.ctx, **dict(self.meta_net.named_parameters(prefix="meta_net"))}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """``ctx`` and the meta-net's weights, the only parameters an optimizer should see."""
-        return list(self._learned().values())
-
-    def prompt_state_dict(self) -> dict[str, Tensor]:
-        """The learned tensors only (``ctx``, ``meta_net.linear{1,2}.{weight,bias}``), detached."""
-        return {k: p.detach().clone() for k, p in self._learned().items()}
-
-    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
-        own = self._learned()
-        check_prompt_state(own, state)
-        with torch.no_grad():
-            for key, value in state.items():
-                own[key].copy_(value)
 
     def reference_state(self) -> dict[str, Tensor]:
         """The learned tensors under the reference's keys (its prompt learner's state dict)."""
@@ -181,11 +132,6 @@ class CoCoOpCLIP(nn.Module):
                 own[key].copy_(value.to(own[key].dtype))
 
     # ----- features -----
-
-    @property
-    def logit_scale(self) -> Tensor:
-        """exp of CLIP's learned temperature (scalar)."""
-        return self.clip.logit_scale.exp()
 
     def encode_text(self, image: Tensor) -> Tensor:
         """Normalised class features (B, n_cls, D) conditioned on normalised image features (B, D).
@@ -233,16 +179,6 @@ class CoCoOpCLIP(nn.Module):
             text = text_features
         logits = self.logit_scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))
         return PromptOutput(logits=logits, image=image, text=text)  # logits (B, C)
-
-    def frozen_image_features(self, images: Tensor) -> Tensor:
-        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
-        return frozen_image_features(self.clip, images)
-
-    def frozen_text_features(
-        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
-    ) -> Tensor:
-        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
-        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
 
     def extra_repr(self) -> str:
         return f"model={self.model_name!r}, n_cls={len(self.classnames)}, n_ctx={self.n_ctx}"

@@ -19,24 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.data.specs import DEFAULT_TEMPLATE, prompt_classname
 from rayot.errors import ConfigError, ModelError
 from rayot.model.adapter import (
-    check_supported,
     encode_image_prompted,
     encode_text_tokens,
-    eot_positions,
 )
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
-    PromptOutput,
+    FrozenCLIPPrompts,
     _check_setting,
-    check_prompt_state,
-    check_tokenizer,
-    frozen_image_features,
-    frozen_text_features,
+    phrase_token_ids,
     read_reference_tensors,
-    tokenize_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,7 +38,7 @@ _INIT_STD = 0.02
 _PREFIX = "prompt_learner."  # the reference saves the whole model
 
 
-class MaPLeCLIP(nn.Module):
+class MaPLeCLIP(FrozenCLIPPrompts):
     """A frozen CLIP with MaPLe's coupled vision-language prompts.
 
     Parameters, kept in float32 (float64 for a float64 model) and cast to the activations' dtype
@@ -71,24 +64,16 @@ class MaPLeCLIP(nn.Module):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
+        device, dtype = self._adopt(clip)
         model = clip.model
-        check_supported(model, repr(clip.model_name))
-        self.tokenizer = check_tokenizer(clip)
         layers = min(len(model.transformer.resblocks), len(model.visual.transformer.resblocks))
         _check_setting("n_ctx", n_ctx, 1)
         _check_setting("depth", depth, 1, (layers, "text or vision", clip.model_name))
 
-        model.requires_grad_(False)
-        self.clip = model
-        self.model_name = clip.model_name
         self.n_ctx = n_ctx
         self.depth = depth
         self.ctx_init = ctx_init or ""
 
-        device = model.positional_embedding.device
-        dtype = (
-            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
-        )
         text_width = model.transformer.width
         vision_width = model.visual.transformer.width
 
@@ -113,34 +98,12 @@ class MaPLeCLIP(nn.Module):
         self.proj_weight = nn.Parameter(weight.detach().clone())  # (J, W_v, W_t)
         self.proj_bias = nn.Parameter(bias.detach().clone())  # (J, W_v)
 
-        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames)
-        self.train(False)
+        self._init_classes(classnames)
 
-    def set_classnames(self, classnames: list[str]) -> None:
-        """Use these classes from now on (for example the novel classes, same learned tensors)."""
-        if not classnames:
-            raise ModelError("class names: the list is empty")
-        names = [prompt_classname(c) for c in classnames]
-        # The whole init phrase is tokenised; P_0 replaces only its first n_ctx tokens.
-        prefix = self.ctx_init or " ".join(["X"] * self.n_ctx)
-        ids = [self.tokenizer.encode(f"{prefix} {n}.") for n in names]
-        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, names)
-        tokens = tokens.to(self.clip.positional_embedding.device)
-        self.text_tokens = tokens  # (n_cls, context_length)
-        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
-        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
-        self.classnames = list(classnames)
+    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+        return phrase_token_ids(self.tokenizer, self.ctx_init, self.n_ctx, names)
 
     # ----- nn.Module plumbing -----
-
-    def train(self, mode: bool = True) -> MaPLeCLIP:
-        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
-        super().train(mode)
-        self.clip.eval()
-        return self
 
     def _learned(self) -> dict[str, nn.Parameter]:
         return {
@@ -148,22 +111,6 @@ class MaPLeCLIP(nn.Module):
             "proj_weight": self.proj_weight,
             "proj_bias": self.proj_bias,
         }
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The prompts and the coupling maps, the only parameters an optimizer should see."""
-        return list(self._learned().values())
-
-    def prompt_state_dict(self) -> dict[str, Tensor]:
-        """The learned tensors only (``text_prompts``, ``proj_weight``, ``proj_bias``), detached."""
-        return {k: p.detach().clone() for k, p in self._learned().items()}
-
-    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
-        own = self._learned()
-        check_prompt_state(own, state)
-        with torch.no_grad():
-            for key, value in state.items():
-                own[key].copy_(value)
 
     def _reference_keys(self) -> dict[str, tuple[str, int]]:
         """Reference key (without ``prompt_learner.``) -> (own parameter, row of it)."""
@@ -210,11 +157,6 @@ class MaPLeCLIP(nn.Module):
 
     # ----- features -----
 
-    @property
-    def logit_scale(self) -> Tensor:
-        """exp of CLIP's learned temperature (scalar)."""
-        return self.clip.logit_scale.exp()
-
     def vision_prompts(self) -> Tensor:
         """V_j = F_j(P_j) for every prompted layer j: (depth, n_ctx, vision width)."""
         weight = self.proj_weight  # (J, W_v, W_t)
@@ -233,35 +175,10 @@ class MaPLeCLIP(nn.Module):
         )  # (n_cls, D)
         return F.normalize(feats, dim=-1)
 
-    def eval_text_features(self) -> Tensor | None:
-        """What evaluation encodes once for all test batches: ``encode_text()`` (n_cls, D)."""
-        return self.encode_text()
-
     def encode_image(self, images: Tensor) -> Tensor:
         """L2-normalised prompted image features (B, D) of ``images`` (B, 3, H, W)."""
         feats = encode_image_prompted(self.clip.visual, images, self.vision_prompts())  # (B, D)
         return F.normalize(feats, dim=-1)
-
-    def forward(self, images: Tensor, text_features: Tensor | None = None) -> PromptOutput:
-        """Logits (B, n_cls) of ``images`` (B, 3, H, W) against the current classes.
-
-        ``text_features`` (n_cls, D), normalised, skips re-encoding the class prompts (evaluation
-        encodes them once with ``eval_text_features``).
-        """
-        text = self.encode_text() if text_features is None else text_features  # (n_cls, D)
-        image = self.encode_image(images)  # (B, D)
-        logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
-        return PromptOutput(logits=logits, image=image, text=text)
-
-    def frozen_image_features(self, images: Tensor) -> Tensor:
-        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
-        return frozen_image_features(self.clip, images)
-
-    def frozen_text_features(
-        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
-    ) -> Tensor:
-        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
-        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
 
     def extra_repr(self) -> str:
         return (

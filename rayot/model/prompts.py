@@ -49,7 +49,120 @@ class PromptOutput:
     text: Tensor
 
 
-class PromptedCLIP(nn.Module):
+class FrozenCLIPPrompts(nn.Module):
+    """What every prompt module (PromptedCLIP, MaPLeCLIP, CoCoOpCLIP) shares: a frozen CLIP kept
+    in eval mode, its temperature, its frozen features, and the token ids of the class prompts.
+
+    A subclass sets ``clip`` and ``tokenizer``, ends its ``__init__`` with :meth:`_init_classes`,
+    and implements :meth:`_learned` (its learned tensors by name), :meth:`_prompt_token_ids` (the
+    tokens of each class prompt, the learned positions as placeholders), ``encode_text()`` and
+    ``encode_image(images)``.
+    """
+
+    clip: nn.Module
+    tokenizer: Any
+
+    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _learned(self) -> dict[str, nn.Parameter]:
+        """The learned tensors by name: what trains, is saved and is loaded."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The learned tensors, the only parameters an optimizer should see."""
+        return list(self._learned().values())
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The learned tensors only (kilobytes to megabytes), detached copies on their device."""
+        return {k: p.detach().clone() for k, p in self._learned().items()}
+
+    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
+        own = self._learned()
+        check_prompt_state(own, state)
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+
+    def _adopt(self, clip: LoadedCLIP) -> tuple[torch.device, torch.dtype]:
+        """The start of a subclass's ``__init__``: take ``clip`` frozen (after checking that its
+        towers and tokenizer can take prompts); returns the device and the dtype of the learned
+        tensors: float32 master copies even for a low-precision model, float64 for a float64 one."""
+        check_supported(clip.model, repr(clip.model_name))
+        self.tokenizer = check_tokenizer(clip)
+        clip.model.requires_grad_(False)
+        self.clip = clip.model
+        self.model_name = clip.model_name
+        dtype = self.clip.positional_embedding.dtype
+        return self.clip.positional_embedding.device, torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _init_classes(self, classnames: list[str]) -> None:
+        """The end of a subclass's ``__init__``: the class prompt buffers, then eval mode."""
+        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames)
+        self.train(False)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Use these classes from now on (for example the novel classes, same learned tensors)."""
+        if not classnames:
+            raise ModelError("class names: the list is empty")
+        names = [prompt_classname(c) for c in classnames]
+        ids = self._prompt_token_ids(names)
+        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, names)
+        tokens = tokens.to(self.clip.positional_embedding.device)
+        self.text_tokens = tokens  # (n_cls, context_length)
+        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
+        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
+        self.classnames = list(classnames)
+
+    def train(self, mode: bool = True) -> FrozenCLIPPrompts:
+        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp of CLIP's learned temperature (scalar)."""
+        return self.clip.logit_scale.exp()
+
+    def eval_text_features(self) -> Tensor | None:
+        """What evaluation encodes once for all test batches: ``encode_text()`` (n_cls, D)."""
+        return self.encode_text()
+
+    def forward(self, images: Tensor, text_features: Tensor | None = None) -> PromptOutput:
+        """Logits (B, n_cls) of ``images`` (B, 3, H, W) against the current classes.
+
+        ``text_features`` (n_cls, D), normalised, skips re-encoding the class prompts (evaluation
+        encodes them once with ``eval_text_features``).
+        """
+        text = self.encode_text() if text_features is None else text_features  # (n_cls, D)
+        image = self.encode_image(images)  # (B, D)
+        logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
+        return PromptOutput(logits=logits, image=image, text=text)
+
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
+        return frozen_image_features(self.clip, images)
+
+    def frozen_text_features(
+        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
+    ) -> Tensor:
+        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
+
+
+def phrase_token_ids(tokenizer: Any, ctx_init: str, n_ctx: int, names: list[str]) -> list[list[int]]:
+    """Ids of "{ctx_init} {name}." (or n_ctx "X" placeholders): the learned context replaces the
+    first n_ctx tokens of the phrase, the rest stay fixed words (MaPLe's "[P_0] of a {c}.")."""
+    prefix = ctx_init or " ".join(["X"] * n_ctx)
+    return [tokenizer.encode(f"{prefix} {n}.") for n in names]
+
+
+class PromptedCLIP(FrozenCLIPPrompts):
     """A frozen CLIP with learned text and vision prompts (IVLP; CoOp when vision depth is 0).
 
     Parameters are ``text_prompts`` (depth_text, n_ctx_text, text width) and ``vision_prompts``
@@ -75,9 +188,8 @@ class PromptedCLIP(nn.Module):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
+        device, dtype = self._adopt(clip)
         model = clip.model
-        check_supported(model, repr(clip.model_name))
-        tokenizer = check_tokenizer(clip)
         text_layers = len(model.transformer.resblocks)
         vision_layers = len(model.visual.transformer.resblocks)
         _check_setting("n_ctx_text", n_ctx_text, 0)
@@ -85,10 +197,6 @@ class PromptedCLIP(nn.Module):
         _check_setting("depth_text", depth_text, 0, (text_layers, "text", clip.model_name))
         _check_setting("depth_vision", depth_vision, 0, (vision_layers, "vision", clip.model_name))
 
-        model.requires_grad_(False)
-        self.clip = model
-        self.tokenizer = tokenizer
-        self.model_name = clip.model_name
         self.ctx_init = ctx_init or ""
         # A side with depth 0 or no context vectors has no prompts at all.
         self.n_ctx_text = n_ctx_text if depth_text > 0 else 0
@@ -97,11 +205,6 @@ class PromptedCLIP(nn.Module):
         self.depth_vision = depth_vision if n_ctx_vision > 0 else 0
         self.truncate_text = True  # exact; switch off only to check that claim
 
-        device = model.positional_embedding.device
-        # float32 master copies even for a low-precision model; float64 stays float64 (checks).
-        dtype = (
-            torch.float64 if model.positional_embedding.dtype == torch.float64 else torch.float32
-        )
         self.text_prompts: nn.Parameter | None = None
         self.vision_prompts: nn.Parameter | None = None
         if self.depth_text:
@@ -119,11 +222,7 @@ class PromptedCLIP(nn.Module):
             nn.init.normal_(vision, std=_INIT_STD)
             self.vision_prompts = nn.Parameter(vision)
 
-        self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames)
-        self.train(False)
+        self._init_classes(classnames)
 
     # ----- construction helpers -----
 
@@ -138,15 +237,7 @@ class PromptedCLIP(nn.Module):
         with torch.no_grad():
             return emb[torch.tensor(ids[:n_ctx], device=emb.device)]  # (n_ctx, W)
 
-    def _tokenize(self, texts_ids: list[list[int]], names: list[str]) -> Tensor:
-        """Token ids (N, context_length): SOS, ids, EOT, zero padding; too long -> cut, EOT kept."""
-        return tokenize_ids(self.tokenizer, self.clip.context_length, texts_ids, names)
-
-    def set_classnames(self, classnames: list[str]) -> None:
-        """Use these classes from now on (for example the novel classes, same learned prompts)."""
-        if not classnames:
-            raise ModelError("class names: the list is empty")
-        names = [prompt_classname(c) for c in classnames]
+    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         if self.n_ctx_text:
             # Placeholder ids for the context positions; their embeddings are overwritten.
             placeholder = self.tokenizer.encode("X") * self.n_ctx_text
@@ -156,46 +247,15 @@ class PromptedCLIP(nn.Module):
         else:
             prefix = f"{self.ctx_init} " if self.ctx_init else ""
             ids = [self.tokenizer.encode(f"{prefix}{n}.") for n in names]
-        tokens = self._tokenize(ids, names).to(self.clip.positional_embedding.device)
-        self.text_tokens = tokens  # (n_cls, context_length)
-        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
-        self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
-        self.classnames = list(classnames)
+        return ids
 
     # ----- nn.Module plumbing -----
 
-    def train(self, mode: bool = True) -> PromptedCLIP:
-        """Set the mode of the prompt module; the frozen CLIP model always stays in eval mode."""
-        super().train(mode)
-        self.clip.eval()
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The prompt tensors, the only parameters an optimizer should see."""
-        return [p for p in (self.text_prompts, self.vision_prompts) if p is not None]
-
-    def prompt_state_dict(self) -> dict[str, Tensor]:
-        """The prompt tensors only (kilobytes), detached copies on their current device."""
-        out = {}
-        for name in ("text_prompts", "vision_prompts"):
-            p = getattr(self, name)
-            if p is not None:
-                out[name] = p.detach().clone()
-        return out
-
-    def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
-        check_prompt_state(self.prompt_state_dict(), state)
-        with torch.no_grad():
-            for key, value in state.items():
-                getattr(self, key).copy_(value)
+    def _learned(self) -> dict[str, nn.Parameter]:
+        return {name: p for name in ("text_prompts", "vision_prompts")
+                if (p := getattr(self, name)) is not None}
 
     # ----- features -----
-
-    @property
-    def logit_scale(self) -> Tensor:
-        """exp of CLIP's learned temperature (scalar)."""
-        return self.clip.logit_scale.exp()
 
     def encode_text(self) -> Tensor:
         """L2-normalised prompted text features of the current classes (n_cls, D)."""
@@ -209,35 +269,10 @@ class PromptedCLIP(nn.Module):
         )  # (n_cls, D)
         return F.normalize(feats, dim=-1)
 
-    def eval_text_features(self) -> Tensor | None:
-        """What evaluation encodes once for all test batches: ``encode_text()`` (n_cls, D)."""
-        return self.encode_text()
-
     def encode_image(self, images: Tensor) -> Tensor:
         """L2-normalised prompted image features (B, D) of ``images`` (B, 3, H, W)."""
         feats = encode_image_prompted(self.clip.visual, images, self.vision_prompts)  # (B, D)
         return F.normalize(feats, dim=-1)
-
-    def forward(self, images: Tensor, text_features: Tensor | None = None) -> PromptOutput:
-        """Logits (B, n_cls) of ``images`` (B, 3, H, W) against the current classes.
-
-        ``text_features`` (n_cls, D), normalised, skips re-encoding the class prompts (evaluation
-        encodes them once with ``encode_text``).
-        """
-        text = self.encode_text() if text_features is None else text_features  # (n_cls, D)
-        image = self.encode_image(images)  # (B, D)
-        logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
-        return PromptOutput(logits=logits, image=image, text=text)
-
-    def frozen_image_features(self, images: Tensor) -> Tensor:
-        """The frozen CLIP's normalised image features (B, D) of the same batch, no gradient."""
-        return frozen_image_features(self.clip, images)
-
-    def frozen_text_features(
-        self, classnames: list[str], template: str = DEFAULT_TEMPLATE
-    ) -> Tensor:
-        """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
-        return frozen_text_features(self.clip, self.tokenizer, classnames, template)
 
     def extra_repr(self) -> str:
         return (
@@ -333,9 +368,11 @@ def frozen_image_features(model: nn.Module, images: Tensor) -> Tensor:
 
 @torch.no_grad()
 def frozen_text_features(
-    model: nn.Module, tokenizer: Any, classnames: list[str], template: str = DEFAULT_TEMPLATE
+    model: nn.Module, tokenizer: Any, classnames: list[str], template: str = DEFAULT_TEMPLATE,
+    *, normalize: bool = True,
 ) -> Tensor:
-    """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
+    """The frozen CLIP's features (n_cls, D) of ``template.format(class)``, normalised unless
+    ``normalize`` is False."""
     if not classnames:
         raise ModelError("class names: the list is empty")
     if "{}" not in template:
@@ -346,7 +383,7 @@ def frozen_text_features(
     tokens = tokens.to(model.positional_embedding.device)  # (n_cls, L)
     eot = eot_positions(tokens, tokenizer.eot_token_id)
     feats = encode_text_tokens(model, tokens, eot, None, truncate=True)  # (n_cls, D)
-    return F.normalize(feats, dim=-1)
+    return F.normalize(feats, dim=-1) if normalize else feats
 
 
 def _check_setting(

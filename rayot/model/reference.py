@@ -64,26 +64,25 @@ REFERENCE_METHODS: tuple[str, ...] = (
     "pointwise",
 )
 
-_CTX_INIT = "a photo of a"
+#: The shapes of the reference configurations come from the method presets (rayot.config,
+#: peers.md §2.3, §4.3, §6.4, §6.6, §7); ``settings`` of :func:`from_reference` override them (a
+#: tiny model, PromptSRC's cross-dataset depth 3, ...).
+def model_settings(method: str, prompt: Any) -> dict[str, Any]:
+    """The constructor settings of ``method``'s module from a ``PromptConfig`` (rayot.config)."""
+    match method:
+        case "maple":  # the vision prompts are projections of the text ones
+            return dict(n_ctx=prompt.n_ctx_text, depth=prompt.depth_text, ctx_init=prompt.ctx_init)
+        case "cocoop":
+            return dict(n_ctx=prompt.n_ctx_text, ctx_init=prompt.ctx_init)
+    return dict(n_ctx_text=prompt.n_ctx_text, n_ctx_vision=prompt.n_ctx_vision,
+                depth_text=prompt.depth_text, depth_vision=prompt.depth_vision, ctx_init=prompt.ctx_init)
 
-#: The shapes of the reference configurations (peers.md §2.3, §4.3, §6.4, §6.6, §7); ``settings``
-#: of :func:`from_reference` override them (a tiny model, PromptSRC's cross-dataset depth 3, ...).
-_PROMPTED_SHAPES: dict[str, dict[str, Any]] = {
-    "coop": dict(n_ctx_text=4, n_ctx_vision=0, depth_text=1, depth_vision=0, ctx_init=_CTX_INIT),
-    "kgcoop": dict(n_ctx_text=4, n_ctx_vision=0, depth_text=1, depth_vision=0, ctx_init=_CTX_INIT),
-    "ivlp": dict(n_ctx_text=4, n_ctx_vision=4, depth_text=9, depth_vision=9, ctx_init=_CTX_INIT),
-    "promptsrc": dict(
-        n_ctx_text=4, n_ctx_vision=4, depth_text=9, depth_vision=9, ctx_init=_CTX_INIT
-    ),
-    "prompt_ot": dict(
-        n_ctx_text=4, n_ctx_vision=4, depth_text=12, depth_vision=12, ctx_init=_CTX_INIT
-    ),
-    "pointwise": dict(
-        n_ctx_text=4, n_ctx_vision=4, depth_text=12, depth_vision=12, ctx_init=_CTX_INIT
-    ),
-}
-_MAPLE_SHAPES: dict[str, Any] = dict(n_ctx=2, depth=9, ctx_init=_CTX_INIT)
-_COCOOP_SHAPES: dict[str, Any] = dict(n_ctx=4, ctx_init=_CTX_INIT)
+
+def reference_settings(method: str) -> dict[str, Any]:
+    """The module settings of ``method``'s preset (rayot.config): the reference's shapes."""
+    from rayot import config as C
+
+    return model_settings(method, C.resolve_config({}, {"method": method}).prompt)
 
 # Whole-model key names of the IVLP family (PromptSRC's clip/model.py and trainers).
 _TEXT_CTX = "prompt_learner.ctx"
@@ -306,15 +305,15 @@ def from_reference(
 
 def build_model(method: str, clip: LoadedCLIP, classnames: list[str], **settings: Any) -> nn.Module:
     """The prompt module of ``method`` with its reference shapes, ``settings`` overriding them."""
+    if method not in REFERENCE_METHODS:
+        raise ConfigError(_unknown_method(method))
+    shapes = _merge_settings(method, reference_settings(method), settings)
     match method:
-        case "coop" | "kgcoop" | "ivlp" | "promptsrc" | "prompt_ot" | "pointwise":
-            shapes = _merge_settings(method, _PROMPTED_SHAPES[method], settings)
-            return PromptedCLIP(clip, classnames, **shapes)
         case "maple":
-            return MaPLeCLIP(clip, classnames, **_merge_settings(method, _MAPLE_SHAPES, settings))
+            return MaPLeCLIP(clip, classnames, **shapes)
         case "cocoop":
-            return CoCoOpCLIP(clip, classnames, **_merge_settings(method, _COCOOP_SHAPES, settings))
-    raise ConfigError(_unknown_method(method))
+            return CoCoOpCLIP(clip, classnames, **shapes)
+    return PromptedCLIP(clip, classnames, **shapes)
 
 
 def load_reference_state(model: nn.Module, method: str, state: Mapping[str, Any]) -> None:

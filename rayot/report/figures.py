@@ -77,7 +77,7 @@ def hm_vs_lambda(res: B2NResults | None) -> Figure | str:
             series.append((f"{name} ({extra})" if extra else name, sorted(points, key=lambda p: p[0])))
     if not series:
         return "HM against λ: no method was run at more than one λ value."
-    references = [v for v in res.variants if v.method in ("ivlp", "zeroshot")]
+    references = [v for v in res.variants if v.method == "zeroshot"]
     panels = ["average", *res.datasets] if len(res.datasets) > 1 else ["average"]
     nrows, ncols = _grid(len(panels))
     fig = MplFigure(figsize=(3.6 * ncols, 2.9 * nrows))

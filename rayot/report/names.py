@@ -56,7 +56,7 @@ METHOD_NAMES: dict[str, tuple[str, str | None]] = {
     "kgcoop": ("KgCoOp", None),
     "maple": ("MaPLe", None),
     "promptsrc": ("PromptSRC", None),
-    "ivlp": ("IVLP", "λ=0"),
+    "ivlp": ("IVLP", None),
     "prompt_ot": ("Prompt-OT", None),
     "pointwise": ("Point-wise", "PromptSRC-style"),
 }

@@ -288,11 +288,8 @@ def ablation_tables(res: B2NResults) -> list[ReportTable]:
                 row_header="Setting",
                 columns=columns,
             )
-            references: list[Variant] = []
-            if key == "lambda_ot" and not any(_sortable(x) == (0, 0.0, "") for x in values):
-                references = [r for r in res.variants if r.method == "ivlp"]
             previous = None
-            for v in references + sorted(variants, key=order):
+            for v in sorted(variants, key=order):
                 s = dict(v.settings)
                 if v.method == method:
                     label = ", ".join(
