@@ -199,7 +199,7 @@ def tune_driver(param: dict[str, Any]) -> None:
     if not isinstance(lease, leases.Lease):
         tune.report({"status": "busy", "error": lease.describe()})
         return
-    with lease, leases.Heartbeat(lease):
+    with lease, leases.Heartbeat(lease) as heartbeat:
         if results.trial_status(cfg.output.results, tid) == "done":  # finished by another sweep
             tune.report({"status": "done"})
             return
@@ -226,6 +226,9 @@ def tune_driver(param: dict[str, Any]) -> None:
             path = record_failure(cfg, exc, param["sweep"])
             tune.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
             return
+        if heartbeat.lost:  # renewals failed past the expiry and another sweep took the trial
+            log.warning("trial %s: its lease was taken by another sweep while it ran; both may "
+                        "have written the same result", tid)
         status = results.trial_status(cfg.output.results, tid) or "failed"
         # the final accuracies ride along for the sweep's trackers (rayot.sweep.tracking)
         final = tracking.final_metrics_of(cfg.output.results, tid) if status == "done" else {}
