@@ -204,7 +204,7 @@ def test_non_finite_loss_is_agreed_on(synth_root, tmp_path, monkeypatch):
             asked.append(failed)
             return super().first_failed_rank(failed)
 
-    def nan_loss(logits, labels, reg, lam):
+    def nan_loss(logits, labels, reg, lam, terms=()):
         return logits.sum() * float("nan")
 
     monkeypatch.setattr(T, "total_loss", nan_loss)
