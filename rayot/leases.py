@@ -10,9 +10,10 @@ taken over by the next owner that asks.
 Guarantees. On a local filesystem (a path or a ``file://`` URI, including a shared POSIX mount
 with atomic ``link``/``rename``, such as NFS) a lease is created atomically: its content is
 written to a temporary file that is then hard-linked to the lease's name, which fails when the
-name exists (``O_CREAT | O_EXCL`` where hard links are not supported). Taking over an expired
-lease renames it to a unique name first and checks that what it moved is the expired lease it
-read (otherwise it puts it back), so of several owners racing for a trial exactly one wins. On
+name exists (``O_CREAT | O_EXCL`` where hard links are not supported). Every change to an
+existing lease (renewal, take-over of an expired one, release) is a compare-and-swap under a
+lock file created with ``O_EXCL``: the lease is replaced (or deleted) only if it still holds what
+was read, so of several owners racing for a trial exactly one wins. On
 an object store (``s3://``, ``gs://``) there is no create-if-absent through pyarrow: a lease is
 written, then read back after ``settle_s`` seconds and held only if it still carries this
 owner's token. That is best effort: two owners writing within the same instant can both believe
@@ -29,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 #: The folder of the leases, under the results location.
 LEASES = ".leases"
 #: How many create / take-over rounds :func:`acquire` tries before it gives up (never in practice).
-_ATTEMPTS = 20
+_ATTEMPTS = 200
 
 Clock = Callable[[], float]
 
@@ -192,46 +194,49 @@ def _create_local(path: str, data: bytes) -> bool:
     return True
 
 
-def _remove_local_if(path: str, expected: bytes) -> bool:
-    """Remove ``path`` if it still holds ``expected``, safely against concurrent takers.
+#: A take-over lock older than this was left by a process that died holding it (it is held for
+#: the microseconds of one compare-and-swap).
+_LOCK_STALE_S = 10.0
 
-    The file is renamed to a unique name first (only one of several racers can move a given
-    file), then its content is compared; a file that changed meanwhile is put back.
+
+def _replace_local_if(path: str, expected: bytes, data: bytes | None) -> bool:
+    """Compare-and-swap on a lease file: if ``path`` still holds ``expected``, replace it whole with
+    ``data`` (or delete it when ``data`` is None); whether it did.
+
+    Every change to an existing lease file (renewal, take-over, release) goes through here under
+    one lock file (``<path>.lock``, created with O_EXCL), so the check and the change are one step
+    for every process; a new lease is created only where no file is (:func:`_create_local`). A busy
+    lock returns False: the caller reads the lease again and decides again.
     """
-    folder = os.path.dirname(path)
-    moved = f"{folder}/.{os.path.basename(path)}.{uuid.uuid4().hex}.stale"
+    lock = f"{path}.lock"
     try:
-        os.rename(path, moved)
-    except FileNotFoundError:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            if time.time() - os.stat(lock).st_mtime > _LOCK_STALE_S:
+                os.unlink(lock)
         return False
+    os.close(fd)
     try:
-        with open(moved, "rb") as f:
-            same = f.read() == expected
-        if not same:
-            try:
-                os.link(moved, path)  # put back what was not ours to remove
-            except FileExistsError:
-                log.warning("lease %s changed hands during a take-over; the newest lease stands", path)
-            except OSError:  # a filesystem without hard links: claim the name, then move back
-                try:
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    log.warning("lease %s changed hands during a take-over; the newest lease stands", path)
-                else:
-                    os.close(fd)
-                    os.replace(moved, path)
+        try:
+            with open(path, "rb") as f:
+                if f.read() != expected:
+                    return False
+        except FileNotFoundError:
+            return False
+        if data is None:
+            os.unlink(path)
+        else:
+            write_local_file(path, data)  # temporary name, fsync, os.replace: whole or not at all
+        fsync_dir(os.path.dirname(path))
+        return True
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(moved)
-    fsync_dir(folder)
-    return same
+            os.unlink(lock)
 
 
 def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Replace the content of a lease file whole (used only while the lease is live and ours)."""
-    if is_local(fs):
-        write_local_file(path, data)
-        return
+    """Write a lease file on an object store whole (a single PUT)."""
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as out:
         out.write(data)
@@ -289,7 +294,7 @@ class Lease:
                 log.debug("lease of trial %s: not ours any more, left in place", self.trial_id)
                 return False
             if is_local(fs):
-                released = _remove_local_if(path, current[1])
+                released = _replace_local_if(path, current[1], None)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     fs.delete_file(path)
@@ -331,16 +336,15 @@ def acquire(location: str, trial_id: str, owner: Owner, ttl_s: float = 120.0, *,
             continue  # released meanwhile: create again
         held, raw = current
         now = clock()
-        if held.live(now):
+        if held.live(now) and held.owner.token != owner.token:
+            return held
+        # ours (a renewal), or expired (a take-over): swap it for ours if it is still what was read
+        expires_at = now + ttl_s
+        if _replace_local_if(path, raw, _encode(trial_id, owner, expires_at)):
             if held.owner.token != owner.token:
-                return held
-            # ours and live: nobody else may take it before it expires, so replacing is safe
-            expires_at = now + ttl_s
-            _write(fs, path, _encode(trial_id, owner, expires_at))
+                log.info("took over the expired lease of trial %s from %s", trial_id, held.owner.describe())
             return Lease(location, trial_id, owner, ttl_s, expires_at, clock=clock, settle_s=settle_s)
-        if held.owner.token != owner.token:
-            log.info("taking over the expired lease of trial %s from %s", trial_id, held.owner.describe())
-        _remove_local_if(path, raw)  # then create again; a racer may win, which the next round sees
+        time.sleep(random.uniform(0.001, 0.01))  # another process changed it: read it again
     raise RayotError(f"lease of trial {trial_id} at {path}: still contended after {_ATTEMPTS} attempts")
 
 

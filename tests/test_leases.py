@@ -87,7 +87,7 @@ def test_takeover_after_expiry(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="rayot.leases"):
         lease_b = leases.acquire(str(tmp_path), "t1", b, ttl_s=60, clock=clock)
     assert isinstance(lease_b, Lease)
-    assert "taking over" in caplog.text and "sweep-a" in caplog.text
+    assert "took over" in caplog.text and "sweep-a" in caplog.text
     assert leases.holder(str(tmp_path), "t1", clock=clock).owner == b
     # a comes back: its renewal finds the lease lost, and its release leaves b's lease alone
     with caplog.at_level(logging.WARNING, logger="rayot.leases"):
