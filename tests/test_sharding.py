@@ -5,6 +5,7 @@ cannot share is refused at load time."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -62,6 +63,20 @@ def _ot_check(rank: int, hooks: DistributedHooks) -> dict:
     return {"plan": plan, "loss": loss.detach(), "grad": mine.grad, "start": start}
 
 
+class _Checkpoints(DistributedHooks):
+    """Keeps each epoch's state, as the Ray layer's storage would; resumes from ``resume``."""
+
+    def __init__(self, rank, resume=None):
+        super().__init__(rank, WORLD, torch.device("cpu"))
+        self.saved, self.resume = [], resume
+
+    def resume_state(self):
+        return self.resume
+
+    def save_epoch(self, epoch, state, metrics):
+        self.saved.append(copy.deepcopy(state))
+
+
 def _rank_main(rank: int, init_file: str, jobs: dict, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -69,7 +84,10 @@ def _rank_main(rank: int, init_file: str, jobs: dict, out_dir: str) -> None:
         hooks = DistributedHooks(rank, WORLD, torch.device("cpu"))
         found = {"ot": _ot_check(rank, hooks)}
         for method, overrides in jobs.items():
-            found[method] = _run(C.load_config(None, overrides), hooks)
+            kept = _Checkpoints(rank)
+            found[method] = _run(C.load_config(None, overrides), kept)
+            if method == "prompt_ot":  # as after a worker failure in epoch 2: resume from epoch 1's checkpoint
+                found["resumed"] = _run(C.load_config(None, overrides), _Checkpoints(rank, kept.saved[0]))
         torch.save(found, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -96,6 +114,15 @@ def test_two_ranks_train_the_one_rank_prompts(two_ranks, synth_root, method):
         assert len(got["losses"]) == len(one["losses"]) == 2 * 24 // batch  # 2 epochs of 24 images
         assert np.allclose(got["losses"], one["losses"], rtol=1e-5, atol=1e-6), method
         assert all(math.isfinite(x) for step in got["losses"] for x in step)
+
+
+def test_two_ranks_resumed_after_epoch_one_end_as_the_uninterrupted_run(two_ranks):
+    ranks, _ = two_ranks
+    for found in ranks:
+        whole, resumed = found["prompt_ot"], found["resumed"]
+        assert all(torch.equal(resumed["prompt"][k], whole["prompt"][k]) for k in whole["prompt"])
+        assert resumed["correct"] == whole["correct"]
+        assert resumed["losses"] == whole["losses"][len(whole["losses"]) // 2:]  # epoch 2's steps only
 
 
 def test_the_global_plan_is_pots_plan_of_the_gathered_batch(two_ranks):
