@@ -569,6 +569,11 @@ def train_prompts(
     schedule (``optim.stop_epoch``), then, with GPA, load the Gaussian-weighted average of the
     end-of-epoch prompts.
 
+    On N ranks (``hooks``) each rank takes its slice of every global batch and its share of the
+    classes, and every rank computes the one-rank loss on the gathered features
+    (:func:`global_output`); the prompt gradients are summed once, so every rank takes the step of
+    one rank.
+
     Returns the training time in seconds, summed over every run of the trial when it resumed.
     """
     o, lc = cfg.optim, cfg.loss
@@ -619,7 +624,7 @@ def train_prompts(
     for epoch in range(start_epoch, stop):
         # the whole epoch is a function of (state at its start, seed, epoch): resumable exactly
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         lr = lr_at_epoch(epoch, o)
         for group in optimizer.param_groups:
@@ -638,6 +643,7 @@ def train_prompts(
                 error = exc
             if error is not None or hooks.world_size > 1:
                 _agree(hooks, error)
+            # (b, 3, H, W) and (b,): this rank's slice of the global batch
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             sizes = sampler.sizes(step)  # every rank's share of this global batch
             labels = hooks.gather(labels, sizes)  # (B,): the global batch's
