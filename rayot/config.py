@@ -126,8 +126,8 @@ class TrialConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     #: data-parallel workers the trial trains on; a sweep sets it from resources.num_workers.
-    #: Today N workers take N per-worker batches per step, a different experiment from one
-    #: worker, so a value other than 1 is part of the trial id (see :func:`trial_id`).
+    #: N workers run the one-worker experiment divided up (each takes 1/N of every global batch
+    #: of optim.batch_size, of the classes and of the test set), so it is not part of the trial id.
     world_size: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -245,7 +245,7 @@ _NON_NEGATIVE = (
 _POSITIVE = ("world_size", "optim.batch_size", "optim.eval_batch_size", "optim.log_every", "loss.tau", "loss.n_iters")
 
 #: Keys that do not change a trial's results: left out of the trial id.
-_NOT_IN_ID = ("device", "data.root", "data.num_workers", "model.cache_dir", "output", "optim.log_every")
+_NOT_IN_ID = ("device", "world_size", "data.root", "data.num_workers", "model.cache_dir", "output", "optim.log_every")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -412,6 +412,12 @@ def validate(cfg: TrialConfig) -> None:
     for key in _POSITIVE:
         if flat[key] <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0, got {flat[key]!r}")
+    if cfg.optim.batch_size % cfg.world_size:
+        raise ConfigError(
+            f"config key 'optim.batch_size': {cfg.optim.batch_size} is not divisible by the "
+            f"{cfg.world_size} workers (world_size, the sweep's resources.num_workers); each worker "
+            "takes an equal slice of every global batch"
+        )
     if cfg.loss.solver != "emd" and cfg.loss.regularizer == "ot" and cfg.loss.epsilon <= 0:
         raise ConfigError(f"config key 'loss.epsilon': solver {cfg.loss.solver} needs epsilon > 0")
     if cfg.prompt.depth_text == 0 and cfg.method != "zeroshot":
@@ -474,8 +480,6 @@ def trial_id(cfg: TrialConfig) -> str:
         for k, v in flatten(cfg).items()
         if not any(k == skip or k.startswith(skip + ".") for skip in _NOT_IN_ID)
     }
-    if flat["world_size"] == 1:  # single-worker ids stay those of `rayot train`
-        del flat["world_size"]
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

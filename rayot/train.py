@@ -1,9 +1,9 @@
 """One trial: train the prompts on a dataset's few-shot subset, evaluate on the protocol's splits.
 
 :func:`run_trial` is the single entry point that `rayot train` and a Ray trial both call. The
-distributed layer (Ray Train) plugs in through :class:`TrialHooks`: how the model is wrapped, how
-the training sampler shards the data, where epoch checkpoints go and where a resumed run starts.
-This module itself knows nothing about Ray.
+distributed layer (Ray Train) plugs in through :class:`TrialHooks`: the collectives that share a
+trial's work among N ranks (:class:`DistributedHooks`, :mod:`rayot.distributed`), where epoch
+checkpoints go and where a resumed run starts. This module itself knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rayot import config as C
+from rayot import distributed
 from rayot.data import (
     ImageDataset,
     Task,
@@ -38,7 +40,7 @@ from rayot.data.specs import DEFAULT_TEMPLATE
 from rayot.errors import DataError, RayotError, TrainingError
 from rayot.losses import kgcoop_loss, l1_consistency, logit_kl, prompt_ot_loss, total_loss
 from rayot.model import PromptedCLIP, load_clip
-from rayot.model.prompts import frozen_text_features
+from rayot.model.prompts import PromptOutput, frozen_text_features
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +63,29 @@ class Progress:
 
 
 class TrialHooks:
-    """Single-process defaults; the Ray layer subclasses this for DDP and checkpoint storage."""
+    """One process: no collectives. :class:`DistributedHooks` is the N-rank version, the Ray layer
+    adds checkpoint storage to it.
+
+    A trial on N ranks is the single-worker experiment divided up (:mod:`rayot.distributed`): each
+    rank takes its slice of every global batch, its share of the classes and of the test set;
+    :meth:`gather` puts the shares together, every rank computes the same global loss, and
+    :meth:`sum_gradients` adds up the ranks' contributions to the prompt gradients, once.
+    """
 
     rank: int = 0
     world_size: int = 1
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Wrap the prompted model for data-parallel training (DDP); identity here."""
-        return model
+    def gather(self, x: Tensor, sizes: list[int]) -> Tensor:
+        """Every rank's ``x`` concatenated along dim 0 (rank r gives ``sizes[r]`` rows), with
+        gradients flowing back to the rank that gave the rows; ``x`` itself on one process."""
+        return x
 
-    def train_sampler(self, dataset: Dataset, seed: int) -> Sampler:
-        """The training sampler; must be reshuffled per epoch by :meth:`set_epoch`."""
-        return _EpochRandomSampler(dataset, seed)
+    def sum_gradients(self, params: list[nn.Parameter]) -> None:
+        """Sum the parameters' gradients across ranks (after the backward, before the step)."""
+
+    def sum_count(self, n: int) -> int:
+        """An integer summed across ranks (the correct counts of the test shares)."""
+        return n
 
     def resume_state(self) -> dict[str, Any] | None:
         """The last epoch checkpoint of an interrupted run of this trial, if any."""
@@ -81,17 +94,57 @@ class TrialHooks:
     def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
         """Called on every rank after each epoch with the resumable training state."""
 
-    def should_evaluate(self) -> bool:
-        """Whether this rank evaluates the final model (rank 0 only under DDP)."""
-        return self.rank == 0
-
     def first_failed_rank(self, failed: bool) -> int | None:
         """Agree across ranks on a failure: the lowest rank that failed, or ``None``.
 
-        Every rank calls it at the same points of the loop; under DDP it is a collective, so a
+        Every rank calls it at the same points of the loop; over N ranks it is a collective, so a
         failure on one rank stops them all instead of leaving them blocked in the next one.
         """
         return self.rank if failed else None
+
+
+class DistributedHooks(TrialHooks):
+    """The collectives over an initialised torch.distributed process group (gloo or NCCL).
+
+    ``device`` is the rank's training device; ``group`` the process group (``None``: the default).
+    With one rank every method is the single-process one.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device,
+                 group: dist.ProcessGroup | None = None) -> None:
+        self.rank, self.world_size, self.device, self.group = rank, world_size, device, group
+
+    @property
+    def comm_device(self) -> torch.device:
+        return distributed.comm_device(self.device, self.group)
+
+    def gather(self, x: Tensor, sizes: list[int]) -> Tensor:
+        if self.world_size == 1:
+            return x
+        return distributed.gather_rows(x, sizes, self.rank, self.comm_device, self.group)
+
+    def sum_gradients(self, params: list[nn.Parameter]) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else p.new_zeros(p.shape) for p in params]
+        distributed.all_reduce_sum_(grads, self.comm_device, self.group)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
+    def sum_count(self, n: int) -> int:
+        if self.world_size == 1:
+            return n
+        total = torch.tensor([n], dtype=torch.long, device=self.comm_device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
+        return int(total.item())
+
+    def first_failed_rank(self, failed: bool) -> int | None:
+        if self.world_size == 1:
+            return super().first_failed_rank(failed)
+        flag = torch.tensor([self.rank if failed else self.world_size], device=self.comm_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
+        first = int(flag.item())
+        return None if first == self.world_size else first
 
 
 class _EpochRandomSampler(Sampler[int]):
@@ -113,11 +166,46 @@ class _EpochRandomSampler(Sampler[int]):
         return self.n
 
 
+class _GlobalBatchSlices(Sampler[list[int]]):
+    """This rank's slice of each global batch of the single-worker order (a batch sampler).
+
+    The global batches are those one worker takes: ``batch_size`` consecutive indices of the
+    epoch's permutation (:class:`_EpochRandomSampler`), the last incomplete one dropped when the
+    set holds at least one full batch (as CoOp does, so a tiny 1-shot set still yields a batch).
+    Rank r takes the r-th contiguous share of each (:func:`rayot.distributed.shard_sizes`).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.order = _EpochRandomSampler(dataset, seed)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batches: list[list[int]] = []
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+        order = list(self.order)
+        b = self.batch_size
+        n_full = len(order) // b
+        self.batches = [order[i * b:(i + 1) * b] for i in range(n_full)] if n_full else [order]
+
+    def sizes(self, step: int) -> list[int]:
+        """Every rank's share of the global batch of ``step``."""
+        return distributed.shard_sizes(len(self.batches[step]), self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step, batch in enumerate(self.batches):
+            start = sum(self.sizes(step)[:self.rank])
+            yield batch[start:start + self.sizes(step)[self.rank]]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class _SeededAugment(Dataset):
     """Seeds the random augmentation of each item from (seed, epoch, index).
 
     The crops and flips of a sample then do not depend on the number of data-loader workers,
-    on how DDP shards the data or on whether the run was resumed: the same configuration and
+    on how the ranks share the batch or on whether the run was resumed: the same configuration and
     seed give the same training inputs everywhere.
     """
 
@@ -235,6 +323,52 @@ def reference_text_features(model: nn.Module, classnames: list[str], templates: 
     return F.normalize(raw / len(templates), dim=-1)  # (n_cls, D)
 
 
+def _my_classes(classnames: list[str], hooks: TrialHooks) -> tuple[list[str], list[int]]:
+    """This rank's contiguous share of ``classnames`` and every rank's share size."""
+    sizes = distributed.shard_sizes(len(classnames), hooks.world_size)
+    if min(sizes) == 0:
+        raise TrainingError(f"{len(classnames)} classes cannot be shared by {hooks.world_size} workers: "
+                            "use at most one worker per class")
+    start = sum(sizes[:hooks.rank])
+    return classnames[start:start + sizes[hooks.rank]], sizes
+
+
+def sharded_reference_features(model: nn.Module, classnames: list[str], templates: tuple[str, ...],
+                               hooks: TrialHooks) -> Tensor:
+    """:func:`reference_text_features` of every class, each rank encoding its share (n_cls, D)."""
+    mine, sizes = _my_classes(classnames, hooks)
+    return hooks.gather(reference_text_features(model, mine, templates), sizes)  # (n_cls, D)
+
+
+def class_features(model: nn.Module, classnames: list[str], hooks: TrialHooks) -> Tensor:
+    """The prompted text features of every class (n_cls, D), each rank encoding its share
+    (deep prompts and all) and the shares gathered with their gradients. The model keeps this
+    rank's share as its classes, tokenised once."""
+    mine, sizes = _my_classes(classnames, hooks)
+    if model.classnames != mine:
+        model.set_classnames(mine)
+    return hooks.gather(model.encode_text(), sizes)  # (n_cls, D)
+
+
+def global_output(model: nn.Module, images: Tensor, classnames: list[str], sizes: list[int],
+                  hooks: TrialHooks) -> PromptOutput:
+    """The model's output on the global batch, of which ``images`` (b, 3, H, W) is this rank's
+    share (``sizes``: every rank's): logits (B, n_cls), image (B, D), text (n_cls, D) or, for a
+    model whose class features depend on the image (CoCoOp), (B, n_cls, D).
+
+    With one rank it is ``model(images)``; with N, each rank encodes its images and its share of
+    the classes, and the features are gathered: every rank then holds the single-worker output.
+    """
+    if model.text_per_image:  # its text is per image: only the images are shared out
+        out = model(images)
+        return PromptOutput(logits=hooks.gather(out.logits, sizes), image=hooks.gather(out.image, sizes),
+                            text=hooks.gather(out.text, sizes))  # (B, n_cls), (B, D), (B, n_cls, D)
+    text = class_features(model, classnames, hooks)  # (n_cls, D)
+    image = hooks.gather(model.encode_image(images), sizes)  # (B, D)
+    logits = model.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
+    return PromptOutput(logits=logits, image=image, text=text)
+
+
 def gpa_weights(mean: float, std: float, epochs: int) -> list[float]:
     """PromptSRC's Gaussian prompt aggregation: N(e; mean, std) at the 1-based epochs 1..epochs,
     normalised to sum to 1 (computed in log space, so far-off means do not underflow)."""
@@ -299,34 +433,47 @@ def evaluate(
     precision: str,
     batch_size: int,
     num_workers: int,
+    hooks: TrialHooks | None = None,
 ) -> tuple[int, int]:
     """Top-1 correct count and test size of ``model`` on ``task``'s test split (protocol.md §5).
 
-    The class prompts are encoded once, not per test batch.
+    The class prompts are encoded once, not per test batch. Over N ranks (``hooks``) each rank
+    encodes its share of the classes and classifies its contiguous share of the test images; the
+    correct counts are summed, so every rank returns the single-worker numbers.
     """
+    hooks = hooks or TrialHooks()
     if not task.test:
         raise DataError(f"dataset {task.dataset}: the test split is empty")
     amp = autocast_dtype(precision)
     model.eval()
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         if zero_shot:
-            text = reference_text_features(model, task.classnames, templates)  # (n_cls, D)
-        else:
+            text = sharded_reference_features(model, task.classnames, templates, hooks)  # (n_cls, D)
+        elif model.text_per_image:
             model.set_classnames(task.classnames)
-            text = model.eval_text_features()  # (n_cls, D), or None when it depends on the image
+            text = None  # it depends on the image: encoded per test batch
+        else:
+            text = class_features(model, task.classnames, hooks)  # (n_cls, D)
     scale = model.logit_scale.float()  # already exp(log-scale)
-    dataset = ImageDataset(task.test, task.image_root, test_transform(image_size), task.dataset)
+    start, stop = distributed.shard_range(len(task.test), hooks.world_size, hooks.rank)
+    dataset = ImageDataset(task.test[start:stop], task.image_root, test_transform(image_size), task.dataset)
     correct = torch.zeros((), dtype=torch.long, device=device)
     loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers)
-    for images, labels in _batches(loader):
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            if zero_shot:
-                logits = scale * model.frozen_image_features(images).float() @ text.T  # (B, n_cls)
-            else:
-                logits = model(images, text_features=text).logits  # (B, n_cls)
-        correct += (logits.argmax(dim=-1) == labels).sum()
-    return int(correct.item()), len(dataset)
+    error: RayotError | None = None
+    try:  # a bad test image on one rank must stop every rank (_agree) before the count is summed
+        for images, labels in _batches(loader):
+            images, labels = images.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                if zero_shot:
+                    logits = scale * model.frozen_image_features(images).float() @ text.T  # (B, n_cls)
+                else:
+                    logits = model(images, text_features=text).logits  # (B, n_cls)
+            correct += (logits.argmax(dim=-1) == labels).sum()
+    except RayotError as exc:
+        error = exc
+    if error is not None or hooks.world_size > 1:
+        _agree(hooks, error)
+    return hooks.sum_count(int(correct.item())), len(task.test)
 
 
 # ----------------------------------------------------------------------------- training
@@ -422,6 +569,11 @@ def train_prompts(
     schedule (``optim.stop_epoch``), then, with GPA, load the Gaussian-weighted average of the
     end-of-epoch prompts.
 
+    On N ranks (``hooks``) each rank takes its slice of every global batch and its share of the
+    classes, and every rank computes the one-rank loss on the gathered features
+    (:func:`global_output`); the prompt gradients are summed once, so every rank takes the step of
+    one rank.
+
     Returns the training time in seconds, summed over every run of the trial when it resumed.
     """
     o, lc = cfg.optim, cfg.loss
@@ -451,28 +603,28 @@ def train_prompts(
         start_epoch = int(state["epoch"]) + 1
         gpa_sum = state.get("gpa")
         log.info("resuming from the checkpoint of epoch %d", start_epoch)
-    ddp_model = hooks.prepare_model(model)
 
     text_ref_all = None
     if need_text_ref:
-        text_ref_all = reference_text_features(model, task.classnames,
-                                               resolve_templates(cfg, task.dataset))  # (n_cls, D)
+        text_ref_all = sharded_reference_features(model, task.classnames, resolve_templates(cfg, task.dataset),
+                                                  hooks)  # (n_cls, D)
 
     dataset = _SeededAugment(
         ImageDataset(task.train, task.image_root, train_transform(image_size), task.dataset), cfg.seed
     )
-    sampler = hooks.train_sampler(dataset, cfg.seed)
+    # every rank takes its slice of each global batch of optim.batch_size, in the one-worker order;
     # augmentation is seeded per item (_SeededAugment), so loader workers need no seeding of their own
-    loader = make_loader(dataset, batch_size=o.batch_size, train=True,
-                         num_workers=cfg.data.num_workers, sampler=sampler)
+    sampler = _GlobalBatchSlices(dataset, o.batch_size, cfg.seed, hooks.rank, hooks.world_size)
+    if min(sampler.sizes(0)) == 0:
+        raise DataError(f"dataset {task.dataset}: the training subset of {len(dataset)} images gives "
+                        f"some of the {hooks.world_size} workers no image")
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers)
     steps = len(loader)
-    if steps == 0:
-        raise DataError(f"dataset {task.dataset}: the training subset gives no batch on this worker")
 
     for epoch in range(start_epoch, stop):
         # the whole epoch is a function of (state at its start, seed, epoch): resumable exactly
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         lr = lr_at_epoch(epoch, o)
         for group in optimizer.param_groups:
@@ -491,10 +643,15 @@ def train_prompts(
                 error = exc
             if error is not None or hooks.world_size > 1:
                 _agree(hooks, error)
+            # (b, 3, H, W) and (b,): this rank's slice of the global batch
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            sizes = sampler.sizes(step)  # every rank's share of this global batch
+            labels = hooks.gather(labels, sizes)  # (B,): the global batch's
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = ddp_model(images)
-                image_ref = model.frozen_image_features(images) if need_image_ref else None  # (B, D)
+                out = global_output(model, images, task.classnames, sizes, hooks)  # the whole batch's
+                image_ref = None
+                if need_image_ref:
+                    image_ref = hooks.gather(model.frozen_image_features(images), sizes)  # (B, D)
                 reg, terms = _regularizer_terms(cfg, out, labels, image_ref, text_ref_all,
                                                 model.logit_scale.float())
             loss = total_loss(out.logits, labels, reg, lc.lambda_ot if use_reg else 0.0, terms)
@@ -502,6 +659,7 @@ def train_prompts(
                 ce = F.cross_entropy(out.logits.float(), labels)  # logged apart from the total
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            hooks.sum_gradients(params)  # each rank holds its shares' contributions: summed once
             scaler.step(optimizer)
             scaler.update()
             # logged: total, cross-entropy, and every weighted term beside it
@@ -636,26 +794,27 @@ def run_trial(
                                       device=device, hooks=hooks, progress=progress)
 
     evals: list[EvalResult] = []
-    if hooks.should_evaluate():
-        for protocol, eval_dataset, split in C.eval_targets(cfg):
-            if eval_dataset == d.dataset and split == C.train_subsample(cfg):
-                task = train_task
-            else:
-                subsample = split if split in ("base", "novel") else "all"
-                task = build_task(eval_dataset, root, shots=0, seed=cfg.seed, subsample=subsample)
-            n_correct, n_test = evaluate(
-                model,
-                task,
-                zero_shot=zero_shot,
-                templates=resolve_templates(cfg, eval_dataset),
-                image_size=loaded.image_size,
-                device=device,
-                precision=cfg.precision,
-                batch_size=cfg.optim.eval_batch_size,
-                num_workers=cfg.data.num_workers,
-            )
-            evals.append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
-            log.info("%s %s (%s): %.2f%% of %d", protocol, eval_dataset, split, evals[-1].accuracy, n_test)
+    # every rank evaluates its share of each test set
+    for protocol, eval_dataset, split in C.eval_targets(cfg):
+        if eval_dataset == d.dataset and split == C.train_subsample(cfg):
+            task = train_task
+        else:
+            subsample = split if split in ("base", "novel") else "all"
+            task = build_task(eval_dataset, root, shots=0, seed=cfg.seed, subsample=subsample)
+        n_correct, n_test = evaluate(
+            model,
+            task,
+            zero_shot=zero_shot,
+            templates=resolve_templates(cfg, eval_dataset),
+            image_size=loaded.image_size,
+            device=device,
+            precision=cfg.precision,
+            batch_size=cfg.optim.eval_batch_size,
+            num_workers=cfg.data.num_workers,
+            hooks=hooks,
+        )
+        evals.append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
+        log.info("%s %s (%s): %.2f%% of %d", protocol, eval_dataset, split, evals[-1].accuracy, n_test)
     return TrialOutcome(C.trial_id(cfg), evals, model.prompt_state_dict(), train_seconds)
 
 

@@ -137,7 +137,8 @@ def trial_larger_than_the_machine(tmp: Path) -> Outcome:
     from rayot.sweep.cluster import available_cpus
 
     n = available_cpus() + 1
-    spec = _spec(tmp, grid={"method": ["ivlp"]}, resources={"num_workers": n, "cpus_per_worker": 1})
+    spec = _spec(tmp, grid={"method": ["ivlp"]}, resources={"num_workers": n, "cpus_per_worker": 1},
+                 base={"optim": {"batch_size": n}})  # a batch the n workers can share
     rc, text, t = _rayot(tmp, "sweep", str(spec))
     _check(rc == 2, f"exit status {rc}, expected 2", text)
     _check(f"a trial needs {n} worker(s) × 1 CPU = {n} CPU" in text, "message names the numbers", text)

@@ -1,5 +1,5 @@
 """Sweeps on a real local Ray: results, failures, idempotence, parity with `rayot train`,
-resumption after a killed worker, and data-parallel training on two workers (gloo)."""
+resumption after a killed worker, and two data-parallel workers (gloo) giving the one-worker result."""
 
 from __future__ import annotations
 
@@ -105,11 +105,27 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, synth_
     }
 
 
-def test_two_data_parallel_workers(ray_session, tmp_path, synth_root):
-    spec = _spec(tmp_path, synth_root, "grid: {method: [prompt_ot]}\n",
-                 resources="{num_workers: 2, cpus_per_worker: 0.5}")
-    (trial,) = expand(spec)
-    summary = run_sweep(spec, [trial], address=None, console=Console(quiet=True))
-    assert [s.status for s in summary.states] == ["done"], summary.states[0].error
-    accs = _accuracies(f"{tmp_path}/results", C.trial_id(trial))
-    assert set(accs) == {"base", "novel"} and accs["base"][1] == 72  # evaluated once, on rank 0
+def test_two_workers_give_the_one_worker_prompts_and_rows(ray_session, tmp_path, synth_root):
+    """`num_workers: 2` shares one trial's batches, classes and test set between two Ray Train
+    workers (gloo): the same experiment as one worker, to float32 rounding."""
+    import torch
+
+    found = {}
+    for n, resources in ((1, "{num_workers: 1, cpus_per_worker: 1}"), (2, "{num_workers: 2, cpus_per_worker: 0.5}")):
+        (tmp_path / str(n)).mkdir()
+        spec = _spec(tmp_path / str(n), synth_root, "grid: {method: [prompt_ot]}\n", resources=resources)
+        (trial,) = expand(spec)
+        assert trial.world_size == n
+        summary = run_sweep(spec, [trial], address=None, console=Console(quiet=True))
+        assert [s.status for s in summary.states] == ["done"], summary.states[0].error
+        tid = C.trial_id(trial)
+        rows = pq.read_table(f"{tmp_path / str(n)}/results/{tid}.parquet").to_pylist()
+        prompt = torch.load(tmp_path / str(n) / "ckpt" / tid / "prompt.pt", weights_only=True)["prompt"]
+        found[n] = (tid, rows, prompt)
+    (tid1, rows1, prompt1), (tid2, rows2, prompt2) = found[1], found[2]
+    assert tid1 == tid2  # one experiment, one id
+    keys = ("protocol", "split", "n_correct", "n_test", "n_classes", "accuracy", "status")
+    assert [{k: r[k] for k in keys} for r in rows2] == [{k: r[k] for k in keys} for r in rows1]
+    assert {r["split"] for r in rows2} == {"base", "novel"} and all(r["n_test"] == 72 for r in rows2)
+    assert prompt1.keys() == prompt2.keys()
+    assert max((prompt1[k] - prompt2[k]).abs().max().item() for k in prompt1) <= 1e-5

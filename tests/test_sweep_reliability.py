@@ -119,12 +119,15 @@ def test_set_replaces_a_swept_axis_and_says_so(tmp_path, synth_root):
         expand(spec, sets={"world_size": 2})
 
 
-def test_world_size_is_part_of_the_trial_id_but_one_worker_keeps_the_train_id(tmp_path, synth_root):
+def test_the_worker_count_is_not_part_of_the_trial_id(tmp_path, synth_root):
+    # N workers run the one-worker experiment (tests/test_sharding.py): one id, that of `rayot train`
     (one,) = expand(_spec_file(tmp_path, synth_root, {"method": ["ivlp"]}))
     (two,) = expand(_spec_file(tmp_path, synth_root, {"method": ["ivlp"]}, {"num_workers": 2}))
     assert one.world_size == 1 and two.world_size == 2
     direct = C.load_config(None, tiny_overrides(synth_root, tmp_path, method="ivlp"))
-    assert C.trial_id(one) == C.trial_id(direct) != C.trial_id(two)
+    assert C.trial_id(one) == C.trial_id(direct) == C.trial_id(two)
+    with pytest.raises(ConfigError, match="4 is not divisible by the 3 workers"):
+        expand(_spec_file(tmp_path, synth_root, {"method": ["ivlp"]}, {"num_workers": 3}))
 
 
 # ----------------------------------------------------------------------------- agreement

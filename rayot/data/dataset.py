@@ -45,7 +45,7 @@ class ImageDataset(Dataset):
 
 def make_loader(dataset: Dataset, *, batch_size: int, train: bool, num_workers: int = 0,
                 generator: torch.Generator | None = None, sampler: Sampler | None = None) -> DataLoader:
-    """Train: shuffled (or ordered by ``sampler``, e.g. a DDP shard), last incomplete batch
+    """Train: shuffled (or ordered by ``sampler``), last incomplete batch
     dropped when the set (or this worker's shard) holds at least one full batch (as CoOp does, so
     a tiny 1-shot set still yields a batch). Test: in order, every image."""
     size = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]

@@ -64,6 +64,8 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
     generator beforehand for reproducible initial values.
     """
 
+    text_per_image = True
+
     def __init__(
         self,
         clip: LoadedCLIP,

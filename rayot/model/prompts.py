@@ -61,6 +61,8 @@ class FrozenCLIPPrompts(nn.Module):
 
     clip: nn.Module
     tokenizer: Any
+    #: whether the class features depend on each image (CoCoOp: ``PromptOutput.text`` (B, n_cls, D))
+    text_per_image: bool = False
 
     def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         raise NotImplementedError

@@ -19,17 +19,15 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from ray import tune
 from ray.train.torch import TorchTrainer
-from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from rayot import config as C
 from rayot import leases, results, tracking
 from rayot.errors import RayotError
 from rayot.train import (
+    DistributedHooks,
     PeerFailure,
-    TrialHooks,
     failure_row,
     prompt_checkpoint_name,
     result_rows,
@@ -44,35 +42,14 @@ STATE_FILE = "state.pt"
 FAULT_ENV = "RAYOT_INJECT_FAULT"
 
 
-class RayTrainHooks(TrialHooks):
-    """DDP through Ray Train, sharded sampling, per-epoch checkpoints in the run's storage."""
+class RayTrainHooks(DistributedHooks):
+    """Rank, world size and device from Ray Train, the collectives over the process group it set
+    up (gloo or NCCL), per-epoch checkpoints in the run's storage."""
 
     def __init__(self, fault: str | None = None) -> None:
         ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
+        super().__init__(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
         self.fault = fault
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.world_size == 1:
-            return model
-        return ray.train.torch.prepare_model(model, move_to_device=False)
-
-    def train_sampler(self, dataset: Dataset, seed: int) -> Sampler:
-        if self.world_size == 1:
-            return super().train_sampler(dataset, seed)
-        return DistributedSampler(
-            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed
-        )
-
-    def first_failed_rank(self, failed: bool) -> int | None:
-        if self.world_size == 1:
-            return super().first_failed_rank(failed)
-        device = ray.train.torch.get_device() if dist.get_backend() == "nccl" else torch.device("cpu")
-        flag = torch.tensor([self.rank if failed else self.world_size], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        first = int(flag.item())
-        return None if first == self.world_size else first
 
     def resume_state(self) -> dict[str, Any] | None:
         checkpoint = ray.train.get_checkpoint()

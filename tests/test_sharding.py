@@ -1,0 +1,156 @@
+"""A trial on two ranks (torch.distributed, gloo, no Ray) is the one-rank experiment: the same
+prompts after two epochs, the same logged losses, the same correct counts; the gathered features
+give POT's plan of the global batch and the single-process gradients; a batch size the workers
+cannot share is refused at load time."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import tiny_overrides
+
+from rayot import config as C
+from rayot.distributed import shard_sizes
+from rayot.errors import ConfigError
+from rayot.losses import ot_plan, pairwise_sq_dists, prompt_ot_loss
+from rayot.train import DistributedHooks, run_trial
+
+WORLD = 2
+#: every coupling the loss has: the OT plan (prompt_ot), per-sample KL and L1 terms with the
+#: 60-template reference and GPA (promptsrc), the class-text term (kgcoop), coupled deep prompts
+#: (maple) and image-conditioned text (cocoop, whose images only are shared out)
+METHODS = {
+    "prompt_ot": {"prompt.depth_text": 2, "prompt.depth_vision": 2},
+    "promptsrc": {"prompt.depth_text": 2, "prompt.depth_vision": 2, "optim.gpa_mean": 1.0, "optim.gpa_std": 1.0},
+    "kgcoop": {},
+    "maple": {"prompt.depth_text": 2},
+    "cocoop": {"optim.batch_size": 2},
+}
+
+
+def _overrides(synth_root, tmp_path, method):
+    return tiny_overrides(synth_root, tmp_path, method=method, **{"optim.log_every": 1, **METHODS[method]})
+
+
+def _run(cfg, hooks=None):
+    seen = []
+    outcome = run_trial(cfg, device=torch.device("cpu"), hooks=hooks, progress=seen.append)
+    return {"prompt": outcome.prompt_state, "correct": [(e.split, e.n_correct, e.n_test) for e in outcome.evals],
+            "losses": [(p.loss, p.ce, p.reg) for p in seen]}
+
+
+def _ot_check(rank: int, hooks: DistributedHooks) -> dict:
+    """Gather each rank's rows of a seeded (8, 6) batch of features with the library's collective;
+    return the global plan, loss and this rank's rows of the gradient."""
+    full = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ref = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(1)), dim=-1)
+    sizes = shard_sizes(8, WORLD)
+    start = sum(sizes[:rank])
+    mine = full[start:start + sizes[rank]].clone().requires_grad_(True)  # (4, 6): this rank's rows
+    image = hooks.gather(mine, sizes)  # (8, 6)
+    ref_mine = ref[start:start + sizes[rank]]
+    image_ref = hooks.gather(ref_mine, sizes)  # (8, 6)
+    plan = ot_plan(0.5 * pairwise_sq_dists(image, image_ref).detach())  # (8, 8)
+    loss = prompt_ot_loss(image, image_ref, image, image_ref, modality="vision")
+    loss.backward()
+    return {"plan": plan, "loss": loss.detach(), "grad": mine.grad, "start": start}
+
+
+class _Checkpoints(DistributedHooks):
+    """Keeps each epoch's state, as the Ray layer's storage would; resumes from ``resume``."""
+
+    def __init__(self, rank, resume=None):
+        super().__init__(rank, WORLD, torch.device("cpu"))
+        self.saved, self.resume = [], resume
+
+    def resume_state(self):
+        return self.resume
+
+    def save_epoch(self, epoch, state, metrics):
+        self.saved.append(copy.deepcopy(state))
+
+
+def _rank_main(rank: int, init_file: str, jobs: dict, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        hooks = DistributedHooks(rank, WORLD, torch.device("cpu"))
+        found = {"ot": _ot_check(rank, hooks)}
+        for method, overrides in jobs.items():
+            kept = _Checkpoints(rank)
+            found[method] = _run(C.load_config(None, overrides), kept)
+            if method == "prompt_ot":  # as after a worker failure in epoch 2: resume from epoch 1's checkpoint
+                found["resumed"] = _run(C.load_config(None, overrides), _Checkpoints(rank, kept.saved[0]))
+        torch.save(found, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(synth_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sharding")
+    jobs = {m: _overrides(synth_root, tmp / m, m) + [f"world_size={WORLD}"] for m in METHODS}
+    mp.spawn(_rank_main, args=(str(tmp / "init"), jobs, str(tmp)), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], tmp
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_ranks_train_the_one_rank_prompts(two_ranks, synth_root, method):
+    ranks, tmp = two_ranks
+    one = _run(C.load_config(None, _overrides(synth_root, tmp / f"{method}-one", method)))
+    for found in ranks:  # every rank ends with the same model and the same counts
+        got = found[method]
+        diff = max((got["prompt"][k] - one["prompt"][k]).abs().max().item() for k in one["prompt"])
+        assert diff <= 1e-5, (method, diff)
+        assert got["correct"] == one["correct"]
+        batch = C.load_config(None, _overrides(synth_root, tmp, method)).optim.batch_size
+        assert len(got["losses"]) == len(one["losses"]) == 2 * 24 // batch  # 2 epochs of 24 images
+        assert np.allclose(got["losses"], one["losses"], rtol=1e-5, atol=1e-6), method
+        assert all(math.isfinite(x) for step in got["losses"] for x in step)
+
+
+def test_two_ranks_resumed_after_epoch_one_end_as_the_uninterrupted_run(two_ranks):
+    ranks, _ = two_ranks
+    for found in ranks:
+        whole, resumed = found["prompt_ot"], found["resumed"]
+        assert all(torch.equal(resumed["prompt"][k], whole["prompt"][k]) for k in whole["prompt"])
+        assert resumed["correct"] == whole["correct"]
+        assert resumed["losses"] == whole["losses"][len(whole["losses"]) // 2:]  # epoch 2's steps only
+
+
+def test_the_global_plan_is_pots_plan_of_the_gathered_batch(two_ranks):
+    ranks, _ = two_ranks
+    full = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ref = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(1)), dim=-1)
+    cost = 0.5 * pairwise_sq_dists(full, ref)  # (8, 8): the global cost
+    pot = torch.from_numpy(ot.emd(np.full(8, 1 / 8), np.full(8, 1 / 8), cost.double().numpy())).float()
+    whole = full.clone().requires_grad_(True)
+    loss = prompt_ot_loss(whole, ref, whole, ref, modality="vision")
+    loss.backward()
+    for found in ranks:
+        got = found["ot"]
+        assert torch.allclose(got["plan"], pot, atol=1e-7)
+        assert pot[:4, 4:].sum() > 0  # the plan couples samples of both ranks
+        assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+        start = got["start"]  # each rank's rows of the one-process gradient, no more (not N times)
+        assert torch.allclose(got["grad"], whole.grad[start:start + 4], atol=1e-7)
+
+
+def test_a_batch_the_workers_cannot_share_is_refused_at_load_time(synth_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"batch_size.*\b6\b.*\b4\b workers"):
+        C.load_config(None, tiny_overrides(synth_root, tmp_path, **{"optim.batch_size": 6, "world_size": 4}))
+    assert C.load_config(None, tiny_overrides(synth_root, tmp_path, **{"optim.batch_size": 6,
+                                                                       "world_size": 3})).world_size == 3
+
+
+def test_the_trial_id_does_not_depend_on_the_worker_count(synth_root, tmp_path):
+    one = C.load_config(None, tiny_overrides(synth_root, tmp_path))
+    two = C.load_config(None, tiny_overrides(synth_root, tmp_path, world_size=2))
+    assert C.trial_id(one) == C.trial_id(two)
