@@ -319,14 +319,19 @@ def test_arranged_layouts_are_coop_layouts(tmp_path: Path, server: Server,
         "images", "labels", "imdb", "split_zhou_DescribableTextures.json"}
 
 
-def test_imagenet_from_official_tarballs(tmp_path: Path, server: Server,
-                                         small_specs: None) -> None:
+def _obtained_imagenet(tmp_path: Path, server: Server) -> tuple[Path, dict[str, prep.Recipe]]:
+    """ImageNet's official tarballs as a user obtained them (a folder), and the recipe table."""
     archives = _imagenet_archives()
     obtained = tmp_path / "obtained"
     obtained.mkdir()
     for fname, data in archives.items():
         (obtained / fname).write_bytes(data)
-    table = local_table(server, archives)
+    return obtained, local_table(server, archives)
+
+
+def test_imagenet_from_official_tarballs(tmp_path: Path, server: Server,
+                                         small_specs: None) -> None:
+    obtained, table = _obtained_imagenet(tmp_path, server)
     root = tmp_path / "data"
     with pytest.raises(DataError, match=r"ImageNet's licence.*ILSVRC2012_img_train.tar.*--from"):
         prep.prepare_dataset("imagenet", root, table=table)
@@ -355,12 +360,7 @@ def test_imagenet_from_official_tarballs(tmp_path: Path, server: Server,
 
 def test_imagenet_tarball_with_wrong_checksum_is_refused(tmp_path: Path, server: Server,
                                                          small_specs: None) -> None:
-    archives = _imagenet_archives()
-    obtained = tmp_path / "obtained"
-    obtained.mkdir()
-    for fname, data in archives.items():
-        (obtained / fname).write_bytes(data)
-    table = local_table(server, archives)
+    obtained, table = _obtained_imagenet(tmp_path, server)
     (obtained / "ILSVRC2012_img_val.tar").write_bytes(b"not the tarball")
     root = tmp_path / "data"
     with pytest.raises(DataError, match="checksum mismatch .*ILSVRC2012_img_val.tar.*left it"):

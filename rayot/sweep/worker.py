@@ -25,6 +25,8 @@ from ray.train.torch import TorchTrainer
 from rayot import config as C
 from rayot import leases, results, tracking
 from rayot.errors import RayotError
+from rayot.sweep.cluster import worker_resources
+from rayot.sweep.spec import Resources
 from rayot.train import (
     DistributedHooks,
     PeerFailure,
@@ -181,8 +183,8 @@ def tune_driver(param: dict[str, Any]) -> None:
             tune.report({"status": "done"})
             return
         r = param["resources"]
-        use_gpu = r["gpus_per_worker"] > 0
-        per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"]} if use_gpu else {})
+        per_worker = worker_resources(Resources(**r))
+        use_gpu = "GPU" in per_worker
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": param["config"], "sweep": param["sweep"], "fault": param.get("fault")},
