@@ -42,3 +42,26 @@ def tiny_overrides(root: Path, tmp: Path, **extra: object) -> list[str]:
     }
     base.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def assert_a_step_trains_only_the_learned_tensors(m, loss_of) -> None:
+    """One SGD step on ``loss_of(m)``: the frozen CLIP stays in eval mode, gets no gradient and is
+    unchanged; every learned tensor (and only those) gets a gradient and moves."""
+    m.train()
+    assert m.training and not m.clip.training
+    before = {k: v.clone() for k, v in m.clip.state_dict().items()}
+    learned_before = m.prompt_state_dict()
+    params = m.trainable_parameters()
+    assert {id(p) for p in params} == {id(p) for p in m.parameters() if p.requires_grad}
+    opt = torch.optim.SGD(params, lr=0.5, momentum=0.9)
+    loss_of(m).backward()
+    for name, p in m.clip.named_parameters():
+        assert p.grad is None, name
+    for p in params:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    opt.step()
+    after = m.clip.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    for key, value in m.prompt_state_dict().items():
+        assert not torch.equal(value, learned_before[key]), key

@@ -12,6 +12,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_a_step_trains_only_the_learned_tensors
 from torch import Tensor
 from torch.testing import assert_close
 
@@ -254,30 +255,10 @@ def test_cocoop_classnames_and_settings(tiny: LoadedCLIP) -> None:
 @pytest.mark.parametrize("build", [_maple, _cocoop], ids=["maple", "cocoop"])
 def test_only_method_parameters_get_gradients(tiny: LoadedCLIP, build) -> None:
     m = build(tiny)
-    m.train()
-    assert m.training and not m.clip.training
-    before = {k: v.clone() for k, v in m.clip.state_dict().items()}
-    learned_before = m.prompt_state_dict()
-    params = m.trainable_parameters()
-    assert {id(p) for p in params} == {id(p) for p in m.parameters() if p.requires_grad}
-    assert all(p.dtype == torch.float32 for p in params)
-    opt = torch.optim.SGD(params, lr=0.5, momentum=0.9)
-
+    assert all(p.dtype == torch.float32 for p in m.trainable_parameters())
     images = _images(tiny, n=4)
-    out = m(images)
-    loss = F.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3]))
-    loss.backward()
-    for name, p in m.clip.named_parameters():
-        assert p.grad is None, name
-    for p in params:
-        assert p.grad is not None and p.grad.abs().sum() > 0
-    opt.step()
-
-    after = m.clip.state_dict()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-    for key, value in m.prompt_state_dict().items():
-        assert not torch.equal(value, learned_before[key]), key
+    assert_a_step_trains_only_the_learned_tensors(
+        m, lambda m: F.cross_entropy(m(images).logits, torch.tensor([0, 1, 2, 3])))
 
 
 # ----- saved state -----
