@@ -39,7 +39,7 @@ from rayot.data import (
 from rayot.data.specs import DEFAULT_TEMPLATE
 from rayot.errors import DataError, RayotError, TrainingError
 from rayot.losses import kgcoop_loss, l1_consistency, logit_kl, prompt_ot_loss, total_loss
-from rayot.model import PromptedCLIP, load_clip
+from rayot.model import PromptedCLIP, load_clip, packed
 from rayot.model.prompts import PromptOutput, frozen_text_features
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,14 @@ class TrialHooks:
         """
         return self.rank if failed else None
 
+    def first_failed_ranks(self, failed: list[bool]) -> list[int | None]:
+        """:meth:`first_failed_rank` for each member of a pack (one collective over N ranks)."""
+        return [self.first_failed_rank(f) for f in failed]
+
+    def sum_counts(self, counts: list[int]) -> list[int]:
+        """:meth:`sum_count` for each member of a pack (one collective over N ranks)."""
+        return [self.sum_count(n) for n in counts]
+
 
 class DistributedHooks(TrialHooks):
     """The collectives over an initialised torch.distributed process group (gloo or NCCL).
@@ -132,19 +140,24 @@ class DistributedHooks(TrialHooks):
             p.grad = g
 
     def sum_count(self, n: int) -> int:
+        return self.sum_counts([n])[0]
+
+    def sum_counts(self, counts: list[int]) -> list[int]:
         if self.world_size == 1:
-            return n
-        total = torch.tensor([n], dtype=torch.long, device=self.comm_device)
+            return list(counts)
+        total = torch.tensor(counts, dtype=torch.long, device=self.comm_device)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
-        return int(total.item())
+        return [int(n) for n in total.tolist()]
 
     def first_failed_rank(self, failed: bool) -> int | None:
+        return self.first_failed_ranks([failed])[0]
+
+    def first_failed_ranks(self, failed: list[bool]) -> list[int | None]:
         if self.world_size == 1:
-            return super().first_failed_rank(failed)
-        flag = torch.tensor([self.rank if failed else self.world_size], device=self.comm_device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
-        first = int(flag.item())
-        return None if first == self.world_size else first
+            return [self.rank if f else None for f in failed]
+        flags = torch.tensor([self.rank if f else self.world_size for f in failed], device=self.comm_device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self.group)
+        return [None if first == self.world_size else first for first in flags.tolist()]
 
 
 class _EpochRandomSampler(Sampler[int]):
@@ -344,10 +357,16 @@ def class_features(model: nn.Module, classnames: list[str], hooks: TrialHooks) -
     """The prompted text features of every class (n_cls, D), each rank encoding its share
     (deep prompts and all) and the shares gathered with their gradients. The model keeps this
     rank's share as its classes, tokenised once."""
+    return pack_class_features([model], classnames, hooks)[0]
+
+
+def pack_class_features(models: list[nn.Module], classnames: list[str], hooks: TrialHooks) -> list[Tensor]:
+    """:func:`class_features` of each member of a pack (one text-encoder call for all of them)."""
     mine, sizes = _my_classes(classnames, hooks)
-    if model.classnames != mine:
-        model.set_classnames(mine)
-    return hooks.gather(model.encode_text(), sizes)  # (n_cls, D)
+    for model in models:
+        if model.classnames != mine:
+            model.set_classnames(mine)
+    return [hooks.gather(text, sizes) for text in packed.encode_texts(models)]  # each (n_cls, D)
 
 
 def global_output(model: nn.Module, images: Tensor, classnames: list[str], sizes: list[int],
@@ -359,14 +378,28 @@ def global_output(model: nn.Module, images: Tensor, classnames: list[str], sizes
     With one rank it is ``model(images)``; with N, each rank encodes its images and its share of
     the classes, and the features are gathered: every rank then holds the single-worker output.
     """
-    if model.text_per_image:  # its text is per image: only the images are shared out
-        out = model(images)
-        return PromptOutput(logits=hooks.gather(out.logits, sizes), image=hooks.gather(out.image, sizes),
-                            text=hooks.gather(out.text, sizes))  # (B, n_cls), (B, D), (B, n_cls, D)
-    text = class_features(model, classnames, hooks)  # (n_cls, D)
-    image = hooks.gather(model.encode_image(images), sizes)  # (B, D)
-    logits = model.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
-    return PromptOutput(logits=logits, image=image, text=text)
+    return pack_outputs([model], [images], classnames, [sizes], hooks)[0]
+
+
+def pack_outputs(models: list[nn.Module], images: list[Tensor], classnames: list[str],
+                 sizes: list[list[int]], hooks: TrialHooks) -> list[PromptOutput]:
+    """:func:`global_output` of each member of a pack on its own global batch (``images[m]``:
+    this rank's share of member m's batch, ``sizes[m]`` every rank's), with one image-encoder and
+    one text-encoder call for all members where their class allows it (:mod:`rayot.model.packed`)."""
+    if models[0].text_per_image:  # its text is per image: only the images are shared out
+        outs = []
+        for model, x, s in zip(models, images, sizes, strict=True):
+            out = model(x)
+            outs.append(PromptOutput(logits=hooks.gather(out.logits, s), image=hooks.gather(out.image, s),
+                                     text=hooks.gather(out.text, s)))  # (B, n_cls), (B, D), (B, n_cls, D)
+        return outs
+    texts = pack_class_features(models, classnames, hooks)  # each (n_cls, D)
+    outs = []
+    for model, text, feats, s in zip(models, texts, packed.encode_images(models, images), sizes, strict=True):
+        image = hooks.gather(feats, s)  # (B, D)
+        logits = model.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
+        outs.append(PromptOutput(logits=logits, image=image, text=text))
+    return outs
 
 
 def gpa_weights(mean: float, std: float, epochs: int) -> list[float]:
@@ -421,7 +454,6 @@ class EvalResult:
         return 100.0 * self.n_correct / self.n_test
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     task: Task,
@@ -441,39 +473,84 @@ def evaluate(
     encodes its share of the classes and classifies its contiguous share of the test images; the
     correct counts are summed, so every rank returns the single-worker numbers.
     """
+    (n_correct,), n_test = evaluate_pack(
+        [model], task, zero_shot=zero_shot, templates=[templates], image_size=image_size, device=device,
+        precision=precision, batch_size=batch_size, num_workers=num_workers, hooks=hooks)
+    return n_correct, n_test
+
+
+@torch.no_grad()
+def evaluate_pack(
+    models: list[nn.Module],
+    task: Task,
+    *,
+    zero_shot: bool,
+    templates: list[tuple[str, ...]],
+    image_size: int,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    num_workers: int,
+    hooks: TrialHooks | None = None,
+) -> tuple[list[int], int]:
+    """:func:`evaluate` of every member of a pack in one pass over the test images: each member's
+    correct count, and the test size.
+
+    Each test batch goes through the image encoder once for all members, each copy of an image
+    with its member's prompts (:mod:`rayot.model.packed`); zero-shot members share the frozen
+    image features, and members with the same templates their text features.
+    """
     hooks = hooks or TrialHooks()
     if not task.test:
         raise DataError(f"dataset {task.dataset}: the test split is empty")
     amp = autocast_dtype(precision)
-    model.eval()
+    for model in models:
+        model.eval()
+    texts: list[Tensor | None]
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         if zero_shot:
-            text = sharded_reference_features(model, task.classnames, templates, hooks)  # (n_cls, D)
-        elif model.text_per_image:
-            model.set_classnames(task.classnames)
-            text = None  # it depends on the image: encoded per test batch
+            by_templates: dict[tuple[str, ...], Tensor] = {}
+            for model, t in zip(models, templates, strict=True):  # one frozen CLIP: one per template set
+                if t not in by_templates:
+                    by_templates[t] = sharded_reference_features(model, task.classnames, t, hooks)
+            texts = [by_templates[t] for t in templates]  # each (n_cls, D)
+        elif models[0].text_per_image:
+            for model in models:
+                model.set_classnames(task.classnames)
+            texts = [None] * len(models)  # it depends on the image: encoded per test batch
         else:
-            text = class_features(model, task.classnames, hooks)  # (n_cls, D)
-    scale = model.logit_scale.float()  # already exp(log-scale)
+            texts = list(pack_class_features(models, task.classnames, hooks))  # each (n_cls, D)
+    scale = models[0].logit_scale.float()  # already exp(log-scale); one frozen CLIP
     start, stop = distributed.shard_range(len(task.test), hooks.world_size, hooks.rank)
     dataset = ImageDataset(task.test[start:stop], task.image_root, test_transform(image_size), task.dataset)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct = torch.zeros(len(models), dtype=torch.long, device=device)
     loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers)
     error: RayotError | None = None
     try:  # a bad test image on one rank must stop every rank (_agree) before the count is summed
         for images, labels in _batches(loader):
             images, labels = images.to(device), labels.to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                if zero_shot:
-                    logits = scale * model.frozen_image_features(images).float() @ text.T  # (B, n_cls)
-                else:
-                    logits = model(images, text_features=text).logits  # (B, n_cls)
-            correct += (logits.argmax(dim=-1) == labels).sum()
+                logits = _pack_logits(models, images, texts, zero_shot, scale)  # each (B, n_cls)
+            for m, member_logits in enumerate(logits):
+                correct[m] += (member_logits.argmax(dim=-1) == labels).sum()
     except RayotError as exc:
         error = exc
     if error is not None or hooks.world_size > 1:
         _agree(hooks, error)
-    return hooks.sum_count(int(correct.item())), len(task.test)
+    return hooks.sum_counts([int(n) for n in correct.tolist()]), len(task.test)
+
+
+def _pack_logits(models: list[nn.Module], images: Tensor, texts: list[Tensor | None], zero_shot: bool,
+                 scale: Tensor) -> list[Tensor]:
+    """Each member's logits (B, n_cls) of one test batch ``images`` (B, 3, H, W)."""
+    if zero_shot:
+        frozen = models[0].frozen_image_features(images).float()  # (B, D), shared
+        return [scale * frozen @ text.T for text in texts]
+    if models[0].text_per_image:
+        return [model(images).logits for model in models]
+    feats = packed.encode_images(models, [images] * len(models))  # each (B, D)
+    return [model.logit_scale * image @ text.t().to(image.dtype)
+            for model, image, text in zip(models, feats, texts, strict=True)]
 
 
 # ----------------------------------------------------------------------------- training
@@ -555,138 +632,241 @@ def _regularizer_terms(cfg: C.TrialConfig, out: Any, labels: Tensor, image_ref: 
     return reg, tuple(terms)
 
 
-def train_prompts(
-    cfg: C.TrialConfig,
-    model: nn.Module,
-    task: Task,
+class _Member:
+    """One trial of a pack while it trains: its model, its few-shot data in its seed's order and
+    augmentation, its optimiser, schedule, loss settings and logged losses. A trial trained alone
+    is a pack of one."""
+
+    def __init__(self, cfg: C.TrialConfig, model: nn.Module, task: Task, *, image_size: int,
+                 device: torch.device, hooks: TrialHooks) -> None:
+        o, lc = cfg.optim, cfg.loss
+        if not task.train:
+            raise DataError(
+                f"dataset {task.dataset}: the training subset is empty "
+                f"(shots={cfg.data.shots}, seed={cfg.seed}, protocol={cfg.data.protocol})"
+            )
+        self.cfg, self.model, self.task = cfg, model, task
+        self.trial_id = C.trial_id(cfg)
+        self.stop = C.epochs_trained(cfg)
+        self.use_reg = lc.regularizer != "none" and lc.lambda_ot > 0
+        self.need_image_ref = self.use_reg or lc.image_l1 > 0 or lc.logit_kl > 0
+        self.need_text_ref = self.use_reg or lc.kg_weight > 0 or lc.text_l1 > 0 or lc.logit_kl > 0
+        self.gpa = gpa_weights(o.gpa_mean, o.gpa_std, self.stop) if o.gpa_std > 0 else None
+        self.gpa_sum: dict[str, Tensor] | None = None
+        self.params = list(model.trainable_parameters())
+        self.optimizer = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
+        self.text_ref: Tensor | None = None
+        self.dataset = _SeededAugment(
+            ImageDataset(task.train, task.image_root, train_transform(image_size), task.dataset), cfg.seed
+        )
+        # every rank takes its slice of each global batch of optim.batch_size, in the one-worker order;
+        # augmentation is seeded per item (_SeededAugment), so loader workers need no seeding of their own
+        self.sampler = _GlobalBatchSlices(self.dataset, o.batch_size, cfg.seed, hooks.rank, hooks.world_size)
+        if min(self.sampler.sizes(0)) == 0:
+            raise DataError(f"dataset {task.dataset}: the training subset of {len(self.dataset)} images gives "
+                            f"some of the {hooks.world_size} workers no image")
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.data.num_workers)
+        self.steps = len(self.loader)
+        self.error: RayotError | None = None  # set when it failed: it is dropped from the pack
+        self.lr = 0.0
+        self.pending: list[Tensor] = []  # (total, ce, rest) of each step since the last check
+        self.first = 0  # the step of pending[0]
+        self.last = [math.nan] * 3
+
+    def resume(self, state: dict[str, Any]) -> None:
+        _check_resumable(state, self.cfg)  # the same checkpoint on every rank: no agreement needed
+        self.model.load_prompt_state_dict(state["prompt"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gpa_sum = state.get("gpa")
+
+    def start_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.lr = lr_at_epoch(epoch, self.cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.model.train()
+        self.batches = _batches(self.loader)
+        self.pending, self.first = [], 0
+
+    def loss(self, out: PromptOutput, labels: Tensor, image_ref: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The member's total loss on its batch, and its cross-entropy (logged apart)."""
+        reg, terms = _regularizer_terms(self.cfg, out, labels, image_ref, self.text_ref,
+                                        self.model.logit_scale.float())
+        loss = total_loss(out.logits, labels, reg, self.cfg.loss.lambda_ot if self.use_reg else 0.0, terms)
+        with torch.no_grad():
+            ce = F.cross_entropy(out.logits.float(), labels)
+        return loss, ce
+
+    def check_due(self, step: int) -> bool:
+        return len(self.pending) == self.cfg.optim.log_every or step == self.steps - 1
+
+    def end_epoch(self, epoch: int, seconds: float) -> dict[str, Any]:
+        """Accumulate GPA; the member's resumable state after ``epoch``."""
+        if self.gpa is not None:  # a weighted running sum of the learned tensors, resumable
+            snapshot, w, before = self.model.prompt_state_dict(), self.gpa[epoch], self.gpa_sum
+            self.gpa_sum = {k: w * v.detach().clone() + (before[k] if before else 0) for k, v in snapshot.items()}
+        state = {"prompt": self.model.prompt_state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": epoch, "train_seconds": seconds, "trial_id": self.trial_id,
+                 "world_size": self.cfg.world_size}
+        if self.gpa_sum is not None:
+            state["gpa"] = self.gpa_sum
+        return state
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.last[0], "ce": self.last[1], "reg": self.last[2], "lr": self.lr}
+
+
+def _agree_members(hooks: TrialHooks, members: list[_Member], errors: dict[int, RayotError]) -> None:
+    """Agree across ranks on which members failed (``errors``: this rank's, by position in
+    ``members``); each failed member keeps its error where it failed, PeerFailure elsewhere."""
+    if not members or (not errors and hooks.world_size == 1):
+        return
+    firsts = hooks.first_failed_ranks([i in errors for i in range(len(members))])
+    for i, first in enumerate(firsts):
+        if first is not None:
+            own = errors.get(i) if first == hooks.rank else None
+            members[i].error = own or PeerFailure(f"rank {first} of this trial failed")
+
+
+def _alive(members: list[_Member]) -> list[_Member]:
+    return [m for m in members if m.error is None]
+
+
+def _resume_pack(members: list[_Member], state: dict[str, Any]) -> tuple[int, float]:
+    """Load each member's state from the pack's last epoch checkpoint: (next epoch, seconds)."""
+    if len(members) == 1:
+        members[0].resume(state)
+        return int(state["epoch"]) + 1, float(state.get("train_seconds", 0.0))
+    own = state.get("members")
+    ids = sorted(m.trial_id for m in members)
+    if not isinstance(own, dict) or sorted([*own, *state.get("dropped", [])]) != ids:
+        raise TrainingError(f"the epoch checkpoint is not that of the pack of trials {', '.join(ids)}: "
+                            "delete its run folder under the checkpoint storage to start the pack afresh")
+    for m in members:
+        if m.trial_id in own:
+            m.resume(own[m.trial_id])
+        else:  # failed before the checkpoint, and recorded then
+            m.error = PeerFailure(f"trial {m.trial_id} failed before the last checkpoint of its pack")
+    return int(state["epoch"]) + 1, float(state.get("train_seconds", 0.0))
+
+
+def train_pack(
+    members: list[_Member],
     *,
-    image_size: int,
     device: torch.device,
     hooks: TrialHooks,
     progress: Callable[[Progress], None] | None = None,
 ) -> float:
-    """Train the prompt parameters of ``model`` in place: the first S epochs of the E-epoch
-    schedule (``optim.stop_epoch``), then, with GPA, load the Gaussian-weighted average of the
-    end-of-epoch prompts.
+    """Train every member's prompts in place, in one computation per step: the first S epochs of
+    each member's E-epoch schedule (``optim.stop_epoch``), then, with GPA, load each member's
+    Gaussian-weighted average of its end-of-epoch prompts.
+
+    Each step takes one batch per member, runs the encoders once for all of them
+    (:func:`pack_outputs`) and each member's loss on its own rows; the summed loss gives each member
+    exactly its own gradient, and each member's optimiser takes its own step. A member that fails
+    (bad data, a non-finite loss) is dropped and keeps its error; the others go on.
 
     On N ranks (``hooks``) each rank takes its slice of every global batch and its share of the
-    classes, and every rank computes the one-rank loss on the gathered features
-    (:func:`global_output`); the prompt gradients are summed once, so every rank takes the step of
-    one rank.
+    classes, and every rank computes the one-rank loss on the gathered features; the prompt
+    gradients are summed once, so every rank takes the step of one rank.
 
-    Returns the training time in seconds, summed over every run of the trial when it resumed.
+    Returns the training time in seconds, summed over every run of the pack when it resumed.
     """
-    o, lc = cfg.optim, cfg.loss
-    if not task.train:
-        raise DataError(
-            f"dataset {task.dataset}: the training subset is empty "
-            f"(shots={cfg.data.shots}, seed={cfg.seed}, protocol={cfg.data.protocol})"
-        )
-    stop = C.epochs_trained(cfg)
-    use_reg = lc.regularizer != "none" and lc.lambda_ot > 0
-    need_image_ref = use_reg or lc.image_l1 > 0 or lc.logit_kl > 0
-    need_text_ref = use_reg or lc.kg_weight > 0 or lc.text_l1 > 0 or lc.logit_kl > 0
-    gpa = gpa_weights(o.gpa_mean, o.gpa_std, stop) if o.gpa_std > 0 else None
-    amp = autocast_dtype(cfg.precision)
-    params = list(model.trainable_parameters())
-    optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
     start_epoch, seconds_before = 0, 0.0
-    gpa_sum: dict[str, Tensor] | None = None
     t0 = time.perf_counter()
     state = hooks.resume_state()
     if state is not None:
-        _check_resumable(state, cfg)  # the same checkpoint on every rank: no agreement needed
-        seconds_before = float(state.get("train_seconds", 0.0))
-        model.load_prompt_state_dict(state["prompt"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        gpa_sum = state.get("gpa")
+        start_epoch, seconds_before = _resume_pack(members, state)
         log.info("resuming from the checkpoint of epoch %d", start_epoch)
 
-    text_ref_all = None
-    if need_text_ref:
-        text_ref_all = sharded_reference_features(model, task.classnames, resolve_templates(cfg, task.dataset),
-                                                  hooks)  # (n_cls, D)
+    by_templates: dict[tuple[str, ...], Tensor] = {}  # one frozen CLIP: one text reference per template set
+    for m in _alive(members):
+        if m.need_text_ref:
+            templates = resolve_templates(m.cfg, m.task.dataset)
+            if templates not in by_templates:
+                by_templates[templates] = sharded_reference_features(m.model, m.task.classnames, templates, hooks)
+            m.text_ref = by_templates[templates]  # (n_cls, D)
 
-    dataset = _SeededAugment(
-        ImageDataset(task.train, task.image_root, train_transform(image_size), task.dataset), cfg.seed
-    )
-    # every rank takes its slice of each global batch of optim.batch_size, in the one-worker order;
-    # augmentation is seeded per item (_SeededAugment), so loader workers need no seeding of their own
-    sampler = _GlobalBatchSlices(dataset, o.batch_size, cfg.seed, hooks.rank, hooks.world_size)
-    if min(sampler.sizes(0)) == 0:
-        raise DataError(f"dataset {task.dataset}: the training subset of {len(dataset)} images gives "
-                        f"some of the {hooks.world_size} workers no image")
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers)
-    steps = len(loader)
-
+    alone = len(members) == 1
+    stop = max(m.stop for m in members)
+    amp = autocast_dtype(members[0].cfg.precision)
     for epoch in range(start_epoch, stop):
+        active = [m for m in _alive(members) if epoch < m.stop]
+        if not active:
+            break
         # the whole epoch is a function of (state at its start, seed, epoch): resumable exactly
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        lr = lr_at_epoch(epoch, o)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        pending: list[torch.Tensor] = []
-        first = 0
-        batches = _batches(loader)
-        for step in range(steps):
-            # data errors and non-finite losses are agreed on across ranks (_agree) at the same
-            # points of every rank's loop, so one rank's failure stops every rank
-            error: RayotError | None = None
-            try:
-                images, labels = next(batches)
-            except RayotError as exc:
-                error = exc
-            if error is not None or hooks.world_size > 1:
-                _agree(hooks, error)
-            # (b, 3, H, W) and (b,): this rank's slice of the global batch
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            sizes = sampler.sizes(step)  # every rank's share of this global batch
-            labels = hooks.gather(labels, sizes)  # (B,): the global batch's
+        torch.manual_seed(active[0].cfg.seed * 1_000_003 + epoch)
+        for m in active:
+            m.start_epoch(epoch)
+        for step in range(max(m.steps for m in active)):
+            # data errors and non-finite losses are agreed on across ranks (_agree_members) at the
+            # same points of every rank's loop, so one rank's failure stops that member on every rank
+            stepping = [m for m in _alive(active) if step < m.steps]
+            batches, errors = [], {}
+            for i, m in enumerate(stepping):
+                try:
+                    batches.append(next(m.batches))
+                except RayotError as exc:
+                    errors[i] = exc
+                    batches.append(None)
+            _agree_members(hooks, stepping, errors)
+            batches = [b for m, b in zip(stepping, batches, strict=True) if m.error is None]
+            stepping = _alive(stepping)
+            if not stepping:
+                continue
+            # each member's (b, 3, H, W) and (b,): this rank's slice of its global batch
+            images = [b[0].to(device, non_blocking=True) for b in batches]
+            sizes = [m.sampler.sizes(step) for m in stepping]  # every rank's share of each global batch
+            labels = [hooks.gather(b[1].to(device, non_blocking=True), s)  # (B,): the global batch's
+                      for b, s in zip(batches, sizes, strict=True)]
+            models = [m.model for m in stepping]
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = global_output(model, images, task.classnames, sizes, hooks)  # the whole batch's
-                image_ref = None
-                if need_image_ref:
-                    image_ref = hooks.gather(model.frozen_image_features(images), sizes)  # (B, D)
-                reg, terms = _regularizer_terms(cfg, out, labels, image_ref, text_ref_all,
-                                                model.logit_scale.float())
-            loss = total_loss(out.logits, labels, reg, lc.lambda_ot if use_reg else 0.0, terms)
-            with torch.no_grad():
-                ce = F.cross_entropy(out.logits.float(), labels)  # logged apart from the total
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            hooks.sum_gradients(params)  # each rank holds its shares' contributions: summed once
-            scaler.step(optimizer)
-            scaler.update()
-            # logged: total, cross-entropy, and every weighted term beside it
-            pending.append(torch.stack([loss.detach(), ce.detach(), loss.detach() - ce.detach()]))
-            if len(pending) == o.log_every or step == steps - 1:
-                error = _check_finite(pending, first, epoch)
-                if error is not None or hooks.world_size > 1:
-                    _agree(hooks, error)
-                last = pending[-1].float().tolist()
-                if progress is not None:
-                    progress(Progress(epoch, o.epochs, step + 1, steps, *last, lr))
-                first = step + 1
-                pending = []
-        log.info("epoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", epoch + 1, o.epochs, *last, lr)
-        if gpa is not None:  # a weighted running sum of the learned tensors, resumable
-            snapshot = model.prompt_state_dict()
-            w = gpa[epoch]
-            gpa_sum = {k: w * v.detach().clone() + (gpa_sum[k] if gpa_sum else 0) for k, v in snapshot.items()}
+                outs = pack_outputs(models, images, stepping[0].task.classnames, sizes, hooks)
+                refs: list[Tensor | None] = [None] * len(stepping)
+                if any(m.need_image_ref for m in stepping):
+                    refs = [hooks.gather(r, s) for r, s in  # (B, D) each
+                            zip(packed.frozen_images(models, images), sizes, strict=True)]
+                losses = [m.loss(out, y, ref) for m, out, y, ref in zip(stepping, outs, labels, refs, strict=True)]
+            for m in stepping:
+                m.optimizer.zero_grad(set_to_none=True)
+            scaled = [m.scaler.scale(loss) for m, (loss, _) in zip(stepping, losses, strict=True)]
+            (scaled[0] if alone else torch.stack(scaled).sum()).backward()
+            # each rank holds its shares' contributions: summed once, for every member together
+            hooks.sum_gradients([p for m in stepping for p in m.params])
+            for m, (loss, ce) in zip(stepping, losses, strict=True):
+                m.scaler.step(m.optimizer)
+                m.scaler.update()
+                # logged: total, cross-entropy, and every weighted term beside it
+                m.pending.append(torch.stack([loss.detach(), ce.detach(), loss.detach() - ce.detach()]))
+            due = [m for m in stepping if m.check_due(step)]
+            if due:
+                errors = {i: e for i, m in enumerate(due) if (e := _check_finite(m.pending, m.first, epoch))}
+                _agree_members(hooks, due, errors)
+                for m in due:
+                    m.last = m.pending[-1].float().tolist()
+                    m.first, m.pending = step + 1, []
+                    if progress is not None and alone and m.error is None:
+                        progress(Progress(epoch, m.cfg.optim.epochs, step + 1, m.steps, *m.last, m.lr))
+        done = _alive(active)
+        if not done:
+            break
         seconds = seconds_before + time.perf_counter() - t0
-        state = {"prompt": model.prompt_state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "train_seconds": seconds, "trial_id": C.trial_id(cfg), "world_size": cfg.world_size}
-        if gpa_sum is not None:
-            state["gpa"] = gpa_sum
-        hooks.save_epoch(epoch, state, {"epoch": epoch + 1, "loss": last[0], "ce": last[1],
-                                        "reg": last[2], "lr": lr})
-    if gpa_sum is not None:
-        model.load_prompt_state_dict(gpa_sum)  # the aggregate is the model that is evaluated
+        states = {}
+        for m in done:
+            log.info("%sepoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", "" if alone else f"{m.trial_id} ",
+                     epoch + 1, m.cfg.optim.epochs, *m.last, m.lr)
+            states[m.trial_id] = m.end_epoch(epoch, seconds)
+        if alone:
+            hooks.save_epoch(epoch, states[done[0].trial_id], {"epoch": epoch + 1, **done[0].metrics()})
+        else:
+            dropped = [m.trial_id for m in members if m.error is not None]
+            hooks.save_epoch(epoch, {"members": states, "dropped": dropped, "epoch": epoch, "train_seconds": seconds},
+                             {"epoch": epoch + 1, "members": {m.trial_id: m.metrics() for m in done}})
+    for m in _alive(members):
+        if m.gpa_sum is not None:
+            m.model.load_prompt_state_dict(m.gpa_sum)  # the aggregate is the model that is evaluated
     return seconds_before + time.perf_counter() - t0
 
 
@@ -760,62 +940,168 @@ def run_trial(
     hooks: TrialHooks | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> TrialOutcome:
-    """Train (unless zero-shot) and evaluate one trial; returns its evaluations.
+    """Train (unless zero-shot) and evaluate one trial; returns its evaluations, or raises the
+    error it failed with (:class:`PeerFailure` on a rank where another rank failed).
 
-    Writing results and checkpoints is the caller's job (:func:`save_outcome`), so that the
-    single-process CLI and the distributed Ray trial share this function unchanged.
+    Writing results and checkpoints is the caller's job (:func:`save_checkpoint`,
+    :func:`result_rows`), so that the single-process CLI and the distributed Ray trial share this
+    function unchanged. A trial alone is a pack of one (:func:`run_pack`).
     """
+    (result,) = run_pack([cfg], device=device, hooks=hooks, progress=progress)
+    assert result.outcome is not None  # a pack of one raises its member's error
+    return result.outcome
+
+
+@dataclass
+class MemberResult:
+    """What became of one member of a pack: its outcome, or the error it failed with (a
+    :class:`PeerFailure` on the ranks where it did not fail: the rank where it failed records it)."""
+
+    cfg: C.TrialConfig
+    outcome: TrialOutcome | None = None
+    error: RayotError | None = None
+
+
+def _settle(hooks: TrialHooks, results: list[MemberResult], errors: dict[int, RayotError]) -> None:
+    """Agree across ranks on which members failed in a phase of :func:`run_pack` (``errors``: this
+    rank's, by member); a pack of one raises its member's error at once, as a lone trial does."""
+    if errors or hooks.world_size > 1:
+        firsts = hooks.first_failed_ranks([i in errors for i in range(len(results))])
+        for i, first in enumerate(firsts):
+            if first is not None and results[i].error is None:
+                own = errors.get(i) if first == hooks.rank else None
+                results[i].error = own or PeerFailure(f"rank {first} of this trial failed")
+    if len(results) == 1 and results[0].error is not None:
+        raise results[0].error
+
+
+def run_pack(
+    cfgs: list[C.TrialConfig],
+    *,
+    device: torch.device | None = None,
+    hooks: TrialHooks | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> list[MemberResult]:
+    """Train and evaluate several trials as one computation around one frozen CLIP; returns each
+    member's outcome or error, in order (:mod:`rayot.packing` says which trials may share a pack).
+
+    Every member's data, initial prompts (from its seed), optimiser, schedule, losses and
+    evaluations are those of the trial run alone; only the encoders' calls are shared
+    (:func:`train_pack`, :func:`evaluate_pack`). A failure of what the members share (the CLIP
+    model, a test set) fails every member; a member's own failure (its data, its ``init_from``
+    prompts, a non-finite loss) drops that member only. A pack of one raises its error.
+    """
+    from rayot.packing import check_packable
+
     hooks = hooks or TrialHooks()
-    device = device or resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    root, d = cfg.data.root, cfg.data
-    zero_shot = cfg.method == "zeroshot"
-    try:  # a bad model or dataset on one rank must stop every rank (_agree)
+    check_packable(cfgs)
+    lead = cfgs[0]
+    device = device or resolve_device(lead.device)
+    results = [MemberResult(cfg) for cfg in cfgs]
+    seed_everything(lead.seed)  # random weights (tiny test models) come from the seed
+    zero_shot = lead.method == "zeroshot"
+    try:  # a bad model on one rank must stop every rank (_agree)
         loaded = load_clip(
-            cfg.model.name,
-            cfg.model.pretrained,
-            checkpoint=resolve_weights_path(cfg.model.checkpoint),
-            cache_dir=cfg.model.cache_dir,
+            lead.model.name,
+            lead.model.pretrained,
+            checkpoint=resolve_weights_path(lead.model.checkpoint),
+            cache_dir=lead.model.cache_dir,
             device=device,
         )
-        train_task = build_task(d.dataset, root, shots=0 if zero_shot else d.shots, seed=cfg.seed,
-                                subsample=C.train_subsample(cfg))
     except RayotError as exc:
         _agree(hooks, exc)
     if hooks.world_size > 1:
         _agree(hooks, None)
-    model = build_model(cfg, loaded, train_task.classnames).to(device)
-    if cfg.model.init_from:
-        init_prompts(model, cfg, cfg.model.init_from)
+
+    tasks: list[Task | None] = [None] * len(cfgs)
+    errors: dict[int, RayotError] = {}
+    for i, cfg in enumerate(cfgs):  # each member's few-shot subset, from its seed
+        try:
+            tasks[i] = build_task(cfg.data.dataset, cfg.data.root, shots=0 if zero_shot else cfg.data.shots,
+                                  seed=cfg.seed, subsample=C.train_subsample(cfg))
+        except RayotError as exc:
+            errors[i] = exc
+    _settle(hooks, results, errors)
+    models: list[nn.Module | None] = [None] * len(cfgs)
+    errors = {}
+    for i, cfg in enumerate(cfgs):
+        if results[i].error is None:
+            try:
+                models[i] = init_model(cfg, loaded, tasks[i].classnames, device)
+            except RayotError as exc:
+                errors[i] = exc
+    _settle(hooks, results, errors)
 
     train_seconds = 0.0
-    if not zero_shot and C.epochs_trained(cfg) > 0:
-        train_seconds = train_prompts(cfg, model, train_task, image_size=loaded.image_size,
-                                      device=device, hooks=hooks, progress=progress)
+    if not zero_shot:
+        members, errors = {}, {}
+        for i, cfg in enumerate(cfgs):
+            if results[i].error is None and C.epochs_trained(cfg) > 0:
+                try:
+                    members[i] = _Member(cfg, models[i], tasks[i], image_size=loaded.image_size,
+                                         device=device, hooks=hooks)
+                except RayotError as exc:
+                    errors[i] = exc
+        _settle(hooks, results, errors)
+        members = {i: m for i, m in members.items() if results[i].error is None}
+        if members:
+            seconds = train_pack(list(members.values()), device=device, hooks=hooks, progress=progress)
+            train_seconds = seconds / len(members)  # each member's share of the pack's time
+            for i, m in members.items():  # failures in training were agreed on by every rank
+                if m.error is not None:
+                    results[i].error = m.error
+            if len(cfgs) == 1 and results[0].error is not None:
+                raise results[0].error
 
-    evals: list[EvalResult] = []
-    # every rank evaluates its share of each test set
-    for protocol, eval_dataset, split in C.eval_targets(cfg):
-        if eval_dataset == d.dataset and split == C.train_subsample(cfg):
-            task = train_task
-        else:
-            subsample = split if split in ("base", "novel") else "all"
-            task = build_task(eval_dataset, root, shots=0, seed=cfg.seed, subsample=subsample)
-        n_correct, n_test = evaluate(
-            model,
-            task,
-            zero_shot=zero_shot,
-            templates=resolve_templates(cfg, eval_dataset),
-            image_size=loaded.image_size,
-            device=device,
-            precision=cfg.precision,
-            batch_size=cfg.optim.eval_batch_size,
-            num_workers=cfg.data.num_workers,
-            hooks=hooks,
-        )
-        evals.append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
-        log.info("%s %s (%s): %.2f%% of %d", protocol, eval_dataset, split, evals[-1].accuracy, n_test)
-    return TrialOutcome(C.trial_id(cfg), evals, model.prompt_state_dict(), train_seconds)
+    alive = [i for i, r in enumerate(results) if r.error is None]
+    evals: dict[int, list[EvalResult]] = {i: [] for i in alive}
+    # every rank evaluates its share of each test set, for every member at once
+    for protocol, eval_dataset, split in C.eval_targets(lead) if alive else ():
+        try:
+            if eval_dataset == lead.data.dataset and split == C.train_subsample(lead):
+                task = tasks[alive[0]]  # the test split does not depend on the few-shot subset
+            else:
+                subsample = split if split in ("base", "novel") else "all"
+                task = build_task(eval_dataset, lead.data.root, shots=0, seed=lead.seed, subsample=subsample)
+            counts, n_test = evaluate_pack(
+                [models[i] for i in alive],
+                task,
+                zero_shot=zero_shot,
+                templates=[resolve_templates(cfgs[i], eval_dataset) for i in alive],
+                image_size=loaded.image_size,
+                device=device,
+                precision=lead.precision,
+                batch_size=lead.optim.eval_batch_size,
+                num_workers=lead.data.num_workers,
+                hooks=hooks,
+            )
+        except RayotError as exc:  # the test set is every member's
+            if len(cfgs) == 1:
+                raise
+            for i in alive:
+                results[i].error = exc
+            break
+        for i, n_correct in zip(alive, counts, strict=True):
+            evals[i].append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
+            log.info("%s%s %s (%s): %.2f%% of %d", "" if len(cfgs) == 1 else f"{C.trial_id(cfgs[i])} ",
+                     protocol, eval_dataset, split, evals[i][-1].accuracy, n_test)
+    for i, r in enumerate(results):
+        if r.error is None:
+            r.outcome = TrialOutcome(C.trial_id(r.cfg), evals[i], models[i].prompt_state_dict(), train_seconds)
+        elif len(cfgs) > 1 and not isinstance(r.error, PeerFailure):
+            log.error("trial %s of the pack failed: %s", C.trial_id(r.cfg), r.error)
+    return results
+
+
+def init_model(cfg: C.TrialConfig, loaded: Any, classnames: list[str], device: torch.device) -> nn.Module:
+    """The trial's prompted model around ``loaded`` (shared by a pack's members), its learned
+    tensors initialised from the trial's seed alone (or from ``model.init_from``): the same
+    initial prompts whether the trial runs alone or packed, whatever loading the CLIP drew."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg, loaded, classnames).to(device)
+    if cfg.model.init_from:
+        init_prompts(model, cfg, cfg.model.init_from)
+    return model
 
 
 def init_prompts(model: nn.Module, cfg: C.TrialConfig, path: str) -> None:

@@ -48,7 +48,10 @@ def test_trial_is_reproducible_and_pins_its_first_losses(synth_root, tmp_path):
     assert all(p.reg > 0 for p in seen)  # Prompt-OT: the regularizer is on
 
 
-FIRST_LOSSES = [3.3663, 3.3025, 2.6256]
+#: Since packing (issue 13) the initial prompts are drawn from the seed right before they are
+#: built (rayot.train.init_model), not after whatever loading the CLIP drew: [3.3663, 3.3025,
+#: 2.6256] before, the same code otherwise (checked by skipping that seeding).
+FIRST_LOSSES = [3.3314, 3.2067, 2.6306]
 
 
 def test_regularizer_off_for_ivlp_and_zero_shot_does_not_train(synth_root, tmp_path):

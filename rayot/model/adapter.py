@@ -7,7 +7,8 @@ embeddings, ``resblocks``, ``ln_final``/``ln_post``, projections, ``attn_mask``)
 prompts, they compute exactly what ``encode_text``/``encode_image`` compute.
 
 Prompt tensors have shape ``(depth, n_ctx, width)``: row 0 enters at the input, row ``i`` replaces
-the prompt positions before layer ``i``. Only the standard ``open_clip.CLIP`` with a ViT image
+the prompt positions before layer ``i``. A packed run (several trials in one computation,
+:mod:`rayot.model.packed`) gives every sequence its own prompts: ``(depth, N, n_ctx, width)``. Only the standard ``open_clip.CLIP`` with a ViT image
 tower, class-token pooling and argmax (EOT) text pooling is supported.
 """
 
@@ -60,6 +61,13 @@ def _run_blocks(
     return x
 
 
+def _layer_prompt(prompts: Tensor, i: int, h: Tensor) -> Tensor:
+    """Layer ``i``'s prompts for the batch ``h`` (N, L, W): shared (depth, n_ctx, W) prompts
+    expanded over the batch, or per-sequence (depth, N, n_ctx, W) ones as they are."""
+    p = prompts[i].to(h.dtype)
+    return p.expand(h.shape[0], -1, -1) if p.dim() == 2 else p  # (N, n_ctx, W)
+
+
 def eot_positions(tokens: Tensor, eot_token_id: int) -> Tensor:
     """Index of the first end-of-text token of each row of ``tokens`` (N, L) -> (N,)."""
     return (tokens == eot_token_id).int().argmax(dim=-1)
@@ -76,8 +84,9 @@ def encode_text_tokens(
 ) -> Tensor:
     """Text features (N, D), not normalised, of token ids ``tokens`` (N, L) pooled at ``eot`` (N,).
 
-    ``prompts`` (depth, n_ctx, width), when given, overwrites positions ``1 .. n_ctx`` (right
-    after SOS): row 0 before the positional embedding is added, row ``i`` before layer ``i``.
+    ``prompts`` (depth, n_ctx, width), or (depth, N, n_ctx, width) for one set per sequence, when
+    given, overwrites positions ``1 .. n_ctx`` (right after SOS): row 0 before the positional
+    embedding is added, row ``i`` before layer ``i``.
     ``truncate`` drops the positions after the last EOT: the causal mask keeps them from
     influencing any earlier position, so the pooled features are exactly the same. ``length``,
     when given, is that cut (last EOT index + 1), computed once by the caller.
@@ -92,12 +101,12 @@ def encode_text_tokens(
 
     inject: Inject | None = None
     if prompts is not None and prompts.shape[0] > 0:
-        n_ctx = prompts.shape[1]
+        n_ctx = prompts.shape[-2]
 
         def inject(i: int, h: Tensor) -> Tensor:
             if i >= prompts.shape[0]:
                 return h
-            ctx = prompts[i].to(h.dtype).expand(h.shape[0], -1, -1)  # (N, n_ctx, W)
+            ctx = _layer_prompt(prompts, i, h)  # (N, n_ctx, W)
             return torch.cat([h[:, :1], ctx, h[:, 1 + n_ctx :]], dim=1)
 
         x = inject(0, x)
@@ -138,8 +147,8 @@ def encode_image_prompted(
 ) -> Tensor:
     """Image features (B, D), not normalised, of ``images`` (B, 3, H, W).
 
-    ``prompts`` (depth, n_ctx, width), when given, appends ``n_ctx`` tokens after the class and
-    patch tokens (after the positional embedding, before ``ln_pre``, as the IVLP reference does);
+    ``prompts`` (depth, n_ctx, width), or (depth, B, n_ctx, width) for one set per image, when
+    given, appends ``n_ctx`` tokens after the class and patch tokens (after the positional embedding, before ``ln_pre``, as the IVLP reference does);
     row ``i`` replaces them before layer ``i``; they are dropped before pooling.
     """
     x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, W, g, g)
@@ -148,10 +157,10 @@ def encode_image_prompted(
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+g*g, W)
     x = visual.patch_dropout(x)
 
-    n_ctx = 0 if prompts is None or prompts.shape[0] == 0 else prompts.shape[1]
+    n_ctx = 0 if prompts is None or prompts.shape[0] == 0 else prompts.shape[-2]
 
     def prompt(i: int, h: Tensor) -> Tensor:
-        return prompts[i].to(h.dtype).expand(h.shape[0], -1, -1)  # (B, n_ctx, W)
+        return _layer_prompt(prompts, i, h)  # (B, n_ctx, W)
 
     inject: Inject | None = None
     if n_ctx:

@@ -157,6 +157,11 @@ class MaPLeCLIP(FrozenCLIPPrompts):
 
     # ----- features -----
 
+    packs_fused = True
+
+    def deep_prompts(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.text_prompts, self.vision_prompts()
+
     def vision_prompts(self) -> Tensor:
         """V_j = F_j(P_j) for every prompted layer j: (depth, n_ctx, vision width)."""
         weight = self.proj_weight  # (J, W_v, W_t)

@@ -63,6 +63,15 @@ class FrozenCLIPPrompts(nn.Module):
     tokenizer: Any
     #: whether the class features depend on each image (CoCoOp: ``PromptOutput.text`` (B, n_cls, D))
     text_per_image: bool = False
+    #: whether several modules of this class can run as one computation (:mod:`rayot.model.packed`):
+    #: their learned tensors enter CLIP only as deep prompts (:meth:`deep_prompts`)
+    packs_fused: bool = False
+
+    def deep_prompts(self) -> tuple[Tensor | None, Tensor | None]:
+        """The deep prompts that enter the two towers: text (depth, n_ctx, text width) and image
+        (depth, n_ctx, vision width), ``None`` for a side without prompts; only for a class with
+        ``packs_fused``."""
+        raise NotImplementedError
 
     def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -258,6 +267,11 @@ class PromptedCLIP(FrozenCLIPPrompts):
                 if (p := getattr(self, name)) is not None}
 
     # ----- features -----
+
+    packs_fused = True
+
+    def deep_prompts(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.text_prompts, self.vision_prompts
 
     def encode_text(self) -> Tensor:
         """L2-normalised prompted text features of the current classes (n_cls, D)."""
