@@ -8,6 +8,8 @@ data) moves the prompts far beyond that, so the comparison bites.
 
 from __future__ import annotations
 
+import copy
+
 import open_clip
 import pytest
 import torch
@@ -43,8 +45,8 @@ class _Record(TrialHooks):
     def __init__(self) -> None:
         self.saved: list[tuple[int, dict, dict]] = []
 
-    def save_epoch(self, epoch, state, metrics):
-        self.saved.append((epoch, state, metrics))
+    def save_epoch(self, epoch, state, metrics):  # a copy, as the Ray layer's torch.save is
+        self.saved.append((epoch, copy.deepcopy(state), metrics))
 
 
 def _alone(cfg):
@@ -82,3 +84,173 @@ def test_a_pack_of_three_equals_each_trial_alone(synth_root, tmp_path, tiny_weig
     assert [e for e, _, _ in hooks.saved] == [0, 1]
     for cfg, result in zip(cfgs, packed, strict=True):
         _assert_same_as_alone(result, _alone(cfg), pack_metrics)
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def test_only_trials_that_share_the_computation_are_packed(synth_root, tmp_path, tiny_weights):
+    def cfg(**extra):
+        return _cfg(synth_root, tmp_path, tiny_weights, **extra)
+
+    same = [cfg(seed=1), cfg(seed=2, **{"loss.lambda_ot": 0.0}), cfg(seed=3, **{"loss.solver": "sinkhorn"}),
+            cfg(seed=4, **{"loss.modality": "vision"}), cfg(seed=5, **{"optim.lr": 0.01}),
+            cfg(seed=6, method="ivlp")]  # IVLP trains the same module and shapes as Prompt-OT
+    assert len({pack_key(c) for c in same}) == 1
+    others = {
+        "shots": cfg(**{"data.shots": 4}),
+        "backbone weights": cfg(**{"model.checkpoint": "null"}),
+        "architecture": cfg(method="maple", **{"prompt.depth_text": 2}),
+        "prompt depth": cfg(**{"prompt.depth_vision": 1}),
+        "tokens": cfg(**{"prompt.n_ctx_text": 2}),
+        "batch": cfg(**{"optim.batch_size": 2}),
+        "epochs": cfg(**{"optim.epochs": 3}),
+        "precision": cfg(precision="bf16"),
+        "protocol": cfg(**{"data.protocol": "few_shot"}),
+        "workers": cfg(world_size=2),
+    }
+    for what, other in others.items():
+        assert pack_key(other) != pack_key(same[0]), what
+        with pytest.raises(ConfigError, match="cannot share a pack"):
+            check_packable([same[0], other])
+    # random weights are drawn from the seed: two seeds are two different CLIPs
+    rand1, rand2 = cfg(seed=1, **{"model.checkpoint": "null"}), cfg(seed=2, **{"model.checkpoint": "null"})
+    assert pack_key(rand1) != pack_key(rand2)
+
+    trials = [same[0], others["shots"], same[1], same[2], others["batch"], same[3]]
+    packs = make_packs(trials, 2)
+    assert [[C.trial_id(c) for c in p] for p in packs] == [
+        [C.trial_id(same[0]), C.trial_id(same[1])], [C.trial_id(others["shots"])],
+        [C.trial_id(same[2]), C.trial_id(same[3])], [C.trial_id(others["batch"])]]
+    assert make_packs(trials, 1) == [[t] for t in trials]
+    assert pack_id(packs[0]) == pack_id(packs[0][::-1]) and pack_id(packs[0]).startswith("pack-")
+    assert pack_id([same[0]]) == C.trial_id(same[0])
+    with pytest.raises(ConfigError, match="at least 1"):
+        make_packs(trials, 0)
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_a_member_with_a_nan_loss_fails_alone_and_the_others_finish_as_alone(
+        synth_root, tmp_path, tiny_weights, monkeypatch):
+    import rayot.train as T
+
+    good = [_cfg(synth_root, tmp_path, tiny_weights, seed=1), _cfg(synth_root, tmp_path, tiny_weights, seed=2)]
+    alone = [_alone(c) for c in good]
+    bad = _cfg(synth_root, tmp_path, tiny_weights, seed=3, **{"loss.lambda_ot": 7.0})
+    real = T.total_loss
+
+    def nan_for_lambda_7(logits, labels, reg, lam, terms=()):
+        loss = real(logits, labels, reg, lam, terms)
+        return loss * float("nan") if lam == 7.0 else loss
+
+    monkeypatch.setattr(T, "total_loss", nan_for_lambda_7)
+    hooks = _Record()
+    first, broken, second = run_pack([good[0], bad, good[1]], hooks=hooks)
+    assert isinstance(broken.error, TrainingError) and broken.outcome is None
+    assert "non-finite loss at epoch 1, step 1" in str(broken.error)
+    metrics = [m for _, _, m in hooks.saved]
+    assert all(C.trial_id(bad) not in m["members"] for m in metrics)
+    assert hooks.saved[-1][1]["dropped"] == [C.trial_id(bad)]
+    for result, expected in zip((first, second), alone, strict=True):
+        _assert_same_as_alone(result, expected, metrics)
+
+
+def test_a_member_whose_data_fails_is_dropped_and_a_lone_trial_raises(
+        synth_root, tmp_path, tiny_weights, monkeypatch):
+    import rayot.train as T
+    from rayot.errors import DataError
+
+    real = T.build_task
+
+    def broken_seed_2(dataset, root, *, seed, **kw):
+        if seed == 2:
+            raise DataError(f"dataset {dataset}: cannot decode image x.png (seed {seed})")
+        return real(dataset, root, seed=seed, **kw)
+
+    monkeypatch.setattr(T, "build_task", broken_seed_2)
+    cfgs = [_cfg(synth_root, tmp_path, tiny_weights, seed=s) for s in (1, 2)]
+    ok, broken = run_pack(cfgs)
+    assert ok.outcome is not None and ok.error is None
+    assert isinstance(broken.error, DataError) and "x.png" in str(broken.error)
+    with pytest.raises(DataError, match="x.png"):
+        run_trial(cfgs[1])
+
+
+def test_a_pack_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_pack(
+        synth_root, tmp_path, tiny_weights):
+    cfgs = [_cfg(synth_root, tmp_path, tiny_weights, seed=s) for s in (1, 2)]
+    whole = _Record()
+    uninterrupted = run_pack(cfgs, hooks=whole)
+    _, state, _ = whole.saved[0]  # as after a worker killed in epoch 2
+    assert set(state["members"]) == {C.trial_id(c) for c in cfgs} and state["epoch"] == 0
+
+    class Resume(_Record):
+        def resume_state(self):
+            return state
+
+    hooks = Resume()
+    resumed = run_pack(cfgs, hooks=hooks)
+    assert [e for e, _, _ in hooks.saved] == [1]
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        assert all(torch.equal(a.outcome.prompt_state[k], v) for k, v in b.outcome.prompt_state.items())
+        assert [e.n_correct for e in a.outcome.evals] == [e.n_correct for e in b.outcome.evals]
+    with pytest.raises(TrainingError, match="not that of the pack"):
+        run_pack([cfgs[0], _cfg(synth_root, tmp_path, tiny_weights, seed=3)], hooks=Resume())
+
+
+# ----------------------------------------------------------------------------- other methods
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("zeroshot", {}),
+    ("maple", {"prompt.depth_text": 2}),  # fused: coupled deep prompts on both towers
+    ("cocoop", {"optim.batch_size": 2}),  # text per image: the members run in turn
+    ("promptsrc", {"optim.gpa_mean": 1.0, "optim.gpa_std": 1.0}),  # GPA, L1/KL terms, 60 templates
+])
+def test_packs_of_the_peer_methods_equal_their_trials_alone(synth_root, tmp_path, tiny_weights, method, extra):
+    cfgs = [_cfg(synth_root, tmp_path, tiny_weights, method=method, seed=s, **extra) for s in (1, 2)]
+    hooks = _Record()
+    packed = run_pack(cfgs, hooks=hooks)
+    metrics = [m for _, _, m in hooks.saved]
+    for cfg, result in zip(cfgs, packed, strict=True):
+        if method == "zeroshot":
+            alone = run_trial(cfg)
+            assert [e.n_correct for e in result.outcome.evals] == [e.n_correct for e in alone.evals]
+        else:
+            _assert_same_as_alone(result, _alone(cfg), metrics)
+
+
+# ----------------------------------------------------------------------------- packs on N ranks
+
+
+def _pack_rank(rank: int, init_file: str, overrides: list[list[str]], out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from rayot.train import DistributedHooks
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        cfgs = [C.load_config(None, o) for o in overrides]
+        found = run_pack(cfgs, device=torch.device("cpu"), hooks=DistributedHooks(rank, 2, torch.device("cpu")))
+        torch.save([(r.outcome.prompt_state, [e.n_correct for e in r.outcome.evals]) for r in found],
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_pack_on_two_ranks_equals_each_trial_alone_on_one(synth_root, tmp_path, tiny_weights):
+    import torch.multiprocessing as mp
+
+    extra = [{"seed": 1}, {"seed": 2, "loss.solver": "sinkhorn"}]
+    overrides = [tiny_overrides(synth_root, tmp_path, method="prompt_ot", world_size=2,
+                                **{"model.checkpoint": str(tiny_weights), **e}) for e in extra]
+    mp.spawn(_pack_rank, args=(str(tmp_path / "init"), overrides, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        found = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for e, (prompt, correct) in zip(extra, found, strict=True):
+            alone = run_trial(_cfg(synth_root, tmp_path, tiny_weights, **e))
+            assert max((prompt[k] - v).abs().max().item() for k, v in alone.prompt_state.items()) < PROMPT_TOL
+            assert correct == [ev.n_correct for ev in alone.evals]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -27,7 +28,12 @@ def sweep(
         None, "--max-concurrent", min=1,
         help="Trials at once; overrides the spec. Needed on an autoscaling cluster that starts empty.",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table and exit."),
+    pack: int = typer.Option(
+        None, "--pack", min=1,
+        help="Train up to K trials that share dataset, backbone, prompt shapes, batch, epochs and precision "
+        "as one computation (one Ray Train run, one frozen CLIP); 1: one trial per run. Overrides the spec.",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table (and packs) and exit."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
     report: bool = typer.Option(True, "--report/--no-report", help="Print the Base / Novel / HM table at the end."),
     log_to: list[str] = typer.Option(
@@ -47,6 +53,8 @@ def sweep(
 
     console = Console()
     s = load_spec(spec)
+    if pack is not None:
+        s = dataclasses.replace(s, resources=dataclasses.replace(s.resources, pack=pack))
     set_values = C.flatten(C.parse_overrides(sets or []))
     trials = expand(s, results=results_dir, checkpoints=checkpoints, sets=set_values)
     results_location = storage_of(s, trials).results
@@ -61,12 +69,21 @@ def sweep(
     if dry_run:
         from rayot.sweep.runner import TrialState, plan_table
 
+        from rayot.packing import make_packs
+
         done = results.finished_trials(results_location)
         states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]
-        n_done = sum(st.status == "done" for st in states)
-        console.print(plan_table(states, f"sweep {s.name}: {len(states)} trials"))
-        console.print(f"{len(states)} trials, {n_done} already done, {len(states) - n_done} to run; "
+        to_run = [st.cfg for st in states if st.status != "done"]
+        packs = make_packs(to_run, s.resources.pack)
+        pack_of = {C.trial_id(c): f"{n}/{len(packs)}" for n, p in enumerate(packs, 1) for c in p}
+        n_done = len(states) - len(to_run)
+        console.print(plan_table(states, f"sweep {s.name}: {len(states)} trials",
+                                 pack_of if s.resources.pack > 1 else None))
+        console.print(f"{len(states)} trials, {n_done} already done, {len(to_run)} to run; "
                       f"results: {results_location}")
+        if s.resources.pack > 1:
+            console.print(f"packing: {len(to_run)} trials to run in {len(packs)} runs of at most "
+                          f"{s.resources.pack} (pack column: which run trains the trial)", highlight=False)
         for line in T.where(track):
             console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
         return

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from rayot import config as C
 from rayot import results
+from rayot.packing import make_packs, pack_id
 from rayot.sweep import cluster
 from rayot.sweep.spec import SweepSpec, storage_of
 from rayot.sweep.tracking import callbacks as tracker_callbacks
@@ -54,13 +55,16 @@ def describe(cfg: C.TrialConfig) -> dict[str, str]:
     }
 
 
-def plan_table(states: list[TrialState], title: str) -> Table:
+def plan_table(states: list[TrialState], title: str, packs: dict[str, str] | None = None) -> Table:
+    """The trials of a sweep; ``packs`` (trial id → its pack) adds a column saying which trials
+    train together (rayot.packing)."""
     table = Table(title=title)
-    for col in ("trial", "dataset", "protocol", "method", "seed", "λ", "status"):
+    for col in ("trial", "dataset", "protocol", "method", "seed", "λ", "status", *(("pack",) if packs else ())):
         table.add_column(col)
     for s in states:
         d = describe(s.cfg)
-        table.add_row(s.trial_id, d["dataset"], d["protocol"], d["method"], d["seed"], d["λ"], s.status)
+        pack = (packs.get(s.trial_id, "-"),) if packs else ()
+        table.add_row(s.trial_id, d["dataset"], d["protocol"], d["method"], d["seed"], d["λ"], s.status, *pack)
     return table
 
 
@@ -88,8 +92,9 @@ class LiveView(tune.Callback):
         # Tune pickles its callbacks with the experiment state; a console or live view cannot be
         return {**self.__dict__, "console": None, "live": None}
 
-    def _state(self, trial: Any) -> TrialState:
-        return self.by_id[trial.config["trial"]["trial_id"]]
+    def _states(self, trial: Any) -> list[TrialState]:
+        """The trials of a Tune trial: one, or the members of its pack."""
+        return [self.by_id[m["trial_id"]] for m in trial.config["trial"]["members"]]
 
     def _move(self, s: TrialState, status: str, note: str = "") -> None:
         changed = s.status != status
@@ -102,34 +107,36 @@ class LiveView(tune.Callback):
         self.refresh()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        s = self._state(trial)
-        s.started = time.monotonic()
-        self._move(s, "waiting", "(for its workers)")
+        for s in self._states(trial):
+            s.started = time.monotonic()
+            self._move(s, "waiting", "(for its workers)")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        s = self._state(trial)
-        if "epoch" in result:
-            s.epoch = int(result["epoch"])
-        status = result.get("status")
-        if status in ("done", "failed", "busy"):
-            s.error = result.get("error") or s.error
-            s.log = result.get("log") or s.log
-            note = f"after {time.monotonic() - (s.started or self.t0):.0f}s"
-            self._move(s, status, f"{note}: {s.error}" if s.error else note)
-        elif status == "running" and s.status == "waiting":
-            self._move(s, "running")
-        else:
-            self.refresh()
+        members = result.get("members") if isinstance(result.get("members"), dict) else {}
+        for s in self._states(trial):
+            if "epoch" in result:
+                s.epoch = int(result["epoch"])
+            mine = members.get(s.trial_id, {})
+            status = mine.get("status", result.get("status"))
+            if status in ("done", "failed", "busy"):
+                s.error = mine.get("error") or result.get("error") or s.error
+                s.log = mine.get("log") or result.get("log") or s.log
+                note = f"after {time.monotonic() - (s.started or self.t0):.0f}s"
+                self._move(s, status, f"{note}: {s.error}" if s.error else note)
+            elif status == "running" and s.status == "waiting":
+                self._move(s, "running")
+            else:
+                self.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        s = self._state(trial)
-        s.finished = time.monotonic()
+        for s in self._states(trial):
+            s.finished = time.monotonic()
         self.refresh()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        s = self._state(trial)
-        s.finished = time.monotonic()
-        self._move(s, "failed", "(its Tune trial failed; the error is recorded at the end)")
+        for s in self._states(trial):
+            s.finished = time.monotonic()
+            self._move(s, "failed", "(its Tune trial failed; the error is recorded at the end)")
 
     def counts(self) -> dict[str, int]:
         return {k: sum(s.status == k for s in self.states) for k in STATES}
@@ -233,22 +240,25 @@ def run_sweep(
     log.info("%d trials to run, %d at once", len(pending), concurrency)
     fault = os.environ.get(FAULT_ENV)
     owner = _owner(spec)
+    packs = make_packs([s.cfg for s in pending], spec.resources.pack)
+    if len(packs) < len(pending):
+        log.info("%d trials in %d packs", len(pending), len(packs))
     param_space = {
         "trial": tune.grid_search(
             [
                 {
-                    "trial_id": s.trial_id,
-                    "config": C.to_json(s.cfg),
+                    "trial_id": pack_id(pack),  # a lone trial's own id, else pack-<hash of its ids>
+                    "members": [{"trial_id": C.trial_id(c), "config": C.to_json(c)} for c in pack],
                     "resources": asdict(spec.resources),
                     "sweep": spec.name,
                     "owner": owner,
                     "fault": fault,
                 }
-                for s in pending
+                for pack in packs
             ]
         )
     }
-    view = LiveView(states, concurrency, console)
+    view = LiveView(states, concurrency * spec.resources.pack, console)
     tuner = tune.Tuner(
         tune.with_resources(lambda param: tune_driver(param["trial"]), driver),
         param_space=param_space,
@@ -275,7 +285,7 @@ def run_sweep(
             live.update(view.render())
     else:
         grid = tuner.fit()
-    tune_errors = {r.config["trial"]["trial_id"]: r.error for r in grid if r.error is not None}
+    tune_errors = {m["trial_id"]: r.error for r in grid if r.error is not None for m in r.config["trial"]["members"]}
     _reconcile(states, results_location, tune_errors, spec.name)
     return SweepSummary(states)
 

@@ -9,7 +9,7 @@ grid:                   # axes common to every block: the cartesian product is t
 grids:                  # optional blocks, each a grid of its own; their trials are concatenated
   - {protocol: base2novel, dataset: [caltech101, dtd]}
   - {protocol: transfer, dataset: imagenet}
-resources: {num_workers: 1, gpus_per_worker: 1, cpus_per_worker: 8, max_concurrent_trials: 0}
+resources: {num_workers: 1, gpus_per_worker: 1, cpus_per_worker: 8, max_concurrent_trials: 0, pack: 8}
 storage: {results: s3://bucket/results, checkpoints: s3://bucket/checkpoints}
 tracking:               # optional: each tracker named is on (rayot.tracking has the defaults)
   mlflow: {tracking_uri: sqlite:///mlruns/mlflow.db, experiment: smoke}
@@ -47,6 +47,7 @@ class Resources:
     cpus_per_worker: float = 1.0
     max_concurrent_trials: int = 0  # 0: as many as the cluster's resources fit
     max_failures: int = 2  # worker or node failures a trial survives, resuming from its checkpoint
+    pack: int = 1  # up to this many trials that can share a computation train as one (rayot.packing)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def _check_resources(r: Resources, path: Path) -> None:
         )
     if r.gpus_per_worker > 1 and r.gpus_per_worker != int(r.gpus_per_worker):
         raise ConfigError(f"sweep spec {path}: resources.gpus_per_worker above 1 must be a whole number")
+    if not isinstance(r.pack, int) or isinstance(r.pack, bool) or r.pack < 1:
+        raise ConfigError(f"sweep spec {path}: resources.pack must be a whole number >= 1 (1: no packing)")
     if r.max_concurrent_trials < 0 or r.max_failures < -1:
         raise ConfigError(f"sweep spec {path}: max_concurrent_trials >= 0 and max_failures >= -1 needed")
 

@@ -7,6 +7,7 @@ library (:func:`rayot.train.run_trial`) through :class:`RayTrainHooks`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,13 +28,15 @@ from rayot import leases, results, tracking
 from rayot.errors import RayotError
 from rayot.sweep.cluster import worker_resources
 from rayot.sweep.spec import Resources
+from rayot.packing import pack_id
 from rayot.train import (
     DistributedHooks,
+    MemberResult,
     PeerFailure,
     failure_row,
     prompt_checkpoint_name,
     result_rows,
-    run_trial,
+    run_pack,
     save_checkpoint,
 )
 
@@ -117,43 +120,54 @@ def record_failure(cfg: C.TrialConfig, exc: BaseException | str, sweep: str) -> 
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train rank of one trial.
+    """One Ray Train rank of one pack of trials (a lone trial is a pack of one).
 
     Every rank reports the same number of times (``ray.train.report`` is a barrier): once when it
     starts, once per epoch, once at the end. A failure that every rank agreed on (bad input, a
-    NaN loss; see :meth:`rayot.train.TrialHooks.first_failed_rank`) is recorded once, by the rank that failed,
-    and ends the run without a Ray Train retry, which could not help.
+    NaN loss; see :meth:`rayot.train.TrialHooks.first_failed_rank`) is recorded once, by the rank
+    that failed, and ends that trial without a Ray Train retry, which could not help; the other
+    members of its pack go on.
     """
-    cfg = C.from_dict(json.loads(loop_config["config"]))
-    tid = C.trial_id(cfg)
+    cfgs = [C.from_dict(json.loads(c)) for c in loop_config["configs"]]
     hooks = RayTrainHooks(loop_config.get("fault"))
-    if hooks.world_size != cfg.world_size:
-        raise RuntimeError(f"trial {tid} is for {cfg.world_size} workers, Ray Train gave {hooks.world_size}")
+    if hooks.world_size != cfgs[0].world_size:
+        raise RuntimeError(f"trial {C.trial_id(cfgs[0])} is for {cfgs[0].world_size} workers, "
+                           f"Ray Train gave {hooks.world_size}")
     ray.train.report({"status": "running"})  # the workers are up: no longer waiting for resources
-    device = ray.train.torch.get_device()
+    sweep = loop_config["sweep"]
     try:
-        outcome = run_trial(cfg, device=device, hooks=hooks)
+        members = run_pack(cfgs, device=ray.train.torch.get_device(), hooks=hooks)
     except PeerFailure as exc:
         ray.train.report({"status": "failed", "error": str(exc)})
         return
-    except (RayotError, torch.OutOfMemoryError) as exc:
+    except (RayotError, torch.OutOfMemoryError) as exc:  # what every member shares failed
         if isinstance(exc, torch.OutOfMemoryError) and hooks.world_size > 1:
             raise  # the other ranks may sit in a collective: only Ray Train can stop them
-        path = record_failure(cfg, exc, loop_config["sweep"])
-        ray.train.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
+        paths = [record_failure(cfg, exc, sweep) for cfg in cfgs]
+        ray.train.report({"status": "failed", "error": _error_text(exc), "log": paths[0] or ""})
         return
-    if hooks.rank == 0:
-        try:
-            save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
-            rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds,
-                               sweep=loop_config["sweep"])
-            results.write_trial_rows(cfg.output.results, tid, rows)
-        except Exception as exc:  # noqa: BLE001 - storage refused the result: a retry cannot help
-            path = record_failure(cfg, RayotError(f"trial {tid}: writing its result failed: {_error_text(exc)}"),
-                                  loop_config["sweep"])
-            ray.train.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
-            return
-    ray.train.report({"status": "done"})
+    failed = [_record_member(m, sweep, hooks.rank) for m in members]
+    ray.train.report({"status": "failed" if all(failed) else "done"})
+
+
+def _record_member(member: MemberResult, sweep: str, rank: int) -> bool:
+    """Write a member's result (rank 0) or its failure (the rank where it failed); whether it failed."""
+    cfg, tid = member.cfg, C.trial_id(member.cfg)
+    if member.error is not None:
+        if not isinstance(member.error, PeerFailure):
+            record_failure(cfg, member.error, sweep)
+        return True
+    if rank != 0:
+        return False
+    outcome = member.outcome
+    try:
+        save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
+        rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, sweep=sweep)
+        results.write_trial_rows(cfg.output.results, tid, rows)
+    except Exception as exc:  # noqa: BLE001 - storage refused the result: a retry cannot help
+        record_failure(cfg, RayotError(f"trial {tid}: writing its result failed: {_error_text(exc)}"), sweep)
+        return True
+    return False
 
 
 def storage_path(location: str) -> str:
@@ -164,51 +178,91 @@ def storage_path(location: str) -> str:
 
 
 def tune_driver(param: dict[str, Any]) -> None:
-    """One Tune trial: hold the trial's lease, fit a TorchTrainer, record a failure if any."""
+    """One Tune trial: a pack of trials (often of one). Hold each member's lease, fit one
+    TorchTrainer for the members that are still to run, record a failure if any.
+
+    The last report says each member's outcome: ``{"status", "error", "log", "final"}`` for a
+    pack of one, as before packing; ``{"status", "members": {trial id: {...}}}`` for a pack.
+    """
+    cfgs = [C.from_dict(json.loads(m["config"])) for m in param["members"]]
+    sweep = param["sweep"]
+    owner = leases.Owner(**param["owner"])
+    outcome: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        heartbeat = stack.enter_context(leases.Heartbeat())
+        run = []
+        for cfg in cfgs:
+            tid = C.trial_id(cfg)
+            try:  # two sweeps on one storage: the second skips what the first runs
+                lease = leases.acquire(cfg.output.results, tid, owner)
+            except Exception as exc:  # noqa: BLE001 - storage problem: recorded like any failure
+                outcome[tid] = {"status": "failed", "error": _error_text(exc), "log": record_failure(cfg, exc, sweep) or ""}
+                continue
+            if not isinstance(lease, leases.Lease):
+                outcome[tid] = {"status": "busy", "error": lease.describe()}
+                continue
+            stack.enter_context(lease)
+            heartbeat.add(lease)
+            if results.trial_status(cfg.output.results, tid) == "done":  # finished by another sweep
+                outcome[tid] = {"status": "done"}
+                continue
+            run.append(cfg)
+        if run:
+            outcome.update(_fit(run, param))
+        if heartbeat.lost:  # renewals failed past the expiry and another sweep took a trial
+            log.warning("trials %s: their leases were taken by another sweep while they ran; both may "
+                        "have written the same results", ", ".join(lease.trial_id for lease in heartbeat.lost_leases))
+    if len(cfgs) == 1:
+        tune.report(outcome[C.trial_id(cfgs[0])])
+        return
+    statuses = {o["status"] for o in outcome.values()}
+    overall = "failed" if "failed" in statuses else "busy" if "busy" in statuses else "done"
+    tune.report({"status": overall, "members": outcome})
+
+
+def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Fit one TorchTrainer for the pack ``cfgs``; each member's outcome by trial id."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = C.from_dict(json.loads(param["config"]))
-    tid = C.trial_id(cfg)
-    try:  # two sweeps on one storage: the second skips what the first runs
-        lease = leases.acquire(cfg.output.results, tid, leases.Owner(**param["owner"]))
-    except Exception as exc:  # noqa: BLE001 - storage problem: recorded like any failure
-        path = record_failure(cfg, exc, param["sweep"])
-        tune.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
-        return
-    if not isinstance(lease, leases.Lease):
-        tune.report({"status": "busy", "error": lease.describe()})
-        return
-    with lease, leases.Heartbeat(lease) as heartbeat:
-        if results.trial_status(cfg.output.results, tid) == "done":  # finished by another sweep
-            tune.report({"status": "done"})
-            return
-        r = param["resources"]
-        per_worker = worker_resources(Resources(**r))
-        use_gpu = "GPU" in per_worker
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config={"config": param["config"], "sweep": param["sweep"], "fault": param.get("fault")},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=r["num_workers"], use_gpu=use_gpu, resources_per_worker=per_worker
-            ),
-            run_config=ray.train.RunConfig(
-                name=f"trial-{tid}",  # deterministic: a re-run resumes from this run's checkpoints
-                storage_path=storage_path(cfg.output.checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-                callbacks=[TuneReportCallback()],
-            ),
-        )
-        try:
-            trainer.fit()
-        except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
-            path = record_failure(cfg, exc, param["sweep"])
-            tune.report({"status": "failed", "error": _error_text(exc), "log": path or ""})
-            return
-        if heartbeat.lost:  # renewals failed past the expiry and another sweep took the trial
-            log.warning("trial %s: its lease was taken by another sweep while it ran; both may "
-                        "have written the same result", tid)
+    r = param["resources"]
+    per_worker = worker_resources(Resources(**r))
+    name = pack_id(cfgs)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"configs": [C.to_json(c) for c in cfgs], "sweep": param["sweep"],
+                           "fault": param.get("fault")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r["num_workers"], use_gpu="GPU" in per_worker, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            # deterministic: a re-run of the same trials resumes from this run's checkpoints
+            name=name if name.startswith("pack-") else f"trial-{name}",
+            storage_path=storage_path(cfgs[0].output.checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    outcome = {}
+    try:
+        trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
+        for cfg in cfgs:
+            if results.trial_status(cfg.output.results, C.trial_id(cfg)) != "done":
+                outcome[C.trial_id(cfg)] = {"status": "failed", "error": _error_text(exc),
+                                            "log": record_failure(cfg, exc, param["sweep"]) or ""}
+    for cfg in cfgs:
+        tid = C.trial_id(cfg)
+        if tid in outcome:
+            continue
         status = results.trial_status(cfg.output.results, tid) or "failed"
-        # the final accuracies ride along for the sweep's trackers (rayot.sweep.tracking)
-        final = tracking.final_metrics_of(cfg.output.results, tid) if status == "done" else {}
-        tune.report({"status": status, **({"final": final} if final else {})})
+        entry: dict[str, Any] = {"status": status}
+        if status == "done":  # the final accuracies ride along for the sweep's trackers (rayot.sweep.tracking)
+            final = tracking.final_metrics_of(cfg.output.results, tid)
+            if final:
+                entry["final"] = final
+        else:
+            entry["error"] = results.trial_error(cfg.output.results, tid) or "the trial ended without a result"
+            entry["log"] = log_name(cfg)
+        outcome[tid] = entry
+    return outcome
