@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_overrides
 
 from rayot import config as C
+from rayot import results
 from rayot.errors import ConfigError, TrainingError
 from rayot.packing import check_packable, make_packs, pack_id, pack_key
 from rayot.train import MemberResult, Progress, TrialHooks, run_pack, run_trial
@@ -254,3 +255,120 @@ def test_a_pack_on_two_ranks_equals_each_trial_alone_on_one(synth_root, tmp_path
             alone = run_trial(_cfg(synth_root, tmp_path, tiny_weights, **e))
             assert max((prompt[k] - v).abs().max().item() for k, v in alone.prompt_state.items()) < PROMPT_TOL
             assert correct == [ev.n_correct for ev in alone.evals]
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_dry_run_shows_the_packs(synth_root, tmp_path, tiny_weights):
+    import yaml
+    from typer.testing import CliRunner
+
+    from rayot.cli import app
+
+    base = {}
+    for item in tiny_overrides(synth_root, tmp_path, **{"model.checkpoint": str(tiny_weights)}):
+        key, value = item.split("=", 1)
+        C.set_dotted(base, key, yaml.safe_load(value))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"name": "p", "base": base, "grid": {"seed": [1, 2, 3]},
+                                    "grids": [{"method": "prompt_ot"}, {"method": "maple"}],
+                                    "resources": {"pack": 2}}))
+    out = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "6 trials to run in 4 runs of at most 2" in out.output
+    lines = [ln for ln in out.output.splitlines() if "prompt_ot" in ln or "maple" in ln]
+    packs = [ln.replace("│", " ").split()[-1] for ln in lines]
+    assert packs == ["1/4", "1/4", "2/4", "3/4", "3/4", "4/4"]  # never a Prompt-OT and a MaPLe trial together
+    out = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run", "--pack", "3"], env={"COLUMNS": "200"})
+    assert "6 trials to run in 2 runs of at most 3" in out.output
+    out = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run", "--pack", "1"], env={"COLUMNS": "200"})
+    assert "runs of at most" not in out.output and out.exit_code == 0
+    spec.write_text(spec.read_text().replace("pack: 2", "pack: 0"))
+    out = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run"])
+    assert isinstance(out.exception, ConfigError)  # the CLI's entry point prints it, exit status 2
+    assert "resources.pack must be a whole number >= 1" in str(out.exception)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _sweep_spec(tmp_path, synth_root, tiny_weights, grid: dict, pack: int):
+    import yaml
+
+    from rayot.sweep.spec import load_spec
+
+    base = {}
+    for item in tiny_overrides(synth_root, tmp_path, **{"model.checkpoint": str(tiny_weights)}):
+        key, value = item.split("=", 1)
+        C.set_dotted(base, key, yaml.safe_load(value))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "packed", "base": base, "grid": grid,
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "pack": pack},
+        "storage": {"results": str(tmp_path / "results"), "checkpoints": str(tmp_path / "ckpt")}}))
+    return load_spec(path)
+
+
+def _rows(tmp_path, tid):
+    import pyarrow.parquet as pq
+
+    keys = ("trial_id", "status", "protocol", "split", "n_correct", "n_test", "n_classes", "accuracy", "config")
+    return [{k: r[k] for k in keys} for r in pq.read_table(f"{tmp_path}/results/{tid}.parquet").to_pylist()]
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_writes_each_trials_alone_results_and_drops_a_failing_member(
+        ray_session, synth_root, tmp_path, tiny_weights):
+    from rich.console import Console
+
+    from rayot.sweep.runner import run_sweep
+    from rayot.sweep.spec import expand
+
+    spec = _sweep_spec(tmp_path, synth_root, tiny_weights, {
+        "method": "prompt_ot", "seed": [1, 2], "loss.solver": ["emd", "sinkhorn"],
+        "model.init_from": [None, str(tmp_path / "missing.pt")]}, pack=8)
+    trials = expand(spec)
+    assert len(trials) == 8
+    summary = run_sweep(spec, trials, address=None, console=Console(quiet=True))
+    status = {s.trial_id: s.status for s in summary.states}
+    for cfg in trials:  # one Tune trial, one TorchTrainer: the members with prompts to start from failed
+        tid = C.trial_id(cfg)
+        if cfg.model.init_from:
+            assert status[tid] == "failed"
+            assert "missing.pt" in results.trial_error(str(tmp_path / "results"), tid)
+            continue
+        assert status[tid] == "done"
+        alone = run_trial(cfg)
+        rows = _rows(tmp_path, tid)
+        assert [(r["split"], r["n_correct"]) for r in rows] == [(e.split, e.n_correct) for e in alone.evals]
+        saved = torch.load(tmp_path / "ckpt" / tid / "prompt.pt", weights_only=True)["prompt"]
+        assert max((saved[k] - v).abs().max().item() for k, v in alone.prompt_state.items()) < PROMPT_TOL
+    assert len(list((tmp_path / "ckpt").glob("pack-*"))) == 1  # one Ray Train run for the 8 trials
+
+
+@pytest.mark.slow
+def test_a_killed_pack_resumes_from_its_checkpoint(ray_session, synth_root, tmp_path, tiny_weights, monkeypatch):
+    from rich.console import Console
+
+    from rayot.sweep.runner import run_sweep
+    from rayot.sweep.spec import expand
+    from rayot.sweep.worker import FAULT_ENV
+
+    spec = _sweep_spec(tmp_path, synth_root, tiny_weights, {"method": "prompt_ot", "seed": [1, 2]}, pack=2)
+    trials = expand(spec)
+    marker = tmp_path / "fault.txt"
+    monkeypatch.setenv(FAULT_ENV, f"1:{marker}")
+    summary = run_sweep(spec, trials, address=None, console=Console(quiet=True))
+    assert [s.status for s in summary.states] == ["done", "done"]
+    assert marker.read_text().splitlines() == ["killed after epoch 1", "resumed after epoch 1"]
+    for cfg in trials:  # uninterrupted and alone: the resumed pack ends in the same place
+        alone = run_trial(cfg)
+        assert [(r["split"], r["n_correct"]) for r in _rows(tmp_path, C.trial_id(cfg))] == \
+               [(e.split, e.n_correct) for e in alone.evals]

@@ -219,8 +219,10 @@ def test_non_finite_loss_is_agreed_on(synth_root, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- live view
 
 
-def _trial_obj(tid):
-    return SimpleNamespace(config={"trial": {"trial_id": tid}})
+def _trial_obj(tid, members=None):
+    """A Tune trial as the live view sees it: a pack of trials ``members`` (default: ``tid`` alone)."""
+    return SimpleNamespace(config={"trial": {"trial_id": tid,
+                                             "members": [{"trial_id": m} for m in members or [tid]]}})
 
 
 def test_live_view_tells_waiting_running_and_evaluating_apart(synth_root, tmp_path):
@@ -247,6 +249,26 @@ def test_live_view_tells_waiting_running_and_evaluating_apart(synth_root, tmp_pa
     lines = console.export_text().splitlines()  # off a terminal: one line per event
     assert len(lines) == 6 and lines[-1].endswith("failed after 0s: boom")
     assert "[1/2 done, 1 failed]" in lines[-1]
+
+
+def test_live_view_follows_each_member_of_a_pack(synth_root, tmp_path):
+    states = [TrialState(t, _trial(synth_root, tmp_path, seed=i)) for i, t in enumerate("abc", 1)]
+    console = Console(record=True, width=200, force_terminal=False)
+    view = LiveView(states, 2, console)
+    pack = _trial_obj("pack-1", ["a", "b"])
+    view.on_trial_start(0, [], pack)
+    view.on_trial_start(0, [], _trial_obj("c"))
+    assert [s.status for s in states] == ["waiting"] * 3
+    view.on_trial_result(0, [], pack, {"status": "running"})
+    view.on_trial_result(0, [], pack, {"status": "running", "epoch": 1,
+                                       "members": {"a": {"loss": 1.0}, "b": {"loss": 2.0}}})
+    assert [(s.status, s.epoch) for s in states] == [("running", 1), ("running", 1), ("waiting", 0)]
+    view.on_trial_result(0, [], pack, {"status": "failed", "members": {
+        "a": {"status": "done"}, "b": {"status": "failed", "error": "non-finite loss", "log": "/l/b.log"}}})
+    assert [s.status for s in states[:2]] == ["done", "failed"]
+    assert states[1].error == "non-finite loss" and states[1].log == "/l/b.log" and states[0].error == ""
+    view.on_trial_error(0, [], _trial_obj("c"))
+    assert states[2].status == "failed"
 
 
 # ----------------------------------------------------------------------------- failure records

@@ -67,9 +67,8 @@ def sweep(
         console.print(f"warning: results file {path} is unreadable ({problem}); its trial counts "
                       "as not done and runs again", highlight=False, soft_wrap=True)
     if dry_run:
-        from rayot.sweep.runner import TrialState, plan_table
-
         from rayot.packing import make_packs
+        from rayot.sweep.runner import TrialState, plan_table
 
         done = results.finished_trials(results_location)
         states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]

@@ -26,9 +26,9 @@ from ray.train.torch import TorchTrainer
 from rayot import config as C
 from rayot import leases, results, tracking
 from rayot.errors import RayotError
+from rayot.packing import pack_id
 from rayot.sweep.cluster import worker_resources
 from rayot.sweep.spec import Resources
-from rayot.packing import pack_id
 from rayot.train import (
     DistributedHooks,
     MemberResult,
