@@ -2,8 +2,8 @@
 
 Packed members share the frozen CLIP's calls only: their prompts, logged losses and accuracies
 must be those of the same trial run alone (float32 on CPU: prompts within 1e-5 after 2 epochs,
-identical correct counts). A deliberately wrong pack (every member given the first member's
-data) moves the prompts far beyond that, so the comparison bites.
+identical correct counts). A deliberately wrong pack (each image given the other member's
+prompts) moves the prompts far beyond that, so the comparison bites.
 """
 
 from __future__ import annotations
@@ -85,6 +85,18 @@ def test_a_pack_of_three_equals_each_trial_alone(synth_root, tmp_path, tiny_weig
     assert [e for e, _, _ in hooks.saved] == [0, 1]
     for cfg, result in zip(cfgs, packed, strict=True):
         _assert_same_as_alone(result, _alone(cfg), pack_metrics)
+
+
+def test_the_comparison_bites_on_a_pack_that_mixes_up_its_members(synth_root, tmp_path, tiny_weights, monkeypatch):
+    from rayot.model import packed
+
+    cfgs = [_cfg(synth_root, tmp_path, tiny_weights, seed=s) for s in (1, 2)]
+    alone = run_trial(cfgs[0])
+    real = packed.per_row
+    monkeypatch.setattr(packed, "per_row", lambda prompts, counts: real(prompts[::-1], counts))
+    mixed = run_pack(cfgs)[0].outcome
+    diff = max((mixed.prompt_state[k] - v).abs().max().item() for k, v in alone.prompt_state.items())
+    assert diff > 1000 * PROMPT_TOL
 
 
 # ----------------------------------------------------------------------------- grouping

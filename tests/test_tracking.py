@@ -344,3 +344,152 @@ def test_sweep_logs_every_trial_to_all_three_trackers(local_ray, tmp_path, synth
     assert scalars["hm"] == [(2, pytest.approx(final["hm"], rel=1e-6))] and "status/text_summary=done" in texts
     _, texts = tensorboard_scalars(tmp_path / "tb" / bad.trial_id)
     assert any(t.startswith("status/text_summary=failed: ") and "dtd" in t for t in texts)
+
+
+# The sweep's callbacks, driven by hand: packs of trials --------------------------------------
+
+
+class FakeTuneTrial:
+    """What the tracker callbacks read of a Tune trial: its config (a pack of rayot trials, the
+    shape of :func:`rayot.sweep.runner.run_sweep`), its folder and its error."""
+
+    def __init__(self, cfgs: list[C.TrialConfig], folder: Path, error: str | None = None) -> None:
+        from rayot.packing import pack_id
+
+        self.config = {"trial": {"trial_id": pack_id(cfgs),
+                                 "members": [{"trial_id": C.trial_id(c), "config": C.to_json(c)} for c in cfgs],
+                                 "resources": {}, "sweep": "t", "owner": {}, "fault": None}}
+        self.local_path = str(folder / self.config["trial"]["trial_id"])
+        self.error = error
+
+    def init_local_path(self) -> None:
+        Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+    def get_error(self) -> str | None:
+        return self.error
+
+
+FINAL = {"base": 80.0, "novel": 60.0, "hm": 68.57142857142857}
+
+
+def _epoch_metrics(seed: int, epoch: int) -> dict[str, float]:
+    return {"loss": seed + epoch / 10, "ce": seed + epoch / 100, "reg": epoch / 1000, "lr": 0.002 / epoch}
+
+
+def _drive(callbacks: list, cfgs: dict[str, C.TrialConfig], tmp_path: Path) -> None:
+    """Tune's calls for three Tune trials, as :func:`rayot.sweep.worker.tune_driver` reports them.
+
+    ``ok`` and ``bad`` train as a pack: both log epoch 1, ``bad`` fails in epoch 2 and ``ok`` goes
+    on; ``busy`` is a trial alone that another sweep runs; ``lost1`` and ``lost2`` are a pack whose
+    driver died after epoch 1 (a Tune-level failure).
+    """
+    ok, bad = C.trial_id(cfgs["ok"]), C.trial_id(cfgs["bad"])
+    lost = [C.trial_id(cfgs[k]) for k in ("lost1", "lost2")]
+    pack = FakeTuneTrial([cfgs["ok"], cfgs["bad"]], tmp_path / "tune")
+    alone = FakeTuneTrial([cfgs["busy"]], tmp_path / "tune")
+    died = FakeTuneTrial([cfgs["lost1"], cfgs["lost2"]], tmp_path / "tune", error="RayActorError: the driver died")
+    seed = {C.trial_id(c): c.seed for c in cfgs.values()}
+    reports = {
+        pack: [{"status": "running"},
+               {"epoch": 1, "status": "running", "members": {t: _epoch_metrics(seed[t], 1) for t in (ok, bad)}},
+               {"epoch": 2, "status": "running", "members": {ok: _epoch_metrics(seed[ok], 2)}},
+               {"status": "done"},  # the Train workers' own last report: nothing per member
+               {"status": "failed", "members": {ok: {"status": "done", "final": FINAL},
+                                                bad: {"status": "failed", "error": "trial: NaN loss in epoch 2",
+                                                      "log": "logs/bad.log"}}}],
+        alone: [{"status": "busy", "error": "another sweep holds its lease"}],
+        died: [{"status": "running"},
+               {"epoch": 1, "status": "running", "members": {t: _epoch_metrics(seed[t], 1) for t in lost}}],
+    }
+    for cb in callbacks:
+        for trial, results in reports.items():
+            cb.log_trial_start(trial)
+            for i, result in enumerate(results):
+                cb.log_trial_result(i + 1, trial, result)
+        for trial in reports:
+            cb.log_trial_end(trial, failed=trial is died)
+        cb.on_experiment_end(trials=list(reports))
+
+
+@pytest.fixture
+def pack_cfgs(tmp_path) -> dict[str, C.TrialConfig]:
+    names = ("ok", "bad", "busy", "lost1", "lost2")
+    return {name: C.load_config(None, tiny_overrides(tmp_path, tmp_path, method="prompt_ot", seed=i + 1))
+            for i, name in enumerate(names)}
+
+
+def test_a_pack_logs_one_mlflow_and_tensorboard_run_per_trial(tmp_path, pack_cfgs):
+    from rayot.sweep.tracking import MLflowCallback, TensorBoardCallback
+
+    tracking = T.resolve(T.Tracking().with_log(["mlflow", "tensorboard"]), results=str(tmp_path / "results"),
+                         name="t")
+    T.prepare(tracking)
+    callbacks = [MLflowCallback(tracking.mlflow, "t"), TensorBoardCallback(tracking.tensorboard)]
+    for cb in callbacks:
+        cb.setup()
+    _drive(callbacks, pack_cfgs, tmp_path)
+    tid = {name: C.trial_id(cfg) for name, cfg in pack_cfgs.items()}
+    seed = {name: cfg.seed for name, cfg in pack_cfgs.items()}
+
+    runs = mlflow_runs(tracking.mlflow.tracking_uri, "t")
+    assert set(runs) == {tid["ok"], tid["bad"], tid["lost1"], tid["lost2"]}  # the busy run is deleted
+    for name in ("ok", "bad", "lost1", "lost2"):
+        run = runs[tid[name]]
+        assert run["params"] == {k: str(v) for k, v in T.params(pack_cfgs[name]).items()}
+        assert run["tags"]["trial_id"] == tid[name] and run["tags"]["sweep"] == "t"
+    ok = runs[tid["ok"]]
+    assert ok["status"] == "FINISHED" and ok["tags"]["status"] == "done"
+    assert ok["metrics"]["loss"] == [(1, pytest.approx(seed["ok"] + 0.1)), (2, pytest.approx(seed["ok"] + 0.2))]
+    assert {k: ok["metrics"][k] for k in FINAL} == {k: [(2, pytest.approx(v))] for k, v in FINAL.items()}
+    bad = runs[tid["bad"]]
+    assert bad["status"] == "FAILED" and bad["tags"]["status"] == "failed"
+    assert bad["tags"]["error"] == "trial: NaN loss in epoch 2"
+    assert {k: [s for s, _ in bad["metrics"][k]] for k in T.EPOCH_METRICS} == {k: [1] for k in T.EPOCH_METRICS}
+    assert bad["metrics"]["loss"] == [(1, pytest.approx(seed["bad"] + 0.1))] and "hm" not in bad["metrics"]
+    for name in ("lost1", "lost2"):
+        run = runs[tid[name]]
+        assert run["status"] == "FAILED" and run["tags"]["error"] == "its Tune trial failed: RayActorError: the driver died"
+        assert run["metrics"]["loss"] == [(1, pytest.approx(seed[name] + 0.1))]
+
+    folders = {p.name for p in Path(tracking.tensorboard.dir).iterdir()}
+    assert folders == set(tid.values())  # no folder for a pack
+    scalars, texts = tensorboard_scalars(Path(tracking.tensorboard.dir) / tid["ok"])
+    assert scalars["loss"] == [(1, pytest.approx(seed["ok"] + 0.1)), (2, pytest.approx(seed["ok"] + 0.2))]
+    assert scalars["hm"] == [(2, pytest.approx(FINAL["hm"], rel=1e-6))] and "status/text_summary=done" in texts
+    scalars, texts = tensorboard_scalars(Path(tracking.tensorboard.dir) / tid["bad"])
+    assert scalars["loss"] == [(1, pytest.approx(seed["bad"] + 0.1))] and "hm" not in scalars
+    assert "status/text_summary=failed: trial: NaN loss in epoch 2" in texts
+    for name in ("lost1", "lost2"):
+        _, texts = tensorboard_scalars(Path(tracking.tensorboard.dir) / tid[name])
+        assert "status/text_summary=failed: its Tune trial failed: RayActorError: the driver died" in texts
+
+
+@pytest.mark.slow
+def test_a_pack_logs_one_wandb_run_per_trial(local_ray, tmp_path, pack_cfgs):
+    from rayot.sweep.tracking import WandbCallback
+
+    tracking = T.resolve(T.Tracking(wandb=T.WandbOptions(dir=str(tmp_path / "wb"))),
+                         results=str(tmp_path / "results"), name="t")
+    cb = WandbCallback(tracking.wandb)
+    cb.setup()
+    _drive([cb], pack_cfgs, tmp_path)
+    assert not cb._trial_logging_actors and not cb._trial_queues  # every actor ended and cleaned up
+    tid = {name: C.trial_id(cfg) for name, cfg in pack_cfgs.items()}
+    seed = {name: cfg.seed for name, cfg in pack_cfgs.items()}
+
+    assert len(list((tmp_path / "wb").glob("wandb/offline-run-*"))) == len(pack_cfgs)
+    wb = wandb_runs(tmp_path / "wb")
+    assert set(wb) == set(tid.values())  # one run per trial, none per pack
+    for name, cfg in pack_cfgs.items():
+        assert wb[tid[name]]["group"] == "t" and wb[tid[name]]["config"]["seed"] == cfg.seed
+    ok, bad = wb[tid["ok"]], wb[tid["bad"]]
+    assert ok["exit_code"] == 0 and ok["summary"]["status"] == "done"
+    assert ok["history"]["loss"] == [(1, pytest.approx(seed["ok"] + 0.1)), (2, pytest.approx(seed["ok"] + 0.2))]
+    assert {k: ok["summary"][k] for k in FINAL} == pytest.approx(FINAL)
+    assert bad["exit_code"] == 1 and bad["summary"]["error"] == "trial: NaN loss in epoch 2"
+    assert bad["history"]["loss"] == [(1, pytest.approx(seed["bad"] + 0.1))] and "hm" not in bad["summary"]
+    assert wb[tid["busy"]]["exit_code"] == 0 and "loss" not in wb[tid["busy"]]["history"]
+    for name in ("lost1", "lost2"):
+        run = wb[tid[name]]
+        assert run["exit_code"] == 1 and run["summary"]["error"] == "its Tune trial failed: RayActorError: the driver died"
+        assert run["history"]["loss"] == [(1, pytest.approx(seed[name] + 0.1))]
