@@ -718,16 +718,21 @@ class _Member:
         return {"loss": self.last[0], "ce": self.last[1], "reg": self.last[2], "lr": self.lr}
 
 
+def _agreed_failures(hooks: TrialHooks, n: int, errors: dict[int, RayotError]) -> dict[int, RayotError]:
+    """Agree across ranks on which of ``n`` members failed (``errors``: this rank's, by member):
+    each failed member's error where it failed, :class:`PeerFailure` on the other ranks. Every rank
+    calls it at the same points; one process asks only when something failed."""
+    if n == 0 or (not errors and hooks.world_size == 1):
+        return {}
+    firsts = hooks.first_failed_ranks([i in errors for i in range(n)])
+    return {i: (errors.get(i) if first == hooks.rank else None) or PeerFailure(f"rank {first} of this trial failed")
+            for i, first in enumerate(firsts) if first is not None}
+
+
 def _agree_members(hooks: TrialHooks, members: list[_Member], errors: dict[int, RayotError]) -> None:
-    """Agree across ranks on which members failed (``errors``: this rank's, by position in
-    ``members``); each failed member keeps its error where it failed, PeerFailure elsewhere."""
-    if not members or (not errors and hooks.world_size == 1):
-        return
-    firsts = hooks.first_failed_ranks([i in errors for i in range(len(members))])
-    for i, first in enumerate(firsts):
-        if first is not None:
-            own = errors.get(i) if first == hooks.rank else None
-            members[i].error = own or PeerFailure(f"rank {first} of this trial failed")
+    """Mark the members that failed on any rank (:func:`_agreed_failures`): they are dropped."""
+    for i, error in _agreed_failures(hooks, len(members), errors).items():
+        members[i].error = error
 
 
 def _alive(members: list[_Member]) -> list[_Member]:
@@ -797,6 +802,8 @@ def train_pack(
         if not active:
             break
         # the whole epoch is a function of (state at its start, seed, epoch): resumable exactly
+        # (each member's sampling and augmentation have their own generators; nothing in a step
+        # draws from the global one, so a pack seeds it from its first member)
         torch.manual_seed(active[0].cfg.seed * 1_000_003 + epoch)
         for m in active:
             m.start_epoch(epoch)
@@ -965,12 +972,8 @@ class MemberResult:
 def _settle(hooks: TrialHooks, results: list[MemberResult], errors: dict[int, RayotError]) -> None:
     """Agree across ranks on which members failed in a phase of :func:`run_pack` (``errors``: this
     rank's, by member); a pack of one raises its member's error at once, as a lone trial does."""
-    if errors or hooks.world_size > 1:
-        firsts = hooks.first_failed_ranks([i in errors for i in range(len(results))])
-        for i, first in enumerate(firsts):
-            if first is not None and results[i].error is None:
-                own = errors.get(i) if first == hooks.rank else None
-                results[i].error = own or PeerFailure(f"rank {first} of this trial failed")
+    for i, error in _agreed_failures(hooks, len(results), errors).items():
+        results[i].error = results[i].error or error
     if len(results) == 1 and results[0].error is not None:
         raise results[0].error
 
