@@ -188,9 +188,8 @@ def tune_driver(param: dict[str, Any]) -> None:
     sweep = param["sweep"]
     owner = leases.Owner(**param["owner"])
     outcome: dict[str, dict[str, Any]] = {}
-    with contextlib.ExitStack() as stack:
-        heartbeat = stack.enter_context(leases.Heartbeat())
-        run = []
+    with contextlib.ExitStack() as stack:  # releases the leases held, after the heartbeat stopped
+        held, run = [], []
         for cfg in cfgs:
             tid = C.trial_id(cfg)
             try:  # two sweeps on one storage: the second skips what the first runs
@@ -201,14 +200,14 @@ def tune_driver(param: dict[str, Any]) -> None:
             if not isinstance(lease, leases.Lease):
                 outcome[tid] = {"status": "busy", "error": lease.describe()}
                 continue
-            stack.enter_context(lease)
-            heartbeat.add(lease)
+            held.append(stack.enter_context(lease))
             if results.trial_status(cfg.output.results, tid) == "done":  # finished by another sweep
                 outcome[tid] = {"status": "done"}
                 continue
             run.append(cfg)
-        if run:
-            outcome.update(_fit(run, param))
+        with leases.Heartbeat(held) as heartbeat:
+            if run:
+                outcome.update(_fit(run, param))
         if heartbeat.lost:  # renewals failed past the expiry and another sweep took a trial
             log.warning("trials %s: their leases were taken by another sweep while they ran; both may "
                         "have written the same results", ", ".join(lease.trial_id for lease in heartbeat.lost_leases))
