@@ -638,7 +638,7 @@ class _Member:
     is a pack of one."""
 
     def __init__(self, cfg: C.TrialConfig, model: nn.Module, task: Task, *, image_size: int,
-                 device: torch.device, hooks: TrialHooks) -> None:
+                 device: torch.device, hooks: TrialHooks, pack_size: int = 1) -> None:
         o, lc = cfg.optim, cfg.loss
         if not task.train:
             raise DataError(
@@ -666,7 +666,9 @@ class _Member:
         if min(self.sampler.sizes(0)) == 0:
             raise DataError(f"dataset {task.dataset}: the training subset of {len(self.dataset)} images gives "
                             f"some of the {hooks.world_size} workers no image")
-        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.data.num_workers)
+        # a pack's members share the trial's loader processes (the inputs do not depend on how many)
+        workers = cfg.data.num_workers and max(1, cfg.data.num_workers // pack_size)
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=workers)
         self.steps = len(self.loader)
         self.error: RayotError | None = None  # set when it failed: it is dropped from the pack
         self.lr = 0.0
@@ -1042,7 +1044,7 @@ def run_pack(
             if results[i].error is None and C.epochs_trained(cfg) > 0:
                 try:
                     members[i] = _Member(cfg, models[i], tasks[i], image_size=loaded.image_size,
-                                         device=device, hooks=hooks)
+                                         device=device, hooks=hooks, pack_size=len(cfgs))
                 except RayotError as exc:
                     errors[i] = exc
         _settle(hooks, results, errors)
