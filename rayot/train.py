@@ -387,12 +387,15 @@ def pack_outputs(models: list[nn.Module], images: list[Tensor], classnames: list
     this rank's share of member m's batch, ``sizes[m]`` every rank's), with one image-encoder and
     one text-encoder call for all members where their class allows it (:mod:`rayot.model.packed`)."""
     if models[0].text_per_image:  # its text is per image: only the images are shared out
-        outs = []
-        for model, x, s in zip(models, images, sizes, strict=True):
-            out = model(x)
-            outs.append(PromptOutput(logits=hooks.gather(out.logits, s), image=hooks.gather(out.image, s),
-                                     text=hooks.gather(out.text, s)))  # (B, n_cls), (B, D), (B, n_cls, D)
-        return outs
+        if len(models) == 1:
+            outs = [models[0](images[0])]
+        else:
+            frozen = packed.frozen_images(models, images)  # each (b, D)
+            outs = [_conditioned_output(m, f, t) for m, f, t in
+                    zip(models, frozen, packed.encode_conditioned_texts(models, frozen), strict=True)]
+        return [PromptOutput(logits=hooks.gather(out.logits, s), image=hooks.gather(out.image, s),
+                             text=hooks.gather(out.text, s))  # (B, n_cls), (B, D), (B, n_cls, D)
+                for out, s in zip(outs, sizes, strict=True)]
     texts = pack_class_features(models, classnames, hooks)  # each (n_cls, D)
     outs = []
     for model, text, feats, s in zip(models, texts, packed.encode_images(models, images), sizes, strict=True):
@@ -400,6 +403,12 @@ def pack_outputs(models: list[nn.Module], images: list[Tensor], classnames: list
         logits = model.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
         outs.append(PromptOutput(logits=logits, image=image, text=text))
     return outs
+
+
+def _conditioned_output(model: nn.Module, image: Tensor, text: Tensor) -> PromptOutput:
+    """CoCoOp's output from its image features (B, D) and their class features (B, n_cls, D)."""
+    logits = model.logit_scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))  # (B, n_cls)
+    return PromptOutput(logits=logits, image=image, text=text)
 
 
 def gpa_weights(mean: float, std: float, epochs: int) -> list[float]:
@@ -547,7 +556,11 @@ def _pack_logits(models: list[nn.Module], images: Tensor, texts: list[Tensor | N
         frozen = models[0].frozen_image_features(images).float()  # (B, D), shared
         return [scale * frozen @ text.T for text in texts]
     if models[0].text_per_image:
-        return [model(images).logits for model in models]
+        if len(models) == 1:
+            return [models[0](images).logits]
+        frozen = models[0].frozen_image_features(images)  # (B, D), shared
+        texts = packed.encode_conditioned_texts(models, [frozen] * len(models))
+        return [_conditioned_output(m, frozen, t).logits for m, t in zip(models, texts, strict=True)]
     feats = packed.encode_images(models, [images] * len(models))  # each (B, D)
     return [model.logit_scale * image @ text.t().to(image.dtype)
             for model, image, text in zip(models, feats, texts, strict=True)]

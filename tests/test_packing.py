@@ -219,7 +219,7 @@ def test_a_pack_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_pack
 @pytest.mark.parametrize("method, extra", [
     ("zeroshot", {}),
     ("maple", {"prompt.depth_text": 2}),  # fused: coupled deep prompts on both towers
-    ("cocoop", {"optim.batch_size": 2}),  # text per image: the members run in turn
+    ("cocoop", {"optim.batch_size": 2}),  # text per image: all members' B x C prompts in one call
     ("promptsrc", {"optim.gpa_mean": 1.0, "optim.gpa_std": 1.0}),  # GPA, L1/KL terms, 60 templates
 ])
 def test_packs_of_the_peer_methods_equal_their_trials_alone(synth_root, tmp_path, tiny_weights, method, extra):

@@ -140,6 +140,15 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
 
         One text-encoder call on the B x n_cls prompts (truncated after the last EOT, exact).
         """
+        x = self.prompt_embeddings(image)  # (B*C, L, W)
+        n_img, n_cls = image.shape[0], self.text_tokens.shape[0]
+        feats = encode_text_embeddings(self.clip, x, self.text_eot.repeat(n_img))  # (B*C, D)
+        return F.normalize(feats, dim=-1).reshape(n_img, n_cls, -1)  # (B, C, D)
+
+    def prompt_embeddings(self, image: Tensor) -> Tensor:
+        """The input embeddings (B*C, L, W) of the B x n_cls class prompts conditioned on normalised
+        image features (B, D), image-major, truncated after the last EOT; the text encoder takes
+        them with ``text_eot.repeat(B)``."""
         length = self.text_length
         tokens = self.text_tokens[:, :length]  # (C, L)
         emb = self.clip.token_embedding(tokens).to(self.clip.transformer.get_cast_dtype())
@@ -154,9 +163,7 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
             ],
             dim=2,
         )  # (B, C, L, W)
-        x = x.reshape(n_img * n_cls, length, width)  # (B*C, L, W)
-        feats = encode_text_embeddings(self.clip, x, self.text_eot.repeat(n_img))  # (B*C, D)
-        return F.normalize(feats, dim=-1).reshape(n_img, n_cls, -1)  # (B, C, D)
+        return x.reshape(n_img * n_cls, length, width)  # (B*C, L, W)
 
     def eval_text_features(self) -> Tensor | None:
         """None: CoCoOp's class features depend on each image, evaluation cannot encode them once."""

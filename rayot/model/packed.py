@@ -7,9 +7,9 @@ the text encoder in one call, each sequence with its member's prompts. Nothing m
 sequences (attention, layer norms and pooling act per sequence), so each member's rows are what
 its module alone computes, and the gradient of a member's loss reaches only its own tensors.
 
-One member, or a class whose learned tensors are not deep prompts only (CoCoOp, whose class
-features depend on each image), runs each module's own forward in turn: the same frozen CLIP,
-no fusion.
+CoCoOp's class features depend on each image: the frozen image features of every member's images
+come from one call, and every member's image-conditioned class prompts go through the text
+encoder in one call (:func:`encode_conditioned_texts`). One member runs its module's own forward.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.model.adapter import encode_image_prompted, encode_text_tokens
+from rayot.model.adapter import encode_image_prompted, encode_text_embeddings, encode_text_tokens
 from rayot.model.prompts import frozen_image_features
 
 
@@ -70,3 +70,18 @@ def frozen_images(models: list[nn.Module], images: list[Tensor]) -> list[Tensor]
         return [m.frozen_image_features(x) for m, x in zip(models, images, strict=True)]
     counts = [len(x) for x in images]
     return list(frozen_image_features(models[0].clip, torch.cat(images)).split(counts))
+
+
+def encode_conditioned_texts(models: list[nn.Module], images: list[Tensor]) -> list[Tensor]:
+    """CoCoOp: each member's normalised class features (b_m, n_cls, D) conditioned on its
+    normalised image features ``images[m]`` (b_m, D), in one text-encoder call for all members."""
+    first = models[0]
+    if len(models) == 1 or any(type(m) is not type(first) or m.clip is not first.clip
+                               or m.text_length != first.text_length for m in models):
+        return [m.encode_text(x) for m, x in zip(models, images, strict=True)]
+    x = torch.cat([m.prompt_embeddings(f) for m, f in zip(models, images, strict=True)])  # (N, L, W)
+    eot = torch.cat([m.text_eot.repeat(len(f)) for m, f in zip(models, images, strict=True)])  # (N,)
+    feats = F.normalize(encode_text_embeddings(first.clip, x, eot), dim=-1)  # (N, D)
+    counts = [len(f) * len(m.text_tokens) for m, f in zip(models, images, strict=True)]
+    return [t.reshape(len(f), len(m.text_tokens), -1)  # (b_m, C, D)
+            for m, f, t in zip(models, images, feats.split(counts), strict=True)]
