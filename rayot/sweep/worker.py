@@ -147,7 +147,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({"status": "failed", "error": _error_text(exc), "log": paths[0] or ""})
         return
     failed = [_record_member(m, sweep, hooks.rank) for m in members]
-    ray.train.report({"status": "failed" if all(failed) else "done"})
+    final: dict[str, Any] = {"status": "failed" if all(failed) else "done"}
+    if len(members) > 1:  # each member's own outcome, not the pack's (the live view shows members)
+        final["members"] = {C.trial_id(m.cfg): {"status": "failed" if f else "done",
+                                                **({"error": _error_text(m.error)} if m.error else {})}
+                            for m, f in zip(members, failed, strict=True)}
+    ray.train.report(final)
 
 
 def _record_member(member: MemberResult, sweep: str, rank: int) -> bool:
