@@ -353,15 +353,11 @@ def sharded_reference_features(model: nn.Module, classnames: list[str], template
     return hooks.gather(reference_text_features(model, mine, templates), sizes)  # (n_cls, D)
 
 
-def class_features(model: nn.Module, classnames: list[str], hooks: TrialHooks) -> Tensor:
-    """The prompted text features of every class (n_cls, D), each rank encoding its share
-    (deep prompts and all) and the shares gathered with their gradients. The model keeps this
-    rank's share as its classes, tokenised once."""
-    return pack_class_features([model], classnames, hooks)[0]
-
-
 def pack_class_features(models: list[nn.Module], classnames: list[str], hooks: TrialHooks) -> list[Tensor]:
-    """:func:`class_features` of each member of a pack (one text-encoder call for all of them)."""
+    """The prompted text features of every class (n_cls, D) for each member of a pack, in one
+    text-encoder call for all of them: each rank encodes its share of the classes (deep prompts
+    and all) and the shares are gathered with their gradients. The models keep this rank's share
+    as their classes, tokenised once."""
     mine, sizes = _my_classes(classnames, hooks)
     for model in models:
         if model.classnames != mine:
@@ -391,24 +387,14 @@ def pack_outputs(models: list[nn.Module], images: list[Tensor], classnames: list
             outs = [models[0](images[0])]
         else:
             frozen = packed.frozen_images(models, images)  # each (b, D)
-            outs = [_conditioned_output(m, f, t) for m, f, t in
+            outs = [m.output(f, t) for m, f, t in
                     zip(models, frozen, packed.encode_conditioned_texts(models, frozen), strict=True)]
         return [PromptOutput(logits=hooks.gather(out.logits, s), image=hooks.gather(out.image, s),
                              text=hooks.gather(out.text, s))  # (B, n_cls), (B, D), (B, n_cls, D)
                 for out, s in zip(outs, sizes, strict=True)]
     texts = pack_class_features(models, classnames, hooks)  # each (n_cls, D)
-    outs = []
-    for model, text, feats, s in zip(models, texts, packed.encode_images(models, images), sizes, strict=True):
-        image = hooks.gather(feats, s)  # (B, D)
-        logits = model.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
-        outs.append(PromptOutput(logits=logits, image=image, text=text))
-    return outs
-
-
-def _conditioned_output(model: nn.Module, image: Tensor, text: Tensor) -> PromptOutput:
-    """CoCoOp's output from its image features (B, D) and their class features (B, n_cls, D)."""
-    logits = model.logit_scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))  # (B, n_cls)
-    return PromptOutput(logits=logits, image=image, text=text)
+    return [model.output(hooks.gather(feats, s), text)  # image (B, D) of the global batch
+            for model, text, feats, s in zip(models, texts, packed.encode_images(models, images), sizes, strict=True)]
 
 
 def gpa_weights(mean: float, std: float, epochs: int) -> list[float]:
@@ -560,10 +546,9 @@ def _pack_logits(models: list[nn.Module], images: Tensor, texts: list[Tensor | N
             return [models[0](images).logits]
         frozen = models[0].frozen_image_features(images)  # (B, D), shared
         texts = packed.encode_conditioned_texts(models, [frozen] * len(models))
-        return [_conditioned_output(m, frozen, t).logits for m, t in zip(models, texts, strict=True)]
+        return [m.output(frozen, t).logits for m, t in zip(models, texts, strict=True)]
     feats = packed.encode_images(models, [images] * len(models))  # each (B, D)
-    return [model.logit_scale * image @ text.t().to(image.dtype)
-            for model, image, text in zip(models, feats, texts, strict=True)]
+    return [model.output(image, text).logits for model, image, text in zip(models, feats, texts, strict=True)]
 
 
 # ----------------------------------------------------------------------------- training

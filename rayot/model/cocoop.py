@@ -186,6 +186,11 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
             )
         else:
             text = text_features
+        return self.output(image, text)
+
+    def output(self, image: Tensor, text: Tensor) -> PromptOutput:
+        """The output for frozen image features (B, D) and their class features (B, n_cls, D):
+        logits[b] = ``logit_scale * text[b] @ image[b]`` (B, n_cls)."""
         logits = self.logit_scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))
         return PromptOutput(logits=logits, image=image, text=text)  # logits (B, C)
 

@@ -151,7 +151,12 @@ class FrozenCLIPPrompts(nn.Module):
         encodes them once with ``eval_text_features``).
         """
         text = self.encode_text() if text_features is None else text_features  # (n_cls, D)
-        image = self.encode_image(images)  # (B, D)
+        return self.output(self.encode_image(images), text)
+
+    def output(self, image: Tensor, text: Tensor) -> PromptOutput:
+        """The output for normalised image features (B, D) and class features (n_cls, D): logits
+        (B, n_cls) = ``logit_scale * image @ text.T`` (a pack computes the features of several
+        modules at once, :mod:`rayot.model.packed`, then asks each module for its output)."""
         logits = self.logit_scale * image @ text.t().to(image.dtype)  # (B, n_cls)
         return PromptOutput(logits=logits, image=image, text=text)
 
