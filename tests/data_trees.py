@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import lzma
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +15,28 @@ from PIL import Image
 
 from rayot.data.specs import DATASETS
 
-COOP_SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coop_splits"
+#: The real CoOp split files and the published few-shot subsets, each xz-compressed
+#: (fixtures/coop_splits/README.md says where they come from).
+COOP_SPLITS_XZ = Path(__file__).resolve().parent / "fixtures" / "coop_splits"
+
+
+@functools.cache
+def coop_splits() -> Path:
+    """The folder of :data:`COOP_SPLITS_XZ` decompressed: ``split_zhou_<Name>.json`` and
+    ``published_fewshot/<dataset>/shot_<K>-seed_<S>.json``, byte for byte the published files.
+
+    Decompressed once per test process into a temporary folder, removed when the process exits.
+    """
+    files = sorted(COOP_SPLITS_XZ.rglob("*.json.xz"))
+    if not files:
+        raise FileNotFoundError(f"no *.json.xz fixture under {COOP_SPLITS_XZ}")
+    out = Path(tempfile.mkdtemp(prefix="rayot-coop-splits-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    for xz in files:
+        target = out / xz.relative_to(COOP_SPLITS_XZ).with_suffix("")  # drop ".xz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(lzma.decompress(xz.read_bytes()))
+    return out
 
 
 def write_image(path: Path, size: tuple[int, int] = (12, 9), value: int = 0) -> Path:

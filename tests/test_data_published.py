@@ -1,4 +1,4 @@
-"""The real CoOp split files and the subsets the original code published (read in place)."""
+"""The real CoOp split files and the subsets the original code published (tests/fixtures/coop_splits)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from data_trees import COOP_SPLITS
+from data_trees import coop_splits
 from typer.testing import CliRunner
 
 from rayot.cli import app
@@ -15,19 +15,15 @@ from rayot.data.readers import read_split_file
 
 STEMS = {"oxford_pets": "OxfordPets", "dtd": "DescribableTextures", "eurosat": "EuroSAT"}
 
-pytestmark = pytest.mark.skipif(
-    not (COOP_SPLITS / "published_fewshot").is_dir(),
-    reason=f"the published CoOp splits are not at {COOP_SPLITS} (../shared next to the project)")
-
 
 def _splits(name: str) -> DatasetSplits:
-    path = COOP_SPLITS / f"split_zhou_{STEMS[name]}.json"
+    path = coop_splits() / f"split_zhou_{STEMS[name]}.json"
     train, val, test, classnames = read_split_file(path, name)
     return DatasetSplits(name, Path("unused"), train, val, test, classnames)
 
 
 def _published(name: str, shots: int, seed: int) -> dict[str, list[tuple[str, int, str]]]:
-    raw = json.loads((COOP_SPLITS / "published_fewshot" / name / f"shot_{shots}-seed_{seed}.json")
+    raw = json.loads((coop_splits() / "published_fewshot" / name / f"shot_{shots}-seed_{seed}.json")
                      .read_text())
     return {split: [(e["impath"].rsplit("/", 1)[-1], e["label"], e["classname"])
                     for e in raw[split]["data"]] for split in ("train", "val")}
@@ -62,7 +58,7 @@ def test_cli_fewshot_reproduces_published_file(tmp_path: Path, name: str, shots:
     # The split file is linked, not copied: the CLI reads it in place through a data root.
     folder = tmp_path / "data" / DATASETS[name].folder
     folder.mkdir(parents=True)
-    (folder / DATASETS[name].split_file).symlink_to(COOP_SPLITS / f"split_zhou_{STEMS[name]}.json")
+    (folder / DATASETS[name].split_file).symlink_to(coop_splits() / f"split_zhou_{STEMS[name]}.json")
     out = tmp_path / "subset.json"
     result = CliRunner().invoke(app, ["data", "fewshot", name, "--root", str(tmp_path / "data"),
                                       "--shots", str(shots), "--seed", str(seed), "--out", str(out)])
