@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -10,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from rayot.errors import RayotError
-from rayot.report import build_report, harmonic_mean, parse_formats, write_report
+from rayot.report import build_report, harmonic_mean, parse_formats, print_report, write_report
 from rayot.report.frame import split_method_specs
 from rayot.report.model import Report, ReportTable
-from rayot.report.names import CROSS_TARGETS, DG_TARGETS
+from rayot.report.names import CROSS_TARGETS, DATASETS, DG_TARGETS
 from rayot.report.published import load_published
 from rayot.report.to_markdown import to_markdown
-from rayot.results import COLUMNS, read_results, write_trial_rows
+from rayot.results import COLUMNS, make_table, read_results, write_trial_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEFAULT_SETTINGS = {
@@ -124,6 +126,7 @@ def test_published_numbers_carry_a_source_and_their_hm_is_the_hm_of_base_and_nov
     assert [r.name for r in rows] == ["CLIP (zero-shot)", "CoOp", "CoCoOp", "KgCoOp", "MaPLe", "PromptSRC"]
     for r in rows:
         assert r.source.strip()
+        assert r.datasets == DATASETS  # what a measured average must be over to get a Δ
         # published HMs are rounded to 2 decimals
         assert harmonic_mean(r.base, r.novel) == pytest.approx(r.hm, abs=0.005)
 
@@ -349,12 +352,106 @@ def test_single_dataset_report_has_an_average_row_and_says_it_is_not_the_benchma
     assert any("11 datasets" in n for n in comparison.notes)
     assert "CLIP (zero-shot): tiny; Prompt-OT: ViT-B-16" in " ".join(comparison.notes)
     published = _table(report, "published")
+    # the published rows stay, for reference; the measured ones follow without a difference
+    assert [c.label for c in published.columns] == ["Base", "Novel", "HM"]
     pot = _row(published, "Prompt-OT").cells
-    assert pot[5].value == pytest.approx(harmonic_mean(90.0, 57.0) - 79.97)  # against PromptSRC
-    assert pot[6].text == "PromptSRC"
-    clip = _row(published, "CLIP (zero-shot)").cells
-    assert clip[3].value == pytest.approx(60.0 - 69.34) and clip[6].text == "CLIP (zero-shot)"
-    assert any("compare different things" in n for n in published.notes)
+    assert [c.value for c in pot] == pytest.approx([90.0, 57.0, harmonic_mean(90.0, 57.0)])
+    assert not any(c.best for c in pot)  # Synthetic's 90.00 is not "better" than a paper's Base
+    assert _row(published, "PromptSRC [4]").cells[0].best
+    assert published.notes[0].startswith("No Δ: the published averages are over the 11 ")
+
+
+# ------------------------------------------------------------- published: Δ only when comparable
+
+
+def _b2n_rows(method: str, datasets: tuple[str, ...], base: float, novel: float, **settings: object) -> list[dict]:
+    """In-memory result rows: one seed of one method on each dataset, the same accuracies."""
+    s = {**DEFAULT_SETTINGS, **settings}
+    rows = []
+    for d in datasets:
+        tid = f"{method}-{s['lambda_ot']:g}-{d}"
+        for split, acc in (("base", base), ("novel", novel)):
+            rows.append(
+                dict(trial_id=tid, status="done", method=method, protocol="base2novel", dataset=d,
+                     eval_dataset=d, split=split, seed=1, backbone="ViT-B-16", pretrained="openai",
+                     accuracy=acc, config="{}", **s)
+            )
+    return rows
+
+
+def _published_everywhere(report: Report, tmp_path: Path) -> dict[str, str]:
+    """The published table as each format shows it: terminal, Markdown, LaTeX, HTML, CSV."""
+    out = tmp_path / "out"
+    write_report(report, out, ["md", "latex", "html", "csv"])
+    console = Console(file=io.StringIO(), width=250)
+    print_report(report, console)
+    tex = (out / "report.tex").read_text().split("\n\n")
+    return {
+        "terminal": console.file.getvalue(),
+        "md": (out / "report.md").read_text().split("## Measured against published")[1].split("\n## ")[0],
+        "tex": next(t for t in tex if "{tab:rayot-published}" in t),
+        "html": (out / "report.html").read_text().split('<h3 id="published">')[1].split("</ul>")[0],
+        "csv": (out / "csv" / "published.csv").read_text(),
+    }
+
+
+def test_published_numbers_without_their_datasets_get_no_delta_in_any_format(tmp_path: Path):
+    # the offline demo world: one dataset, "synthetic"
+    rows = _b2n_rows("zeroshot", ("synthetic",), 60.0, 65.0, lambda_ot=0.0, regularizer="none")
+    rows += _b2n_rows("prompt_ot", ("synthetic",), 90.0, 80.0)
+    report = build_report(make_table(rows), published=True, figures=False)
+    published = _table(report, "published")
+    assert published.title == "Base-to-novel averages: published, for reference, and measured"
+    assert [c.label for c in published.columns] == ["Base", "Novel", "HM"]
+    assert all(len(r.cells) == 3 for r in published.rows)
+    assert [r.label for r in published.rows][:6] == [
+        "CLIP (zero-shot) [1]", "CoOp [1]", "CoCoOp [1]", "KgCoOp [2]", "MaPLe [3]", "PromptSRC [4]"
+    ]
+    why = "No Δ: the published averages are over the 11 base-to-novel datasets, the measured ones over Synthetic."
+    assert published.notes[0] == why
+    assert not any("reference" in r.meta for r in published.rows)
+    shown = _published_everywhere(report, tmp_path)
+    for fmt, text in shown.items():
+        assert "ΔHM" not in text and "\\Delta" not in text and "Δ against" not in text, fmt
+        assert "PromptSRC" in text and "Prompt-OT" in text, fmt
+        if fmt != "csv":  # the CSV files hold the values; the notes are in the documents
+            assert "No Δ: the published averages are over the 11" in text, fmt
+
+
+def test_published_numbers_over_their_datasets_get_a_delta_in_every_format(tmp_path: Path):
+    rows = _b2n_rows("coop", DATASETS, 82.69, 63.22, lambda_ot=0.0, regularizer="none")
+    rows += _b2n_rows("prompt_ot", DATASETS, 85.0, 77.0, lambda_ot=10.0)
+    # the same method with one dataset missing: its average is not the benchmark's
+    rows += _b2n_rows("prompt_ot", DATASETS[:-1], 86.0, 78.0, lambda_ot=1.0)
+    report = build_report(make_table(rows), published=True, figures=False)
+    published = _table(report, "published")
+    assert published.title == "Base-to-novel averages: measured against published"
+    assert [c.label for c in published.columns] == ["Base", "Novel", "HM", "ΔBase", "ΔNovel", "ΔHM", "Δ against"]
+    coop = _row(published, "CoOp").cells
+    assert [c.value for c in coop[3:6]] == pytest.approx([0.0, 0.0, 0.0], abs=0.01)
+    assert coop[6].text == "CoOp"
+    pot = _row(published, "Prompt-OT (λ=10)")
+    assert pot.cells[5].value == pytest.approx(harmonic_mean(85.0, 77.0) - 79.97)  # against PromptSRC
+    assert pot.cells[3].value == pytest.approx(85.0 - 84.26) and pot.cells[6].text == "PromptSRC"
+    assert pot.meta["reference"] == "promptsrc"
+    partial = _row(published, "Prompt-OT (λ=1)").cells
+    assert [c.value for c in partial[3:6]] == [None, None, None] and partial[6].text == ""
+    assert partial[2].flag == "10/11 datasets" and not partial[2].best
+    assert published.notes[0] == (
+        "No Δ for Prompt-OT (λ=1): its average is not over the 11 base-to-novel datasets, "
+        "as the published ones are."
+    )
+    shown = _published_everywhere(report, tmp_path)
+    assert "ΔHM" in shown["terminal"] and "+0.74" in shown["terminal"]
+    assert "| ΔHM |" in shown["md"] and "+0.74" in shown["md"]
+    assert "$\\Delta$HM" in shown["tex"] and "+0.74" in shown["tex"]
+    assert "<th>ΔHM</th>" in shown["html"] and "+0.74" in shown["html"]
+    csv = pd.read_csv(io.StringIO(shown["csv"]))
+    d_hm = csv[(csv["row"] == "Prompt-OT (λ=10)") & (csv["column"] == "ΔHM")]
+    assert d_hm["value"].item() == pytest.approx(harmonic_mean(85.0, 77.0) - 79.97)
+    assert csv[(csv["row"] == "Prompt-OT (λ=1)") & (csv["column"] == "ΔHM")]["value"].isna().all()
+    for fmt in ("terminal", "md", "html", "tex"):
+        assert "No Δ for Prompt-OT (λ=1)" in shown[fmt], fmt
 
 
 def test_every_format_is_written(tmp_path: Path):
@@ -458,3 +555,22 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ):
         result = runner.invoke(app, args)
         assert isinstance(result.exception, RayotError) and message in str(result.exception), args
+
+
+@pytest.mark.parametrize("columns", [None, "80", "120"])
+def test_sweep_help_shows_each_exit_status_whole_on_its_own_line(columns: str | None):
+    import inspect
+
+    from rayot.cli import app
+    from rayot.cli.sweep import sweep
+
+    doc = inspect.cleandoc(sweep.__doc__ or "")
+    statuses = doc.split("Exit status:\n", 1)[1].strip().splitlines()
+    assert [line.split()[0] for line in statuses] == ["0", "1", "2", "3", "130"]
+    env = {"COLUMNS": columns, "TERMINAL_WIDTH": None, "NO_COLOR": "1"}
+    result = CliRunner().invoke(app, ["sweep", "--help"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in result.output.splitlines()]
+    assert "Exit status:" in shown
+    for line in statuses:
+        assert line in shown, f"{line!r} is not one line of the help:\n{result.output}"

@@ -23,7 +23,9 @@ def report(
         ["md,latex,html,csv"], "--format", "-f", help="Comma-separated: md, latex, html, csv."
     ),
     published: bool = typer.Option(
-        False, "--published", help="Show the published averages and the differences to them."
+        False, "--published",
+        help="Show the published 11-dataset averages, and the differences to them where the measured "
+        "averages are over those 11 datasets.",
     ),
     methods: list[str] = typer.Option(
         None, "--methods", "-m",

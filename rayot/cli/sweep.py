@@ -43,10 +43,15 @@ def sweep(
 ) -> None:
     """Run every trial of a sweep that has no finished result yet.
 
-    Exit status: 0 every trial is done; 1 some trial failed (the others ran); 2 bad input,
-    nothing ran; 3 nothing failed but some trials are being run by another sweep on the same
-    storage; 130 interrupted (what finished is kept, a re-run goes on from there).
+    Exit status:
+    0    every trial is done
+    1    some trial failed (the others ran)
+    2    bad input, nothing ran
+    3    nothing failed, but another sweep on the same storage runs some trials
+    130  interrupted (what finished is kept; a re-run goes on from there)
     """
+    # Typer's Rich help keeps the docstring's line breaks and wraps only lines that do not fit:
+    # one exit status a line, each under 76 characters, reads whole on an 80-column terminal.
     from rayot import config as C
     from rayot import results
     from rayot.sweep.spec import expand, load_spec, replaced_axes, storage_of

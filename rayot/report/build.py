@@ -48,7 +48,8 @@ def build_report(
         table: result rows of :data:`rayot.results.SCHEMA` (e.g. from ``read_results``).
         methods: keep these methods; an entry may fix settings: ``"prompt_ot:lambda_ot=10"``.
         datasets: keep these evaluated datasets.
-        published: add the published averages and the differences to them.
+        published: add the published averages, and the differences to them where the measured
+            averages are over the datasets the published ones average over.
         figures: draw the figures (PNG bytes in the report).
         sources: where the rows came from, for messages and the report's header.
     """

@@ -272,7 +272,7 @@ def assign_variants(done: pd.DataFrame) -> pd.DataFrame:
     for method, group in trials.groupby("method"):
         keys = _method_setting_keys(group, config_keys)
         if keys:
-            log.info("method %s: trials differ in %s", method, ", ".join(keys))
+            log.debug("method %s: trials differ in %s", method, ", ".join(keys))
         for tid, row in group.iterrows():
             settings = tuple((k, _plain(row[k])) for k in keys)
             variant_of[str(tid)] = Variant(str(method), settings)

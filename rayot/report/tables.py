@@ -459,6 +459,32 @@ def few_shot_tables(res: FewShotResults) -> list[ReportTable]:
 # ----------------------------------------------------------------------------- published
 
 
+def _delta_note(res: B2NResults, without: Sequence[Variant], refs: Sequence[Published]) -> str:
+    """One line: why (some) measured rows have no difference to the published numbers."""
+    theirs = {tuple(sorted(p.datasets)) for p in refs}
+    standard = list(refs[0].datasets) if len(theirs) == 1 else []
+    if set(standard) == set(DATASETS):
+        over = f"the {len(DATASETS)} base-to-novel datasets"
+    elif standard:
+        over = f"{len(standard)} datasets ({', '.join(dataset_name(d) for d in standard)})"
+    else:
+        over = "the datasets of each paper"
+    if len(without) < len(res.variants):
+        labels = ", ".join(v.label for v in without)
+        whose = "its average is" if len(without) == 1 else "their averages are"
+        return f"No Δ for {labels}: {whose} not over {over}, as the published ones are."
+    have = [d for d in res.datasets if any(d in res.averages[v].datasets for v in without)]
+    missing = [dataset_name(d) for d in standard if d not in have]
+    extra = [dataset_name(d) for d in have if d not in standard]
+    if len(have) <= 3 or len(missing) == len(standard):
+        measured = ", ".join(dataset_name(d) for d in have) or "no complete dataset"
+    elif missing:
+        measured = f"{len(have)} datasets, without {', '.join(missing)}"
+    else:
+        measured = f"{len(have)} datasets, with {', '.join(extra)}"
+    return f"No Δ: the published averages are over {over}, the measured ones over {measured}."
+
+
 def published_table(
     res: B2NResults | None, published: Sequence[Published], setting: str, backbones: Sequence[str]
 ) -> ReportTable:
@@ -466,27 +492,51 @@ def published_table(
 
     A measured method is compared with its own published row when there is one (CLIP zero-shot,
     CoOp, ...), otherwise with the published row of highest HM. Differences are measured minus
-    published, in points.
+    published, in points, and shown only where the measured average is over the datasets the
+    published one averages over (the 11 of the benchmark); elsewhere (the one-dataset synthetic
+    demo, a method missing a dataset) the published rows stay for reference, the measured values
+    do not compete with them for "best", and a note says why there is no difference. Without
+    any difference to show, the table has no difference columns at all.
     """
-    columns = _bnh_columns(best=True) + [
-        Column("d_base", "ΔBase"),
-        Column("d_novel", "ΔNovel"),
-        Column("d_hm", "ΔHM"),
-        Column("reference", "Δ against"),
-    ]
+    by_key = {p.key: p for p in published}
+    strongest = max(published, key=lambda p: p.hm)
+    ref_of: dict[Variant, Published] = {}
+    if res is not None:
+        for v in res.variants:
+            ref = by_key.get(v.method, strongest)
+            if set(res.averages[v].datasets) == set(ref.datasets):
+                ref_of[v] = ref
+    with_delta = bool(ref_of)
+    columns = _bnh_columns(best=True)
+    if with_delta:
+        columns += [
+            Column("d_base", "ΔBase"),
+            Column("d_novel", "ΔNovel"),
+            Column("d_hm", "ΔHM"),
+            Column("reference", "Δ against"),
+        ]
+    title = (
+        "Base-to-novel averages: measured against published"
+        if with_delta or res is None
+        else "Base-to-novel averages: published, for reference, and measured"
+    )
     table = ReportTable(
         key="published",
         section=SECTIONS["published"],
-        title="Base-to-novel averages: measured against published",
+        title=title,
         row_header="Method",
         columns=columns,
     )
+
+    def no_delta() -> list[Cell]:
+        return [Cell(), Cell(), Cell(), Cell(text="")] if with_delta else []
+
     # one citation number per source (three rows come from the CoCoOp paper)
     cite: dict[str, int] = {}
     for p in published:
         cite.setdefault(p.source, len(cite) + 1)
     for p in published:
-        cells = [Cell(p.base), Cell(p.novel), Cell(p.hm), Cell(), Cell(), Cell(), Cell(text="")]
+        cells = [Cell(p.base), Cell(p.novel), Cell(p.hm), *no_delta()]
         meta = {"kind": "published", "method": p.key, "source": p.source}
         table.rows.append(Row(f"{p.name} [{cite[p.source]}]", cells, meta))
     table.notes.append(f"Rows marked [n] are published numbers: {setting}.")
@@ -495,24 +545,26 @@ def published_table(
         table.notes.append("No base-to-novel results were measured, so there is nothing to compare.")
         table.mark_best()
         return table
-    by_key = {p.key: p for p in published}
-    strongest = max(published, key=lambda p: p.hm)
     for j, v in enumerate(res.variants):
         avg = res.averages[v]
-        ref = by_key.get(v.method, strongest)
         cells = _average_cells(avg, len(res.datasets), res.min_seeds(v), res.expected)
-        for measured, theirs in ((avg.base, ref.base), (avg.novel, ref.novel), (avg.hm, ref.hm)):
-            diff = None if measured is None else measured - theirs
-            cells.append(Cell(diff, signed=True, comparable=False))
-        cells.append(Cell(text=ref.name))
-        meta = _meta(v, kind="measured", reference=ref.key)
+        meta = _meta(v, kind="measured")
+        ref = ref_of.get(v)
+        if ref is None:
+            for c in cells:  # an average over other datasets: not comparable with the published
+                c.comparable = False
+            cells += no_delta()
+        else:
+            for measured, theirs in ((avg.base, ref.base), (avg.novel, ref.novel), (avg.hm, ref.hm)):
+                diff = None if measured is None else measured - theirs
+                cells.append(Cell(diff, signed=True, comparable=False))
+            cells.append(Cell(text=ref.name))
+            meta["reference"] = ref.key
         table.rows.append(Row(v.label, cells, meta, rule_before=j == 0))
-    if set(res.datasets) != set(DATASETS):
-        names = ", ".join(dataset_name(d) for d in res.datasets)
-        table.notes.append(
-            f"The measured averages are over {len(res.datasets)} dataset(s) ({names}), the "
-            "published ones over the 11 datasets: the differences compare different things."
-        )
+    without = [v for v in res.variants if v not in ref_of]
+    if without:  # first, where it is read
+        refs = [by_key.get(v.method, strongest) for v in without]
+        table.notes.insert(0, _delta_note(res, without, refs))
     table.notes.append(f"Measured backbone(s): {', '.join(backbones)}.")
     table.mark_best()
     return table
