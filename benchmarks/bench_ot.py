@@ -18,7 +18,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from rayot.losses import prompt_ot_loss
+from rayot.methods.prompt_ot import prompt_ot_loss
 
 
 def _sync(device: torch.device) -> None:

@@ -11,7 +11,7 @@ prompts, images, labels) and λ. For each K, in the same run and alternating ste
   packed    ``pack_outputs`` over the K members (one image-encoder call with per-sample deep
             prompts, one text-encoder call), one ``packed.frozen_images`` call, each member's loss
             on its own rows, one backward of the summed losses, each member's SGD step: the step of
-            ``rayot.train.train_pack``.
+            ``rayot.train.loop.train_pack``.
 
 Prints seconds per member-step of each (a round of separate steps or one packed step, divided by
 K) and the speed-up separate / packed; K = 1 runs the same step twice (a ratio near 1 is the
@@ -39,17 +39,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from rayot import config as C
-from rayot.losses import total_loss
 from rayot.model import LoadedCLIP, load_clip, packed
 from rayot.model.prompts import PromptOutput
-from rayot.train import (
-    TrialHooks,
-    _regularizer_terms,
-    autocast_dtype,
-    init_model,
-    pack_outputs,
-    sharded_reference_features,
-)
+from rayot.train import TrialHooks, autocast_dtype, init_model, trial_objective
+from rayot.train.features import pack_outputs, reference_text_features
 
 #: the members' λ, in turn: a sweep over λ is the typical pack
 LAMBDAS = (10.0, 1.0, 0.1)
@@ -68,10 +61,8 @@ class Member:
     labels: Tensor  # (B,)
 
     def loss(self, out: PromptOutput, image_ref: Tensor, text_ref: Tensor) -> Tensor:
-        """The member's total loss on its batch, as a trial's (rayot.train._Member.loss)."""
-        reg, terms = _regularizer_terms(self.cfg, out, self.labels, image_ref, text_ref,
-                                        self.model.logit_scale.float())
-        return total_loss(out.logits, self.labels, reg, self.cfg.loss.lambda_ot, terms)
+        """The member's total loss on its batch, as a trial's (rayot.train.loop.Member.loss)."""
+        return trial_objective(self.cfg, self.model, out, self.labels, image_ref, text_ref).loss
 
 
 def build_members(n: int, clip: LoadedCLIP, classnames: list[str], args: argparse.Namespace,
@@ -79,8 +70,8 @@ def build_members(n: int, clip: LoadedCLIP, classnames: list[str], args: argpars
     members = []
     for i in range(n):
         cfg = C.load_config(None, ["method=prompt_ot", "model.name=ViT-B-16", "model.pretrained=null",
-                                   f"seed={i + 1}", f"loss.lambda_ot={LAMBDAS[i % len(LAMBDAS)]}",
-                                   f"loss.solver={args.solver}", f"precision={args.precision}",
+                                   f"seed={i + 1}", f"prompt_ot.lambda_ot={LAMBDAS[i % len(LAMBDAS)]}",
+                                   f"prompt_ot.solver={args.solver}", f"precision={args.precision}",
                                    f"optim.batch_size={args.batch}"])
         model = init_model(cfg, clip, classnames, device)  # initial prompts from the seed, as a trial's
         model.train()
@@ -111,7 +102,7 @@ def separate_steps(members: list[Member], classnames: list[str], text_ref: Tenso
 
 def packed_step(members: list[Member], classnames: list[str], text_ref: Tensor,
                 amp: torch.dtype | None) -> None:
-    """One training step of the whole pack, as ``rayot.train.train_pack`` takes it."""
+    """One training step of the whole pack, as ``rayot.train.loop.train_pack`` takes it."""
     models = [m.model for m in members]
     images = [m.images for m in members]
     device = images[0].device
@@ -188,7 +179,7 @@ def main() -> None:
     clip = load_clip("ViT-B-16", None, device=device)
     classnames = [f"class {i}" for i in range(args.classes)]
     members = build_members(max(args.k), clip, classnames, args, device)
-    text_ref = sharded_reference_features(members[0].model, classnames, TEMPLATES, HOOKS)  # (n_cls, D)
+    text_ref = reference_text_features(members[0].model, classnames, TEMPLATES, HOOKS)  # (n_cls, D)
 
     head = f"{'K':>3} {'images':>6} {'texts':>6} {'s/member-step sep':>17} {'packed':>8} {'speed-up':>8}"
     if cuda:

@@ -28,16 +28,9 @@ from PIL import Image
 
 from rayot import config as C
 from rayot.data import Item, Task
-from rayot.losses import total_loss
 from rayot.model import load_clip
-from rayot.train import (
-    DistributedHooks,
-    _regularizer_terms,
-    build_model,
-    evaluate,
-    global_output,
-    sharded_reference_features,
-)
+from rayot.train import DistributedHooks, build_model, evaluate, trial_objective
+from rayot.train.features import global_output, reference_text_features
 
 
 def _write_images(root: Path, n: int, n_cls: int) -> list[Item]:
@@ -62,7 +55,7 @@ def _worker(rank: int, world: int, init: str, args: argparse.Namespace, items: l
     model = build_model(cfg, load_clip("ViT-B-16", None, device=device), classnames)
     params = list(model.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    text_ref = sharded_reference_features(model, classnames, ("a photo of a {}.",), hooks)  # (n_cls, D)
+    text_ref = reference_text_features(model, classnames, ("a photo of a {}.",), hooks)  # (n_cls, D)
     g = torch.Generator().manual_seed(1)
     b = cfg.optim.batch_size
     images_all = torch.randn(b, 3, 224, 224, generator=g)  # (B, 3, H, W): the global batch
@@ -75,8 +68,7 @@ def _worker(rank: int, world: int, init: str, args: argparse.Namespace, items: l
         labels = hooks.gather(labels_all[mine], sizes)  # (B,)
         out_ = global_output(model, images_all[mine], classnames, sizes, hooks)
         image_ref = hooks.gather(model.frozen_image_features(images_all[mine]), sizes)  # (B, D)
-        reg, terms = _regularizer_terms(cfg, out_, labels, image_ref, text_ref, model.logit_scale.float())
-        loss = total_loss(out_.logits, labels, reg, cfg.loss.lambda_ot, terms)
+        loss = trial_objective(cfg, model, out_, labels, image_ref, text_ref).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         hooks.sum_gradients(params)
@@ -97,7 +89,7 @@ def _worker(rank: int, world: int, init: str, args: argparse.Namespace, items: l
     task = Task("bench", Path(root), [], [], items, classnames, "a photo of a {}.")
 
     def evaluation() -> None:
-        evaluate(model, task, zero_shot=False, templates=("a photo of a {}.",), image_size=224, device=device,
+        evaluate(model, task, image_size=224, device=device,
                  precision="fp32", batch_size=50, num_workers=0, hooks=hooks)
 
     eval_s, eval_cpu = timed(evaluation, 1)

@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from rayot.losses import prompt_ot_loss, total_loss
+from rayot.methods.base import cross_entropy
+from rayot.methods.prompt_ot import prompt_ot_loss
 from rayot.model import PromptedCLIP, load_clip
 
 VARIANTS = {
@@ -40,7 +41,7 @@ def step_ms(model: PromptedCLIP, text_ref: torch.Tensor, images, labels, reg_kwa
                     image_ref = model.frozen_image_features(images)
                 reg = prompt_ot_loss(out.image.float(), image_ref.float(), out.text[labels].float(),
                                      text_ref[labels], **reg_kwargs)
-        loss = total_loss(out.logits, labels, reg, 10.0 if reg_kwargs else 0.0)
+        loss = cross_entropy(out.logits, labels) + (10.0 if reg_kwargs else 0.0) * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

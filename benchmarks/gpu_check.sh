@@ -89,9 +89,9 @@ import time
 import torch
 
 from rayot import config as C
-from rayot.losses import total_loss
 from rayot.model import load_clip, packed
-from rayot.train import TrialHooks, _regularizer_terms, init_model, pack_outputs, sharded_reference_features
+from rayot.train import TrialHooks, init_model, trial_objective
+from rayot.train.features import pack_outputs, reference_text_features
 
 device = torch.device(os.environ["CHECK_DEVICE"])
 K, n_cls, B = int(os.environ["CHECK_K"]), int(os.environ["CHECK_CLASSES"]), 4
@@ -102,13 +102,13 @@ torch.manual_seed(0)
 clip = load_clip("ViT-B-16", None, device=device)
 classnames = [f"class {i}" for i in range(n_cls)]
 cfgs = [C.load_config(None, ["method=prompt_ot", "model.name=ViT-B-16", "model.pretrained=null", f"seed={i + 1}",
-                             f"loss.lambda_ot={(10.0, 1.0, 0.1)[i % 3]}"]) for i in range(K)]
+                             f"prompt_ot.lambda_ot={(10.0, 1.0, 0.1)[i % 3]}"]) for i in range(K)]
 models = [init_model(cfg, clip, classnames, device).train() for cfg in cfgs]
 assert packed.fused(models), "the members do not run as one computation"
 g = torch.Generator().manual_seed(0)
 images = [torch.randn(B, 3, clip.image_size, clip.image_size, generator=g).to(device) for _ in range(K)]
 labels = [torch.randint(0, n_cls, (B,), generator=g).to(device) for _ in range(K)]
-text_ref = sharded_reference_features(models[0], classnames, ("a photo of a {}.",), hooks)  # (n_cls, D)
+text_ref = reference_text_features(models[0], classnames, ("a photo of a {}.",), hooks)  # (n_cls, D)
 
 
 def losses(idx, amp):
@@ -120,8 +120,7 @@ def losses(idx, amp):
         refs = packed.frozen_images(ms, xs)
         out = []
         for i, o, r in zip(idx, outs, refs, strict=True):
-            reg, terms = _regularizer_terms(cfgs[i], o, labels[i], r, text_ref, models[i].logit_scale.float())
-            out.append(total_loss(o.logits, labels[i], reg, cfgs[i].loss.lambda_ot, terms))
+            out.append(trial_objective(cfgs[i], models[i], o, labels[i], r, text_ref).loss)
     return out
 
 

@@ -20,7 +20,7 @@ A result file that cannot be read (empty, truncated, foreign) never stops a swee
 :func:`finished_trials` and :func:`trial_status` log it and count its trial as not done, and
 :func:`unreadable_results` lists such files. A ``done`` result is never replaced by a failure
 (:func:`write_failure_rows`). :func:`check_writable` probes a location before a sweep starts.
-Per-trial leases (:mod:`rayot.leases`) live in the dot-folder ``<results>/.leases``, which the
+Per-trial leases (:mod:`rayot.sweep.leases`) live in the dot-folder ``<results>/.leases``, which the
 readers here ignore.
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -51,7 +53,7 @@ SCHEMA = pa.schema(
     [
         pa.field("trial_id", pa.string(), nullable=False),  # stable hash of the resolved config
         pa.field("status", pa.string(), nullable=False),  # "done" | "failed"
-        pa.field("method", pa.string(), nullable=False),  # zeroshot | coop | ivlp | prompt_ot | ...
+        pa.field("method", pa.string(), nullable=False),  # the method's name (rayot methods lists them)
         pa.field("protocol", pa.string(), nullable=False),  # base2novel | cross_dataset | ...
         pa.field("dataset", pa.string(), nullable=False),  # the dataset trained on
         pa.field("eval_dataset", pa.string(), nullable=False),  # the dataset evaluated
@@ -64,11 +66,13 @@ SCHEMA = pa.schema(
         pa.field("n_correct", pa.int64()),
         pa.field("n_test", pa.int64()),
         pa.field("n_classes", pa.int64()),
-        pa.field("lambda_ot", pa.float64(), nullable=False),
-        pa.field("regularizer", pa.string(), nullable=False),  # ot | pointwise | none
-        pa.field("modality", pa.string(), nullable=False),  # joint | vision | text
-        pa.field("solver", pa.string(), nullable=False),  # emd | sinkhorn | unbalanced
-        pa.field("epsilon", pa.float64(), nullable=False),
+        # the transport regulariser's settings as the trial id holds them (SETTING_ID_KEYS); null
+        # for a method whose id holds none of them
+        pa.field("lambda_ot", pa.float64()),
+        pa.field("regularizer", pa.string()),  # ot | pointwise | none
+        pa.field("modality", pa.string()),  # joint | vision | text
+        pa.field("solver", pa.string()),  # emd | sinkhorn | unbalanced
+        pa.field("epsilon", pa.float64()),
         pa.field("epochs", pa.int64(), nullable=False),
         pa.field("sweep", pa.string()),  # name of the sweep that ran it, if any
         pa.field("config", pa.string(), nullable=False),  # the resolved configuration as JSON
@@ -76,10 +80,19 @@ SCHEMA = pa.schema(
         pa.field("error", pa.string()),  # the error message of a failed trial
         pa.field("rayot_version", pa.string(), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # JSON: every trained epoch's metrics, [{"epoch", "loss", "ce", "reg", "lr", "diag/<name>", ...}]
+        # (the method's diagnostics: Prompt-OT's plan off-diagonal mass, ...); added in 0.2
+        pa.field("epoch_metrics", pa.string()),
     ]
 )
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+#: Columns added after the first files were written: a file without them reads them as null.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("epoch_metrics",)
+_REQUIRED = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS)
+#: Result columns filled from the trial id's view of the method's settings (rayot.config.id_fields).
+SETTING_ID_KEYS: dict[str, str] = {"lambda_ot": "loss.lambda_ot", "regularizer": "loss.regularizer",
+                                   "modality": "loss.modality", "solver": "loss.solver", "epsilon": "loss.epsilon"}
 _DEFAULTS: dict[str, Any] = {
     "rayot_version": __version__,
     "sweep": None,
@@ -89,6 +102,8 @@ _DEFAULTS: dict[str, Any] = {
     "n_test": None,
     "n_classes": None,
     "train_seconds": None,
+    "epoch_metrics": None,
+    **dict.fromkeys(SETTING_ID_KEYS),
 }
 
 
@@ -318,7 +333,7 @@ def write_failure_rows(location: str, trial_id: str, rows: Sequence[Mapping[str,
     after its worker wrote the trial's results, or a second run of the same trial): then nothing
     is written, the refusal is logged and ``None`` is returned. An earlier failure, an unreadable
     file or no file at all is replaced; returns the final path. The check and the write are two
-    steps, not one atomic operation: the trial's lease (:mod:`rayot.leases`) is what keeps two
+    steps, not one atomic operation: the trial's lease (:mod:`rayot.sweep.leases`) is what keeps two
     writers of one trial apart.
     """
     fs, path = trial_path(location, trial_id)
@@ -338,7 +353,7 @@ def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tup
     """
     try:
         with pq.ParquetFile(path, filesystem=fs) as pf:
-            missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+            missing = [c for c in _REQUIRED if c not in pf.schema_arrow.names]
             if missing:
                 return None, f"not a rayot result file (missing columns {missing})"
             table = pf.read(columns=["trial_id", "status"])
@@ -468,10 +483,87 @@ def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table:
         table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowException, OSError) as exc:
         raise RayotError(f"results file {path}: not a readable Parquet file ({exc})") from exc
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in _REQUIRED if c not in table.column_names]
     if missing:
         raise RayotError(f"results file {path}: missing columns {missing}")
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:  # a file of an earlier version
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
     try:
         return table.select(list(COLUMNS)).cast(SCHEMA)
     except (pa.ArrowException, ValueError) as exc:
         raise RayotError(f"results file {path}: columns of the wrong type ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------- a trial's rows
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation of a trial: its correct count on a test split."""
+
+    protocol: str
+    eval_dataset: str
+    split: str
+    n_correct: int
+    n_test: int
+    n_classes: int
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.n_correct / self.n_test
+
+
+def trial_fields(cfg: Any, sweep: str | None) -> dict[str, Any]:
+    """The columns every row of a trial shares (``cfg``: a :class:`rayot.config.TrialConfig`)."""
+    from rayot import config as C
+
+    ids = C.id_fields(cfg)
+    return {
+        "trial_id": C.trial_id(cfg),
+        "method": C.method_of(cfg).name,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.seed,
+        "shots": cfg.data.shots,
+        "backbone": cfg.model.name,
+        "pretrained": cfg.model.checkpoint or cfg.model.pretrained or "random",
+        **{column: ids.get(key) for column, key in SETTING_ID_KEYS.items()},
+        "epochs": cfg.optim.epochs,
+        "sweep": sweep,
+        "config": C.to_json(cfg),
+    }
+
+
+def result_rows(cfg: Any, results: Sequence[EvalResult], *, train_seconds: float, sweep: str | None = None,
+                history: Sequence[Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
+    """The Parquet rows of a finished trial: one per evaluation; ``history``: its epochs' metrics."""
+    shared = trial_fields(cfg, sweep)
+    metrics = json.dumps([dict(h) for h in history]) if history else None
+    return [
+        {
+            **shared,
+            "status": "done",
+            "protocol": r.protocol,
+            "eval_dataset": r.eval_dataset,
+            "split": r.split,
+            "accuracy": r.accuracy,
+            "n_correct": r.n_correct,
+            "n_test": r.n_test,
+            "n_classes": r.n_classes,
+            "train_seconds": train_seconds,
+            "epoch_metrics": metrics,
+        }
+        for r in results
+    ]
+
+
+def failure_row(cfg: Any, error: str, *, sweep: str | None = None) -> dict[str, Any]:
+    """The single row that records a failed trial with its error (no accuracy)."""
+    return {
+        **trial_fields(cfg, sweep),
+        "status": "failed",
+        "protocol": cfg.data.protocol,
+        "eval_dataset": cfg.data.dataset,
+        "split": "",
+        "error": error,
+    }

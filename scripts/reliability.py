@@ -196,7 +196,7 @@ def every_trial_fails(tmp: Path) -> Outcome:
 
 
 def lease_held_by_another_sweep(tmp: Path) -> Outcome:
-    from rayot import leases
+    from rayot.sweep import leases
 
     spec = _spec(tmp, grid={"method": ["zeroshot"], "seed": [1, 2]})
     ids = _trial_ids(spec)

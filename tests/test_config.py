@@ -14,36 +14,77 @@ def test_defaults_reproduce_the_reference_settings():
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.005, 0.9, 5e-4)
     assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.batch_size) == (1, 1e-4, 4)
     assert (cfg.optim.epochs, cfg.optim.stop_epoch, C.epochs_trained(cfg)) == (40, 30, 30)  # method.md
-    assert (cfg.loss.lambda_ot, cfg.loss.eta, cfg.loss.solver, cfg.loss.modality) == (10.0, 0.5, "emd", "joint")
+    s = cfg.settings
+    assert (s.lambda_ot, s.eta, s.solver, s.modality, s.regularizer) == (10.0, 0.5, "emd", "joint", "ot")
     assert (cfg.prompt.n_ctx_text, cfg.prompt.n_ctx_vision, cfg.prompt.depth_text) == (4, 4, 12)
     assert (cfg.model.name, cfg.model.pretrained, cfg.data.shots) == ("ViT-B-16", "openai", 16)
 
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("seed: 3\nloss:\n  lambda_ot: 2\ndata:\n  dataset: dtd\n")
-    cfg = C.load_config(path, ["loss.eta=0.25", "data.targets=[a, b]", "model.pretrained=null"])
-    assert cfg.seed == 3 and cfg.loss.lambda_ot == 2.0 and isinstance(cfg.loss.lambda_ot, float)
-    assert cfg.loss.eta == 0.25 and cfg.data.dataset == "dtd" and cfg.data.targets == ("a", "b")
+    path.write_text("seed: 3\nprompt_ot:\n  lambda_ot: 2\ndata:\n  dataset: dtd\n")
+    cfg = C.load_config(path, ["prompt_ot.eta=0.25", "data.targets=[a, b]", "model.pretrained=null"])
+    s = cfg.settings
+    assert cfg.seed == 3 and s.lambda_ot == 2.0 and isinstance(s.lambda_ot, float)
+    assert s.eta == 0.25 and cfg.data.dataset == "dtd" and cfg.data.targets == ("a", "b")
     assert cfg.model.pretrained is None
+    assert C.to_dict(cfg)["prompt_ot"]["lambda_ot"] == 2.0  # the method's settings under its name
+
+
+def test_a_file_holds_several_methods_sections_and_each_trial_takes_its_own(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prompt_ot: {lambda_ot: 1}\npromptsrc: {gpa_mean: 3}\n")
+    ot = C.load_config(path)
+    src = C.load_config(path, ["method=promptsrc"])
+    assert ot.settings.lambda_ot == 1.0 and src.settings.gpa_mean == 3.0 and src.settings.text_l1 == 25.0
+    assert C.trial_id(C.load_config(path, ["method=coop"])) == C.trial_id(C.load_config(None, ["method=coop"]))
+    path.write_text("promptsrc: {gpa_meen: 3}\n")  # another method's section is still checked
+    with pytest.raises(ConfigError, match="'promptsrc.gpa_meen'"):
+        C.load_config(path)
+
+
+def test_the_old_spelling_loads_with_a_warning_naming_the_new_one(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  lambda_ot: 2\n  solver: sinkhorn\noptim: {epochs: 3}\n")
+    with caplog.at_level("WARNING"):
+        old = C.load_config(path, ["loss.eta=0.25"])
+    new = C.load_config(None, ["prompt_ot.lambda_ot=2", "prompt_ot.solver=sinkhorn", "optim.epochs=3",
+                               "prompt_ot.eta=0.25"])
+    assert old == new and C.trial_id(old) == C.trial_id(new)
+    assert "'prompt_ot.eta'" in caplog.text
+    src = C.load_config(None, ["method=promptsrc", "optim.gpa_mean=2", "data.template=default"])
+    assert (src.settings.gpa_mean, src.settings.template) == (2.0, "default")
+    with pytest.raises(ConfigError, match=r"'loss\.kg_weight'.*'coop\.kg_weight'.*no setting 'kg_weight'"):
+        C.load_config(None, ["method=coop", "loss.kg_weight=1"])
+
+
+def test_a_method_named_with_settings_under_method_says_where_they_go():
+    with pytest.raises(ConfigError, match="section named after it"):
+        C.resolve_config({"method": {"name": "prompt_ot", "lambda_ot": 1}})
 
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        (["loss.lamda=1"], "loss.lamda"),
+        (["prompt_ot.lamda=1"], "prompt_ot.lamda"),
         (["optim.epochs=1.5"], "optim.epochs"),
         (["seed=abc"], "seed"),
-        (["loss.solver=simplex"], "loss.solver"),
+        (["prompt_ot.solver=simplex"], "prompt_ot.solver"),
         (["method=tip_adapter"], "method"),
         (["optim.stop_epoch=50"], "optim.stop_epoch"),
+        (["method=cocoop", "cocoop.kg_weight=1"], "cocoop.kg_weight"),
         (["method=cocoop", "loss.kg_weight=1"], "loss.kg_weight"),
         (["optim.batch_size=0"], "optim.batch_size"),
         (["data=3"], "data"),
-        (["loss.eta=-1"], "loss.eta"),
+        (["prompt_ot.eta=-1"], "prompt_ot.eta"),
         (["precision=fp8"], "precision"),
-        (["data.template=hello"], "data.template"),
+        (["prompt_ot.template=hello"], "prompt_ot.template"),
         (["data.targets=dtd"], "data.targets"),
+        (["prompt_ot.solver=sinkhorn", "prompt_ot.epsilon=0"], "prompt_ot.epsilon"),
+        (["prompt_oot.lambda_ot=1"], "prompt_oot"),
+        (["prompt_ot=1"], "prompt_ot"),
+        (["settings.lambda_ot=1"], "settings"),
+        (["method=ivlp", "prompt.depth_text=0"], "prompt.depth_text"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(overrides, key):
@@ -64,23 +105,22 @@ def test_bad_files(tmp_path):
 
 def test_presets_layers_reference_file_defining_keys_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("method: zeroshot\noptim:\n  epochs: 20\nloss:\n  lambda_ot: 10\n")
+    path.write_text("method: zeroshot\noptim:\n  epochs: 20\nprompt_ot:\n  lambda_ot: 3\n")
     cfg = C.load_config(path)
-    assert cfg.optim.epochs == 0 and cfg.loss.regularizer == "none" and cfg.data.template == "dataset"
+    assert cfg.optim.epochs == 0 and cfg.settings.template == "dataset"
     # the file's epochs win over CoOp's reference 200; its defining depths win over the file
     coop = C.load_config(path, ["method=coop"])
     assert (coop.prompt.depth_text, coop.prompt.depth_vision, coop.optim.epochs) == (1, 0, 20)
     assert (coop.optim.lr, coop.optim.batch_size, coop.optim.warmup_lr) == (0.002, 32, 1e-5)
-    forced = C.load_config(path, ["method=ivlp", "loss.lambda_ot=3"])
-    assert forced.loss.lambda_ot == 3.0 and forced.loss.regularizer == "none"
+    assert C.load_config(path, ["method=prompt_ot"]).settings.lambda_ot == 3.0  # its section applies
     # a file that sets the schedule length evaluates after all of it, unless it says otherwise
     ot = C.load_config(path, ["method=prompt_ot"])
     assert (ot.optim.epochs, ot.optim.stop_epoch, C.epochs_trained(ot)) == (20, None, 20)
     assert C.epochs_trained(C.load_config(path, ["method=prompt_ot", "optim.stop_epoch=15"])) == 15
 
 
-#: Each preset against its reference configuration (peers.md §2-§7, method.md): schedule
-#: (E, S, batch, lr, warm-up rate), shapes (tokens, depths) and loss weights.
+#: Each preset against its reference configuration (docs/peers.md §2-§7, docs/method.md): schedule
+#: (E, S, batch, lr, warm-up rate), shapes (tokens, depths) and the method's settings.
 REFERENCE = {
     ("zeroshot", "base2novel"): dict(E=0, S=0, template="dataset"),
     ("coop", "base2novel"): dict(E=200, S=200, bs=32, lr=0.002, wlr=1e-5, ctx=(4, 1, 0)),
@@ -89,15 +129,17 @@ REFERENCE = {
                                    template="kgcoop"),
     ("maple", "base2novel"): dict(E=5, S=5, bs=4, lr=0.0035, wlr=1e-5, ctx=(2, 9, 0)),
     ("maple", "transfer"): dict(E=2, S=2, bs=4, lr=0.0026, wlr=1e-5, ctx=(2, 3, 0)),
-    ("ivlp", "base2novel"): dict(E=20, S=20, bs=4, lr=0.0025, wlr=1e-5, ctx=(4, 9, 9), lam=0.0),
+    ("ivlp", "base2novel"): dict(E=20, S=20, bs=4, lr=0.0025, wlr=1e-5, ctx=(4, 9, 9)),
     ("promptsrc", "base2novel"): dict(E=20, S=20, bs=4, lr=0.0025, wlr=1e-5, ctx=(4, 9, 9),
                                       src=(25.0, 10.0, 1.0), gpa=(15.0, 1.0), template="ensemble"),
     ("promptsrc", "transfer"): dict(E=20, S=20, ctx=(4, 3, 3), src=(25.0, 10.0, 1.0), gpa=(6.0, 10.0),
                                     template="ensemble"),
     ("promptsrc", "few_shot"): dict(E=50, S=50, src=(25.0, 10.0, 1.0), gpa=(30.0, 30.0),
                                     template="ensemble"),
-    ("prompt_ot", "base2novel"): dict(E=40, S=30, bs=4, lr=0.005, wlr=1e-4, ctx=(4, 12, 12), lam=10.0),
-    ("pointwise", "base2novel"): dict(E=40, S=30, bs=4, lr=0.005, wlr=1e-4, ctx=(4, 12, 12), lam=10.0),
+    ("prompt_ot", "base2novel"): dict(E=40, S=30, bs=4, lr=0.005, wlr=1e-4, ctx=(4, 12, 12), lam=10.0,
+                                      template="default"),
+    ("pointwise", "base2novel"): dict(E=40, S=30, bs=4, lr=0.005, wlr=1e-4, ctx=(4, 12, 12), lam=10.0,
+                                      template="default"),
 }
 
 
@@ -105,7 +147,7 @@ REFERENCE = {
 def test_each_preset_is_its_reference_configuration(method, protocol):
     ref = REFERENCE[(method, protocol)]
     cfg = C.load_config(None, [f"method={method}", f"data.protocol={protocol}", "data.dataset=caltech101"])
-    o, p, lc = cfg.optim, cfg.prompt, cfg.loss
+    o, p, s = cfg.optim, cfg.prompt, cfg.settings
     assert (o.epochs, C.epochs_trained(cfg)) == (ref["E"], ref["S"])
     if "bs" in ref:
         assert o.batch_size == ref["bs"]
@@ -115,11 +157,13 @@ def test_each_preset_is_its_reference_configuration(method, protocol):
         n_ctx, depth_t, depth_v = ref["ctx"]
         assert (p.n_ctx_text, p.depth_text, p.depth_vision) == (n_ctx, depth_t, depth_v)
     if "lam" in ref:
-        assert lc.lambda_ot == ref["lam"]
-    assert lc.kg_weight == ref.get("kg", 0.0)
-    assert (lc.text_l1, lc.image_l1, lc.logit_kl) == ref.get("src", (0.0, 0.0, 0.0))
-    assert (o.gpa_mean, o.gpa_std) == ref.get("gpa", (0.0, 0.0))
-    assert cfg.data.template == ref.get("template", "default")
+        assert s.lambda_ot == ref["lam"]
+    if "kg" in ref:
+        assert s.kg_weight == ref["kg"]
+    if "src" in ref:
+        assert (s.text_l1, s.image_l1, s.logit_kl) == ref["src"]
+        assert (s.gpa_mean, s.gpa_std) == ref["gpa"]
+    assert getattr(s, "template", None) == ref.get("template", getattr(s, "template", None))
     assert (p.ctx_init, o.momentum, o.weight_decay) == ("a photo of a", 0.9, 5e-4)
 
 
@@ -127,7 +171,7 @@ def test_dataset_dependent_presets():
     coop_in = C.load_config(None, ["method=coop", "data.dataset=imagenet"])
     assert coop_in.optim.epochs == 50  # CoOp's ep50 config on ImageNet
     cars = C.load_config(None, ["method=promptsrc", "data.protocol=few_shot", "data.dataset=stanford_cars"])
-    assert (cars.optim.gpa_mean, cars.optim.gpa_std) == (45.0, 5.0)
+    assert (cars.settings.gpa_mean, cars.settings.gpa_std) == (45.0, 5.0)
 
 
 def test_trial_id_is_stable_and_ignores_placement_only_keys():
@@ -138,11 +182,11 @@ def test_trial_id_is_stable_and_ignores_placement_only_keys():
                            "data.num_workers": 7})
     assert C.trial_id(same) == C.trial_id(a)
     assert C.trial_id(C.replace(a, seed=2)) != C.trial_id(a)
-    assert C.trial_id(C.replace(a, **{"loss.lambda_ot": 1.0})) != C.trial_id(a)
+    assert C.trial_id(C.replace(a, **{"prompt_ot.lambda_ot": 1.0})) != C.trial_id(a)
 
 
 def test_json_round_trip_keeps_overrides_that_beat_the_preset():
-    cfg = C.load_config(None, ["method=ivlp", "loss.regularizer=ot", "loss.lambda_ot=1"])
+    cfg = C.load_config(None, ["method=promptsrc", "promptsrc.gpa_std=0", "optim.lr=1"])
     import json
 
     back = C.from_dict(json.loads(C.to_json(cfg)))
@@ -162,10 +206,21 @@ def test_eval_targets_follow_the_protocols():
     assert {p for p, d, _ in tr if d not in C.DG_TARGETS} == {"cross_dataset"}
 
 
-def test_loss_choices_are_the_loss_function_s_own():
-    # the config validates names without importing torch; they must not drift from the loss
-    from rayot import losses
+def test_the_regulariser_choices_are_the_transport_module_s_own():
+    from rayot.methods.prompt_ot import Settings
+    from rayot.transport import MODALITIES, SOLVERS
 
-    assert C._CHOICES["loss.solver"] == losses.SOLVERS
-    assert C._CHOICES["loss.modality"] == losses.MODALITIES
-    assert C._CHOICES["loss.regularizer"] == losses.REGULARIZERS
+    fields = {f.name: f.metadata["choices"] for f in __import__("dataclasses").fields(Settings)}
+    assert fields["solver"] == SOLVERS and fields["modality"] == MODALITIES
+
+
+def test_a_configuration_of_an_earlier_version_loads(tmp_path):
+    """A resolved configuration written before methods owned their settings (every loss key,
+    GPA and template in it) loads as the same trial."""
+    import json
+
+    old = json.loads(C.to_json(C.load_config(None, ["method=coop"])))
+    old["loss"] = {"lambda_ot": 0.0, "regularizer": "none", "eta": 0.5, "kg_weight": 0.0}
+    old["data"]["template"] = "default"
+    old["optim"].update(gpa_mean=0.0, gpa_std=0.0)
+    assert C.trial_id(C.from_dict(old)) == C.trial_id(C.load_config(None, ["method=coop"]))

@@ -14,8 +14,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from rayot import leases, results
-from rayot.leases import Heartbeat, Lease, LeaseHolder, Owner
+from rayot import results
+from rayot.sweep import leases
+from rayot.sweep.leases import Heartbeat, Lease, LeaseHolder, Owner
 
 
 class FakeClock:
@@ -84,13 +85,13 @@ def test_takeover_after_expiry(tmp_path, caplog):
     lease_a = leases.acquire(str(tmp_path), "t1", a, ttl_s=60, clock=clock)
     clock.advance(61)  # a died: its lease ran out
     assert leases.holder(str(tmp_path), "t1", clock=clock) is None
-    with caplog.at_level(logging.INFO, logger="rayot.leases"):
+    with caplog.at_level(logging.INFO, logger="rayot.sweep.leases"):
         lease_b = leases.acquire(str(tmp_path), "t1", b, ttl_s=60, clock=clock)
     assert isinstance(lease_b, Lease)
     assert "took over" in caplog.text and "sweep-a" in caplog.text
     assert leases.holder(str(tmp_path), "t1", clock=clock).owner == b
     # a comes back: its renewal finds the lease lost, and its release leaves b's lease alone
-    with caplog.at_level(logging.WARNING, logger="rayot.leases"):
+    with caplog.at_level(logging.WARNING, logger="rayot.sweep.leases"):
         assert lease_a.renew() is False
     assert lease_a.lost and lease_a.lost_to.owner == b
     assert "lost the lease of trial t1" in caplog.text and "sweep-b" in caplog.text
@@ -248,7 +249,7 @@ def test_heartbeat_detects_a_lost_lease(tmp_path, caplog):
     mine = leases.acquire(str(tmp_path), "t1", Owner.new("a"), ttl_s=30)
     other = leases.acquire(str(tmp_path), "t2", Owner.new("a"), ttl_s=30)
     thief = Owner.new("the thief")
-    with caplog.at_level(logging.WARNING, logger="rayot.leases"):
+    with caplog.at_level(logging.WARNING, logger="rayot.sweep.leases"):
         with Heartbeat([mine, other], interval_s=0.05) as hb:
             assert _wait_for(lambda: hb.renewals >= 2)
             # another owner's lease replaces ours whole (as after an expiry and a takeover)
@@ -275,7 +276,7 @@ def test_heartbeat_survives_storage_errors(tmp_path, monkeypatch, caplog):
         return True
 
     monkeypatch.setattr(lease, "renew", flaky_renew)
-    with caplog.at_level(logging.WARNING, logger="rayot.leases"), Heartbeat(lease, interval_s=0.02) as hb:
+    with caplog.at_level(logging.WARNING, logger="rayot.sweep.leases"), Heartbeat(lease, interval_s=0.02) as hb:
         assert _wait_for(lambda: hb.renewals >= 1)
     assert hb.errors == 2 and not hb.lost
     assert "storage hiccup" in caplog.text

@@ -1,4 +1,5 @@
-"""rayot.losses against POT on random problems: value, plan, marginals, gradients."""
+"""rayot.transport and Prompt-OT's regulariser against POT on random problems: value, plan,
+marginals, gradients; the objective applies λ once and reports the plan's off-diagonal mass."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from rayot.losses import (
+from rayot.methods import Batch, get
+from rayot.methods.prompt_ot import prompt_ot_loss
+from rayot.model.prompts import PromptOutput
+from rayot.transport import (
+    off_diagonal_mass,
     ot_plan,
     pairwise_sq_dists,
-    prompt_ot_loss,
     sinkhorn_log,
     sinkhorn_unbalanced_log,
-    total_loss,
 )
 
 ETA = 0.5
@@ -421,14 +424,38 @@ def test_pointwise_does_not_need_solver_settings() -> None:
     assert loss.item() > 0
 
 
-def test_total_loss_applies_lambda_once() -> None:
-    g = torch.Generator().manual_seed(22)
-    logits = torch.randn(6, 5, generator=g, requires_grad=True)
-    labels = torch.randint(0, 5, (6,), generator=g)
-    reg = torch.tensor(0.3, requires_grad=True)
-    loss = total_loss(logits, labels, reg, 10.0)
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item() + 3.0, rel=1e-6)
-    loss.backward()
-    assert reg.grad.item() == pytest.approx(10.0)
-    half = total_loss(logits.detach().to(torch.bfloat16), labels, reg.detach(), 10.0)
-    assert half.dtype == torch.float32
+def _batch(seed: int, shuffle: bool) -> Batch:
+    """A batch whose adapted features are the frozen ones, in order or with samples swapped."""
+    g = torch.Generator().manual_seed(seed)
+    image_ref, text_ref = _unit(g, 4, 6, torch.float32), _unit(g, 3, 6, torch.float32)
+    labels = torch.tensor([0, 1, 2, 0])
+    order = torch.tensor([1, 0, 3, 2]) if shuffle else torch.arange(4)
+    logits = torch.randn(4, 3, generator=g, requires_grad=True)
+    out = PromptOutput(logits=logits, image=image_ref[order].clone().requires_grad_(True), text=text_ref)
+    return Batch(out, labels if not shuffle else labels[order], image_ref, text_ref, torch.tensor(100.0), 0)
+
+
+def test_the_objective_applies_lambda_once_and_reports_the_plan_s_distance_from_the_identity() -> None:
+    method = get("prompt_ot")
+    settings = method.Settings(lambda_ot=10.0, modality="vision")
+    batch = _batch(22, shuffle=False)
+    objective = method.loss(batch, settings)
+    reg = prompt_ot_loss(batch.output.image, batch.image_ref, batch.output.text[batch.labels],
+                         batch.text_ref[batch.labels], modality="vision")
+    ce = F.cross_entropy(batch.output.logits, batch.labels)
+    assert objective.loss.item() == pytest.approx(ce.item() + 10.0 * reg.item(), rel=1e-6)
+    assert objective.diagnostics["ot_offdiag_mass"].item() == 0.0  # each sample matched to its own
+    assert objective.diagnostics["ot_nonidentity_frac"].item() == 0.0
+    # the adapted images of samples 0/1 and 2/3 swapped: the exact plan pairs them crosswise
+    shuffled = method.loss(_batch(22, shuffle=True), settings)
+    assert shuffled.diagnostics["ot_offdiag_mass"].item() == pytest.approx(1.0)
+    assert shuffled.diagnostics["ot_nonidentity_frac"].item() == 1.0
+    plain = method.loss(batch, method.Settings(lambda_ot=0.0))
+    assert plain.loss.item() == pytest.approx(ce.item()) and not plain.diagnostics
+
+
+def test_off_diagonal_mass_of_known_plans() -> None:
+    assert off_diagonal_mass(torch.eye(4) / 4).item() == 0.0
+    assert off_diagonal_mass(torch.full((4, 4), 1 / 16)).item() == pytest.approx(0.75)
+    half = torch.tensor([[0.25, 0.25], [0.25, 0.25]])
+    assert off_diagonal_mass(half).item() == pytest.approx(0.5)

@@ -17,15 +17,9 @@ from typer.testing import CliRunner
 
 from rayot import config as C
 from rayot.cli import app
-from rayot.losses import kgcoop_loss, l1_consistency, logit_kl
-from rayot.train import (
-    TrialHooks,
-    build_model,
-    ensemble_templates,
-    gpa_weights,
-    lr_at_epoch,
-    run_trial,
-)
+from rayot.methods.kgcoop import kgcoop_loss
+from rayot.methods.promptsrc import ensemble_templates, gpa_weights, l1_consistency, logit_kl
+from rayot.train import TrialHooks, build_model, lr_at_epoch, run_trial
 
 
 def _cfg(synth_root, tmp_path, **extra):
@@ -37,7 +31,7 @@ def _cfg(synth_root, tmp_path, **extra):
 
 def _dassl_rates(lr: float, warmup_lr: float, epochs: int) -> list[float]:
     """The reference toolbox's rule, written out: epoch 0 at the warm-up rate, epoch k >= 1 at
-    lr (1 + cos(pi (k - 1) / E)) / 2 (peers.md §0.4, method.md)."""
+    lr (1 + cos(pi (k - 1) / E)) / 2 (docs/peers.md §0.4, docs/method.md)."""
     return [warmup_lr] + [0.5 * lr * (1 + math.cos(math.pi * (k - 1) / epochs)) for k in range(1, epochs)]
 
 
@@ -52,7 +46,7 @@ def test_every_preset_follows_the_reference_schedule(method):
 def test_published_rate_tables():
     maple = C.load_config(None, ["method=maple"]).optim
     assert [round(lr_at_epoch(e, maple), 7) for e in range(5)] == pytest.approx(
-        [1e-5, 3.5e-3, 3.17e-3, 2.29e-3, 1.21e-3], abs=6e-6)  # peers.md §0.4
+        [1e-5, 3.5e-3, 3.17e-3, 2.29e-3, 1.21e-3], abs=6e-6)  # docs/peers.md §0.4
     cocoop = C.load_config(None, ["method=cocoop"]).optim
     assert lr_at_epoch(9, cocoop) == pytest.approx(1.9e-4, abs=1e-5)
     ot = C.load_config(None, ["method=prompt_ot"])
@@ -86,7 +80,7 @@ def test_kgcoop_term_is_the_code_s_cosine_form():
     t, w = F.normalize(torch.randn(7, 16), dim=-1), F.normalize(torch.randn(7, 16), dim=-1)
     expected = 1 - sum(float(t[c] @ w[c]) for c in range(7)) / 7
     assert float(kgcoop_loss(t, w)) == pytest.approx(expected, rel=1e-6)
-    # for unit vectors: half the mean squared distance (peers.md §4.2)
+    # for unit vectors: half the mean squared distance (docs/peers.md §4.2)
     assert float(kgcoop_loss(t, w)) == pytest.approx(0.5 * float(((t - w) ** 2).sum(-1).mean()), rel=1e-5)
 
 
@@ -104,7 +98,7 @@ def test_gpa_weights_match_the_reference_numbers():
     w = gpa_weights(15.0, 1.0, 20)
     assert sum(w) == pytest.approx(1.0)
     assert [round(w[e - 1], 3) for e in (13, 14, 15, 16, 17)] == [0.054, 0.242, 0.399, 0.242, 0.054]
-    flat = gpa_weights(6.0, 10.0, 20)  # cross-dataset: nearly flat (peers.md §6.3)
+    flat = gpa_weights(6.0, 10.0, 20)  # cross-dataset: nearly flat (docs/peers.md §6.3)
     assert round(flat[0], 3) == 0.055 and round(flat[5], 3) == 0.063 and round(flat[19], 3) == 0.024
     far = gpa_weights(45.0, 5.0, 3)  # a mean far past the last epoch: no underflow to 0/0
     assert sum(far) == pytest.approx(1.0) and far[2] > far[1] > far[0]
@@ -131,8 +125,8 @@ class _Keep(TrialHooks):
 
 
 def test_gpa_loads_the_weighted_average_and_resumes_exactly(synth_root, tmp_path):
-    cfg = _cfg(synth_root, tmp_path, method="promptsrc", **{"optim.epochs": 3, "optim.gpa_mean": 2.0,
-                                                             "optim.gpa_std": 1.0, "prompt.depth_text": 2,
+    cfg = _cfg(synth_root, tmp_path, method="promptsrc", **{"optim.epochs": 3, "promptsrc.gpa_mean": 2.0,
+                                                             "promptsrc.gpa_std": 1.0, "prompt.depth_text": 2,
                                                              "prompt.depth_vision": 2})
     hooks = _Keep()
     outcome = run_trial(cfg, hooks=hooks)
@@ -178,8 +172,8 @@ def test_every_method_trains_and_evaluates(synth_root, tmp_path, method):
 
 @pytest.mark.parametrize("method", ["ivlp", "maple", "cocoop"])
 def test_init_from_a_reference_checkpoint_evaluates_those_prompts(synth_root, tmp_path, method):
+    from rayot.checkpoints import to_reference
     from rayot.model import load_clip
-    from rayot.model.reference import to_reference
 
     cfg = _cfg(synth_root, tmp_path, method=method, **{"optim.epochs": 1, **TINY_SHAPES[method]})
     trained = run_trial(cfg)

@@ -18,7 +18,8 @@ from conftest import tiny_overrides
 from rayot import config as C
 from rayot import results
 from rayot.errors import ConfigError, TrainingError
-from rayot.packing import check_packable, make_packs, pack_id, pack_key
+from rayot.packing import check_packable, pack_key
+from rayot.sweep.packs import make_packs, pack_id
 from rayot.train import MemberResult, Progress, TrialHooks, run_pack, run_trial
 
 #: measured on this AVX-512 machine after 2 epochs: 0.0 for the K = 3 Prompt-OT pack, 6e-8 for
@@ -78,8 +79,8 @@ def _assert_same_as_alone(result: MemberResult, alone, pack_metrics: list[dict])
 def test_a_pack_of_three_equals_each_trial_alone(synth_root, tmp_path, tiny_weights):
     cfgs = [
         _cfg(synth_root, tmp_path, tiny_weights, seed=1),
-        _cfg(synth_root, tmp_path, tiny_weights, seed=2, **{"loss.lambda_ot": 1.0}),
-        _cfg(synth_root, tmp_path, tiny_weights, seed=3, **{"loss.solver": "sinkhorn"}),
+        _cfg(synth_root, tmp_path, tiny_weights, seed=2, **{"prompt_ot.lambda_ot": 1.0}),
+        _cfg(synth_root, tmp_path, tiny_weights, seed=3, **{"prompt_ot.solver": "sinkhorn"}),
     ]
     hooks = _Record()
     packed = run_pack(cfgs, hooks=hooks)
@@ -108,8 +109,8 @@ def test_only_trials_that_share_the_computation_are_packed(synth_root, tmp_path,
     def cfg(**extra):
         return _cfg(synth_root, tmp_path, tiny_weights, **extra)
 
-    same = [cfg(seed=1), cfg(seed=2, **{"loss.lambda_ot": 0.0}), cfg(seed=3, **{"loss.solver": "sinkhorn"}),
-            cfg(seed=4, **{"loss.modality": "vision"}), cfg(seed=5, **{"optim.lr": 0.01}),
+    same = [cfg(seed=1), cfg(seed=2, **{"prompt_ot.lambda_ot": 0.0}), cfg(seed=3, **{"prompt_ot.solver": "sinkhorn"}),
+            cfg(seed=4, **{"prompt_ot.modality": "vision"}), cfg(seed=5, **{"optim.lr": 0.01}),
             cfg(seed=6, method="ivlp")]  # IVLP trains the same module and shapes as Prompt-OT
     assert len({pack_key(c) for c in same}) == 1
     others = {
@@ -149,18 +150,20 @@ def test_only_trials_that_share_the_computation_are_packed(synth_root, tmp_path,
 
 def test_a_member_with_a_nan_loss_fails_alone_and_the_others_finish_as_alone(
         synth_root, tmp_path, tiny_weights, monkeypatch):
-    import rayot.train as T
+    from rayot.methods.prompt_ot import PromptOT
 
     good = [_cfg(synth_root, tmp_path, tiny_weights, seed=1), _cfg(synth_root, tmp_path, tiny_weights, seed=2)]
     alone = [_alone(c) for c in good]
-    bad = _cfg(synth_root, tmp_path, tiny_weights, seed=3, **{"loss.lambda_ot": 7.0})
-    real = T.total_loss
+    bad = _cfg(synth_root, tmp_path, tiny_weights, seed=3, **{"prompt_ot.lambda_ot": 7.0})
+    real = PromptOT.loss
 
-    def nan_for_lambda_7(logits, labels, reg, lam, terms=()):
-        loss = real(logits, labels, reg, lam, terms)
-        return loss * float("nan") if lam == 7.0 else loss
+    def nan_for_lambda_7(self, batch, settings):
+        objective = real(self, batch, settings)
+        if settings.lambda_ot == 7.0:
+            objective.loss = objective.loss * float("nan")
+        return objective
 
-    monkeypatch.setattr(T, "total_loss", nan_for_lambda_7)
+    monkeypatch.setattr(PromptOT, "loss", nan_for_lambda_7)
     hooks = _Record()
     first, broken, second = run_pack([good[0], bad, good[1]], hooks=hooks)
     assert isinstance(broken.error, TrainingError) and broken.outcome is None
@@ -174,7 +177,7 @@ def test_a_member_with_a_nan_loss_fails_alone_and_the_others_finish_as_alone(
 
 def test_a_member_whose_data_fails_is_dropped_and_a_lone_trial_raises(
         synth_root, tmp_path, tiny_weights, monkeypatch):
-    import rayot.train as T
+    import rayot.train.trial as T
     from rayot.errors import DataError
 
     real = T.build_task
@@ -222,7 +225,7 @@ def test_a_pack_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_pack
     ("zeroshot", {}),
     ("maple", {"prompt.depth_text": 2}),  # fused: coupled deep prompts on both towers
     ("cocoop", {"optim.batch_size": 2}),  # text per image: all members' B x C prompts in one call
-    ("promptsrc", {"optim.gpa_mean": 1.0, "optim.gpa_std": 1.0}),  # GPA, L1/KL terms, 60 templates
+    ("promptsrc", {"promptsrc.gpa_mean": 1.0, "promptsrc.gpa_std": 1.0}),  # GPA, L1/KL terms, 60 templates
 ])
 def test_packs_of_the_peer_methods_equal_their_trials_alone(synth_root, tmp_path, tiny_weights, method, extra):
     cfgs = [_cfg(synth_root, tmp_path, tiny_weights, method=method, seed=s, **extra) for s in (1, 2)]
@@ -259,7 +262,7 @@ def _pack_rank(rank: int, init_file: str, overrides: list[list[str]], out_dir: s
 def test_a_pack_on_two_ranks_equals_each_trial_alone_on_one(synth_root, tmp_path, tiny_weights):
     import torch.multiprocessing as mp
 
-    extra = [{"seed": 1}, {"seed": 2, "loss.solver": "sinkhorn"}]
+    extra = [{"seed": 1}, {"seed": 2, "prompt_ot.solver": "sinkhorn"}]
     overrides = [tiny_overrides(synth_root, tmp_path, method="prompt_ot", world_size=2,
                                 **{"model.checkpoint": str(tiny_weights), **e}) for e in extra]
     mp.spawn(_pack_rank, args=(str(tmp_path / "init"), overrides, str(tmp_path)), nprocs=2, join=True)
@@ -346,7 +349,7 @@ def test_a_packed_sweep_writes_each_trials_alone_results_and_drops_a_failing_mem
     from rayot.sweep.spec import expand
 
     spec = _sweep_spec(tmp_path, synth_root, tiny_weights, {
-        "method": "prompt_ot", "seed": [1, 2], "loss.solver": ["emd", "sinkhorn"],
+        "method": "prompt_ot", "seed": [1, 2], "prompt_ot.solver": ["emd", "sinkhorn"],
         "model.init_from": [None, str(tmp_path / "missing.pt")]}, pack=8)
     trials = expand(spec)
     assert len(trials) == 8

@@ -17,7 +17,9 @@ from torch import Tensor
 from torch.testing import assert_close
 
 from rayot.errors import ConfigError, ModelError
-from rayot.model import CoCoOpCLIP, LoadedCLIP, MaPLeCLIP, PromptedCLIP, PromptOutput, load_clip
+from rayot.methods.cocoop import CoCoOpCLIP
+from rayot.methods.maple import MaPLeCLIP
+from rayot.model import LoadedCLIP, PromptedCLIP, PromptOutput, load_clip
 
 torch.set_num_threads(1)
 

@@ -1,7 +1,7 @@
 """Reference-code checkpoints: safe reading, import, export, and the reference IVLP forward.
 
 Tiny random-weight open_clip models on the CPU; nothing is downloaded. The reference semantics
-checked here are peers.md §0.2, §2.1, §6.1 and §10.8-9 (IVLP/PromptSRC/Prompt-OT share them).
+checked here are docs/peers.md §0.2, §2.1, §6.1 and §10.8-9 (IVLP/PromptSRC/Prompt-OT share them).
 """
 
 from __future__ import annotations
@@ -18,17 +18,20 @@ import torch
 from torch import Tensor
 from torch.testing import assert_close
 
-from rayot.errors import ConfigError, ModelError
-from rayot.model import (
-    REFERENCE_METHODS,
-    LoadedCLIP,
+from rayot import methods
+from rayot.checkpoints import (
+    PickledObject,
+    _reference_config,
     from_reference,
-    load_clip,
     load_reference_file,
     load_reference_into,
     to_reference,
 )
-from rayot.model.reference import PickledObject, build_model, load_reference_state
+from rayot.errors import ConfigError, ModelError
+from rayot.model import LoadedCLIP, load_clip
+
+#: every built-in method that declares a reference checkpoint format
+REFERENCE_METHODS = [m.name for m in methods.available() if m.reference_format and m.origin == "built-in"]
 
 torch.set_num_threads(1)
 
@@ -42,7 +45,7 @@ TINY_SETTINGS: dict[str, dict[str, Any]] = {
     "promptsrc": dict(depth_text=2, depth_vision=2),
     "prompt_ot": dict(n_ctx_text=3, ctx_init="", depth_text=2, depth_vision=1),
     "pointwise": dict(depth_text=1, depth_vision=2),
-    "maple": dict(depth=2),
+    "maple": dict(depth_text=2),
     "cocoop": {},
 }
 
@@ -60,6 +63,16 @@ def tiny() -> LoadedCLIP:
 @pytest.fixture(scope="module")
 def demo64() -> LoadedCLIP:
     return _clip("rayot-demo", torch.float64)
+
+
+def build_model(method: str, clip: LoadedCLIP, classnames: list[str], **shapes: Any) -> torch.nn.Module:
+    """The method's module with its reference shapes, ``shapes`` (prompt keys) over them."""
+    cfg = _reference_config(method, shapes)
+    return methods.get(method).build(clip, classnames, cfg.prompt, cfg.settings)
+
+
+def load_reference_state(model: torch.nn.Module, method: str, state: dict[str, Any]) -> None:
+    methods.get(method).import_reference(model, state, _reference_config(method, {}).settings)
 
 
 def _images(clip: LoadedCLIP, n: int = 3, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -328,7 +341,7 @@ def test_frozen_and_class_keys_are_ignored(
     model = _trained("promptsrc", tiny)
     sd = to_reference("promptsrc", model)
     extra = _frozen_and_buffers(tiny)
-    with caplog.at_level(logging.DEBUG, logger="rayot.model.reference"):
+    with caplog.at_level(logging.DEBUG, logger="rayot.model.dassl_keys"):
         loaded = from_reference(
             "promptsrc",
             {"state_dict": {**extra, **sd}},
@@ -344,7 +357,7 @@ def test_frozen_and_class_keys_are_ignored(
 def test_unknown_method_and_setting(tiny: LoadedCLIP) -> None:
     with pytest.raises(ConfigError, match="'zeroshot' has no reference checkpoint format"):
         from_reference("zeroshot", {}, tiny, CLASSES)
-    with pytest.raises(ConfigError, match="unknown setting 'depth'"):
+    with pytest.raises(ConfigError, match="'prompt.depth': unknown key"):
         from_reference("ivlp", {}, tiny, CLASSES, depth=2)
 
 
@@ -430,7 +443,7 @@ FIDELITY_CASES = [
         "a photo of a",
     ),
     ("coop", "rayot-demo", {}, "a photo of a"),
-    ("kgcoop", "rayot-tiny", dict(n_ctx_text=2, ctx_init=None), "X X"),
+    ("kgcoop", "rayot-tiny", dict(n_ctx_text=2, ctx_init=""), "X X"),
 ]
 
 

@@ -19,8 +19,9 @@ from conftest import tiny_overrides
 from rayot import config as C
 from rayot.distributed import shard_sizes
 from rayot.errors import ConfigError
-from rayot.losses import ot_plan, pairwise_sq_dists, prompt_ot_loss
+from rayot.methods.prompt_ot import prompt_ot_loss
 from rayot.train import DistributedHooks, run_trial
+from rayot.transport import ot_plan, pairwise_sq_dists
 
 WORLD = 2
 #: every coupling the loss has: the OT plan (prompt_ot), per-sample KL and L1 terms with the
@@ -28,7 +29,7 @@ WORLD = 2
 #: (maple) and image-conditioned text (cocoop, whose images only are shared out)
 METHODS = {
     "prompt_ot": {"prompt.depth_text": 2, "prompt.depth_vision": 2},
-    "promptsrc": {"prompt.depth_text": 2, "prompt.depth_vision": 2, "optim.gpa_mean": 1.0, "optim.gpa_std": 1.0},
+    "promptsrc": {"prompt.depth_text": 2, "prompt.depth_vision": 2, "promptsrc.gpa_mean": 1.0, "promptsrc.gpa_std": 1.0},
     "kgcoop": {},
     "maple": {"prompt.depth_text": 2},
     "cocoop": {"optim.batch_size": 2},

@@ -21,7 +21,8 @@ from rayot.sweep import cluster
 from rayot.sweep.runner import LiveView, TrialState, _reconcile
 from rayot.sweep.spec import Resources, expand, load_spec, replaced_axes
 from rayot.sweep.worker import record_failure
-from rayot.train import PeerFailure, TrialHooks, _agree, run_trial
+from rayot.train import PeerFailure, TrialHooks, run_trial
+from rayot.train.collectives import agree as _agree
 
 # ----------------------------------------------------------------------------- cluster
 
@@ -197,7 +198,8 @@ def test_training_time_sums_over_a_resume(synth_root, tmp_path):
 
 
 def test_non_finite_loss_is_agreed_on(synth_root, tmp_path, monkeypatch):
-    import rayot.train as T
+    from rayot.methods import Objective
+    from rayot.methods.ivlp import IVLP
 
     cfg = _trial(synth_root, tmp_path)
     asked = []
@@ -207,10 +209,10 @@ def test_non_finite_loss_is_agreed_on(synth_root, tmp_path, monkeypatch):
             asked.append(failed)
             return super().first_failed_rank(failed)
 
-    def nan_loss(logits, labels, reg, lam, terms=()):
-        return logits.sum() * float("nan")
+    def nan_loss(self, batch, settings):
+        return Objective(batch.output.logits.sum() * float("nan"))
 
-    monkeypatch.setattr(T, "total_loss", nan_loss)
+    monkeypatch.setattr(IVLP, "loss", nan_loss)
     with pytest.raises(TrainingError, match="non-finite loss at epoch 1"):
         run_trial(cfg, hooks=Ask())
     assert asked == [True]  # one process asks only on a failure, at the first loss check
@@ -275,7 +277,7 @@ def test_live_view_follows_each_member_of_a_pack(synth_root, tmp_path):
 
 
 def test_a_failure_never_replaces_a_done_result_and_a_dead_driver_gets_a_row_and_a_log(synth_root, tmp_path):
-    from rayot.train import EvalResult, result_rows
+    from rayot.results import EvalResult, result_rows
 
     done_cfg, lost_cfg = _trial(synth_root, tmp_path), _trial(synth_root, tmp_path, seed=2)
     rows = result_rows(done_cfg, [EvalResult("base2novel", "synthetic", "base", 1, 2, 12)], train_seconds=1.0)

@@ -49,7 +49,7 @@ def test_grid_blocks_aliases_overrides_and_absolute_paths(tmp_path):
     path = _write(tmp_path, """
 name: t
 base: {data: {root: data}, model: {name: rayot-tiny, pretrained: null}}
-grid: {seed: [1, 2], loss.lambda_ot: [0, 1]}
+grid: {seed: [1, 2], prompt_ot.lambda_ot: [0, 1]}
 grids:
   - {dataset: synthetic, protocol: base2novel}
   - {dataset: imagenet, protocol: transfer}
@@ -63,7 +63,7 @@ storage: {results: res, checkpoints: s3://bucket/ckpt}
     assert {t.output.checkpoints for t in trials} == {"s3://bucket/ckpt"}
     # the ids do not depend on where the data lives: the same as `rayot train` of that config
     plain = C.load_config(None, ["data.root=data", "model.name=rayot-tiny", "model.pretrained=null",
-                                 "seed=1", "loss.lambda_ot=0", "data.dataset=synthetic", "data.shots=4"])
+                                 "seed=1", "prompt_ot.lambda_ot=0", "data.dataset=synthetic", "data.shots=4"])
     assert C.trial_id(plain) in {C.trial_id(t) for t in trials}
 
 
@@ -75,7 +75,8 @@ def test_duplicate_trials_collapse(tmp_path):
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("grid: {loss.lamda: [1]}\n", "loss.lamda"),
+        ("grid: {prompt_ot.lamda: [1]}\n", "prompt_ot.lamda"),
+        ("grid: {loss.kg_weight: [1]}\n", "prompt_ot.kg_weight"),
         ("grid: {seed: [x]}\n", "'seed'"),
         ("grid: {method: [tip_adapter]}\n", "'method'"),
         ("gird: {seed: [1]}\n", "'gird'"),

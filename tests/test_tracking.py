@@ -20,7 +20,7 @@ from conftest import tiny_overrides
 from typer.testing import CliRunner
 
 from rayot import config as C
-from rayot import tracking as T
+from rayot import trackers as T
 from rayot.errors import ConfigError
 
 mlflow = pytest.importorskip("mlflow", reason='the tracker tests need pip install -e ".[test]" (mlflow-skinny)')
@@ -250,7 +250,7 @@ def test_rayot_train_logs_to_all_three_trackers(tmp_path, synth_root):
     wb = wandb_runs(tmp_path / "wandb-env")  # WANDB_DIR of the environment
     assert list(wb) == [tid]
     assert wb[tid]["exit_code"] == 0 and wb[tid]["group"] == "rayot-train"
-    assert wb[tid]["config"]["loss.lambda_ot"] == cfg.loss.lambda_ot
+    assert wb[tid]["config"]["prompt_ot.lambda_ot"] == cfg.settings.lambda_ot
     assert [s for s, _ in wb[tid]["history"]["loss"]] == [1, 2]
     assert {k: wb[tid]["summary"][k] for k in final} == pytest.approx(final)
 
@@ -334,7 +334,7 @@ def test_sweep_logs_every_trial_to_all_three_trackers(local_ray, tmp_path, synth
     wb = wandb_runs(tmp_path / "wb")
     assert set(wb) == {ok.trial_id, bad.trial_id}
     assert wb[ok.trial_id]["exit_code"] == 0 and wb[ok.trial_id]["group"] == "t"
-    assert wb[ok.trial_id]["config"]["loss.lambda_ot"] == ok.cfg.loss.lambda_ot
+    assert wb[ok.trial_id]["config"]["prompt_ot.lambda_ot"] == ok.cfg.settings.lambda_ot
     assert [s for s, _ in wb[ok.trial_id]["history"]["loss"]] == [1, 2]
     assert {k: wb[ok.trial_id]["summary"][k] for k in final} == pytest.approx(final)
     assert wb[bad.trial_id]["exit_code"] == 1 and "dtd" in wb[bad.trial_id]["summary"]["error"]
@@ -354,7 +354,7 @@ class FakeTuneTrial:
     shape of :func:`rayot.sweep.runner.run_sweep`), its folder and its error."""
 
     def __init__(self, cfgs: list[C.TrialConfig], folder: Path, error: str | None = None) -> None:
-        from rayot.packing import pack_id
+        from rayot.sweep.packs import pack_id
 
         self.config = {"trial": {"trial_id": pack_id(cfgs),
                                  "members": [{"trial_id": C.trial_id(c), "config": C.to_json(c)} for c in cfgs],
@@ -419,7 +419,7 @@ def pack_cfgs(tmp_path) -> dict[str, C.TrialConfig]:
 
 
 def test_a_pack_logs_one_mlflow_and_tensorboard_run_per_trial(tmp_path, pack_cfgs):
-    from rayot.sweep.tracking import MLflowCallback, TensorBoardCallback
+    from rayot.sweep.tune_callbacks import MLflowCallback, TensorBoardCallback
 
     tracking = T.resolve(T.Tracking().with_log(["mlflow", "tensorboard"]), results=str(tmp_path / "results"),
                          name="t")
@@ -466,7 +466,7 @@ def test_a_pack_logs_one_mlflow_and_tensorboard_run_per_trial(tmp_path, pack_cfg
 
 @pytest.mark.slow
 def test_a_pack_logs_one_wandb_run_per_trial(local_ray, tmp_path, pack_cfgs):
-    from rayot.sweep.tracking import WandbCallback
+    from rayot.sweep.tune_callbacks import WandbCallback
 
     tracking = T.resolve(T.Tracking(wandb=T.WandbOptions(dir=str(tmp_path / "wb"))),
                          results=str(tmp_path / "results"), name="t")

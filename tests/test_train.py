@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from rayot import config as C
 from rayot import results
+from rayot.checkpoints import load_checkpoint
 from rayot.cli import app
 from rayot.errors import DataError, TrainingError
-from rayot.train import Progress, load_checkpoint, lr_at_epoch, run_trial
+from rayot.train import Progress, lr_at_epoch, run_trial
 
 
 def _cfg(synth_root, tmp_path, **extra):
@@ -50,7 +51,8 @@ def test_trial_is_reproducible_and_pins_its_first_losses(synth_root, tmp_path):
 
 #: Since packing (issue 13) the initial prompts are drawn from the seed right before they are
 #: built (rayot.train.init_model), not after whatever loading the CLIP drew: [3.3663, 3.3025,
-#: 2.6256] before, the same code otherwise (checked by skipping that seeding).
+#: 2.6256] before, the same code otherwise (checked by skipping that seeding). Unchanged when the
+#: methods became modules (issue 19).
 FIRST_LOSSES = [3.3314, 3.2067, 2.6306]
 
 
@@ -63,9 +65,10 @@ def test_regularizer_off_for_ivlp_and_zero_shot_does_not_train(synth_root, tmp_p
 
 
 def test_nan_loss_stops_the_trial_naming_step_and_terms(synth_root, tmp_path, monkeypatch):
-    import rayot.train as T
+    import rayot.methods.prompt_ot as P
 
-    monkeypatch.setattr(T, "prompt_ot_loss", lambda *a, **k: torch.tensor(float("nan")))
+    nan = (torch.tensor(float("nan")), None)
+    monkeypatch.setattr(P, "transport_term", lambda *a, **k: nan)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: total=nan.*regularizer=nan"):
         run_trial(_cfg(synth_root, tmp_path))
 

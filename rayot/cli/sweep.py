@@ -63,7 +63,7 @@ def sweep(
     set_values = C.flatten(C.parse_overrides(sets or []))
     trials = expand(s, results=results_dir, checkpoints=checkpoints, sets=set_values)
     results_location = storage_of(s, trials).results
-    from rayot import tracking as T
+    from rayot import trackers as T
 
     track = T.resolve(s.tracking.with_log(log_to or []), results=results_location, name=s.name)
     for note in replaced_axes(s, set_values):
@@ -72,7 +72,7 @@ def sweep(
         console.print(f"warning: results file {path} is unreadable ({problem}); its trial counts "
                       "as not done and runs again", highlight=False, soft_wrap=True)
     if dry_run:
-        from rayot.packing import make_packs
+        from rayot.sweep.packs import make_packs
         from rayot.sweep.runner import TrialState, plan_table
 
         done = results.finished_trials(results_location)

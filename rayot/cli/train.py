@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 def train(
     config: Path = typer.Argument(..., help="Trial configuration (YAML)."),
-    overrides: list[str] = typer.Argument(None, help="Overrides as dotted key=value, e.g. loss.lambda_ot=1."),
+    overrides: list[str] = typer.Argument(
+        None, help="Overrides as dotted key=value, e.g. seed=2 or prompt_ot.lambda_ot=1 (a method's "
+        "settings under its name)."),
     log_to: list[str] = typer.Option(
         None, "--log", help="Log the trial to a tracker: tensorboard, mlflow or wandb (repeatable). Local "
         "files and W&B offline unless MLFLOW_TRACKING_URI / WANDB_MODE say otherwise.",
@@ -27,16 +29,12 @@ def train(
     """Train and evaluate one trial; write its result rows (Parquet) and prompt checkpoint."""
     from rayot import config as C
     from rayot import results
-    from rayot import tracking as T
+    from rayot import trackers as T
+    from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
     from rayot.cli._common import ensure_synthetic
     from rayot.errors import ConfigError, RayotError
-    from rayot.train import (
-        prompt_checkpoint_name,
-        resolve_device,
-        result_rows,
-        run_trial,
-        save_checkpoint,
-    )
+    from rayot.results import result_rows
+    from rayot.train import resolve_device, run_trial
 
     cfg = C.load_config(config, overrides or [])
     if plan_only:
@@ -77,17 +75,16 @@ def train(
             task = bar.add_task("train", total=p.steps, epoch="-", loss=0.0, ce=0.0, reg=0.0)
         bar.update(task, completed=p.step, total=p.steps, epoch=f"{p.epoch + 1}/{p.epochs}",
                    loss=p.loss, ce=p.ce, reg=p.reg)
-        trackers.progress(p)
 
     trackers = T.TrialTracking(track, cfg)
     try:
-        outcome = run_trial(cfg, device=device, progress=on_progress)
+        outcome = run_trial(cfg, device=device, progress=on_progress, hooks=trackers.hooks())
     except BaseException as exc:
         trackers.finish(error=str(exc) if isinstance(exc, RayotError) else f"{type(exc).__name__}: {exc}")
         raise
     finally:
         bar.stop()
-    rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds)
+    rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, history=outcome.history)
     trackers.finish(T.final_metrics(rows))
     path = results.write_trial_rows(cfg.output.results, tid, rows)
     ckpt = save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)

@@ -1,6 +1,6 @@
 """The one place that runs open_clip's CLIP towers layer by layer, to insert deep prompts.
 
-open_clip's ``encode_text``/``encode_image`` run a whole transformer in one call; IVLP must
+open_clip's ``encode_text``/``encode_image`` run a whole transformer in one call; deep prompts must
 overwrite the prompt positions of the residual stream before each of the first layers. These
 functions rebuild the two forward passes from open_clip's public submodules (token and patch
 embeddings, ``resblocks``, ``ln_final``/``ln_post``, projections, ``attn_mask``) so that, with no
@@ -124,7 +124,7 @@ def encode_text_embeddings(
     """Text features (N, D), not normalised, of input embeddings ``x`` (N, L, W) pooled at ``eot``.
 
     ``x`` holds the token embeddings with any prompt vectors already in place (for example
-    CoCoOp's per-image context); the positional embedding of the first L positions is added here.
+    a context shifted per image); the positional embedding of the first L positions is added here.
     ``inject(i, h)``, when given, is called before every layer i. ``L`` may be shorter than the
     context length (truncated after the last EOT, see ``encode_text_tokens``).
     """
@@ -148,7 +148,7 @@ def encode_image_prompted(
     """Image features (B, D), not normalised, of ``images`` (B, 3, H, W).
 
     ``prompts`` (depth, n_ctx, width), or (depth, B, n_ctx, width) for one set per image, when
-    given, appends ``n_ctx`` tokens after the class and patch tokens (after the positional embedding, before ``ln_pre``, as the IVLP reference does);
+    given, appends ``n_ctx`` tokens after the class and patch tokens (after the positional embedding, before ``ln_pre``, as the reference trainers do);
     row ``i`` replaces them before layer ``i``; they are dropped before pooling.
     """
     x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, W, g, g)

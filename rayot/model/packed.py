@@ -1,33 +1,47 @@
-"""Several prompt modules of one architecture around one frozen CLIP, run as one computation.
+"""Several prompt modules of one class around one frozen CLIP, run as one computation.
 
 A pack of trials (:func:`rayot.train.run_pack`) keeps one prompt module per trial, all around the
-same frozen CLIP model. Here the images of every member go through the image encoder in one call,
-each image with its own member's deep prompts, and the class prompts of every member go through
-the text encoder in one call, each sequence with its member's prompts. Nothing mixes across
-sequences (attention, layer norms and pooling act per sequence), so each member's rows are what
-its module alone computes, and the gradient of a member's loss reaches only its own tensors.
+same frozen CLIP model. For modules whose learned tensors enter CLIP only as deep prompts
+(``packs_fused``: :class:`~rayot.model.prompts.PromptedCLIP` and the like) the images of every
+member go through the image encoder in one call, each image with its own member's deep prompts,
+and the class prompts of every member go through the text encoder in one call, each sequence
+with its member's prompts. Nothing mixes across sequences (attention, layer norms and pooling act
+per sequence), so each member's rows are what its module alone computes, and the gradient of a
+member's loss reaches only its own tensors.
 
-CoCoOp's class features depend on each image: the frozen image features of every member's images
-come from one call, and every member's image-conditioned class prompts go through the text
-encoder in one call (:func:`encode_conditioned_texts`). One member runs its module's own forward.
+A module class may fuse its members its own way with the class methods
+``encode_images_together(models, images)``, ``encode_texts_together(models)`` and, for class
+features conditioned on each image (``text_per_image``),
+``conditioned_texts_together(models, image_features)``. Otherwise each member runs its own module:
+a pack is then one loop over its members, still each exactly as alone.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.model.adapter import encode_image_prompted, encode_text_embeddings, encode_text_tokens
+from rayot.model.adapter import encode_image_prompted, encode_text_tokens
 from rayot.model.prompts import frozen_image_features
 
 
-def fused(models: list[nn.Module]) -> bool:
-    """Whether ``models`` run as one computation: two or more of one class that allows it, around
-    one frozen CLIP."""
+def _one_clip(models: list[nn.Module]) -> bool:
+    """Two or more modules of one class around one frozen CLIP."""
     first = models[0]
-    return (len(models) > 1 and first.packs_fused and all(type(m) is type(first) for m in models)
-            and all(m.clip is first.clip for m in models))
+    return len(models) > 1 and all(type(m) is type(first) and m.clip is first.clip for m in models)
+
+
+def fused(models: list[nn.Module]) -> bool:
+    """Whether ``models`` run their deep prompts as one computation."""
+    return _one_clip(models) and models[0].packs_fused
+
+
+def _together(models: list[nn.Module], name: str) -> Callable | None:
+    """The class's own way to run ``models`` as one computation, if it has one."""
+    return getattr(type(models[0]), name, None) if _one_clip(models) else None
 
 
 def per_row(prompts: list[Tensor | None], counts: list[int]) -> Tensor | None:
@@ -42,8 +56,12 @@ def per_row(prompts: list[Tensor | None], counts: list[int]) -> Tensor | None:
 
 
 def encode_images(models: list[nn.Module], images: list[Tensor]) -> list[Tensor]:
-    """Each member's normalised prompted image features (b_m, D) of its images (b_m, 3, H, W)."""
+    """Each member's prompted image features of its images (b_m, 3, H, W): (b_m, D) normalised
+    for the deep-prompt modules, whatever ``encode_image`` returns for the others."""
     if not fused(models):
+        together = _together(models, "encode_images_together")
+        if together is not None:
+            return together(models, images)
         return [m.encode_image(x) for m, x in zip(models, images, strict=True)]
     counts = [len(x) for x in images]
     prompts = per_row([m.deep_prompts()[1] for m in models], counts)
@@ -52,8 +70,12 @@ def encode_images(models: list[nn.Module], images: list[Tensor]) -> list[Tensor]
 
 
 def encode_texts(models: list[nn.Module]) -> list[Tensor]:
-    """Each member's normalised prompted features (n_cls_m, D) of its current classes."""
+    """Each member's prompted class features of its current classes ((n_cls_m, D) normalised for the
+    deep-prompt modules, whatever ``encode_text`` returns for the others)."""
     if not fused(models):
+        together = _together(models, "encode_texts_together")
+        if together is not None:
+            return together(models)
         return [m.encode_text() for m in models]
     counts = [len(m.text_tokens) for m in models]
     tokens = torch.cat([m.text_tokens for m in models])  # (N, L)
@@ -73,15 +95,9 @@ def frozen_images(models: list[nn.Module], images: list[Tensor]) -> list[Tensor]
 
 
 def encode_conditioned_texts(models: list[nn.Module], images: list[Tensor]) -> list[Tensor]:
-    """CoCoOp: each member's normalised class features (b_m, n_cls, D) conditioned on its
-    normalised image features ``images[m]`` (b_m, D), in one text-encoder call for all members."""
-    first = models[0]
-    if len(models) == 1 or any(type(m) is not type(first) or m.clip is not first.clip
-                               or m.text_length != first.text_length for m in models):
-        return [m.encode_text(x) for m, x in zip(models, images, strict=True)]
-    x = torch.cat([m.prompt_embeddings(f) for m, f in zip(models, images, strict=True)])  # (N, L, W)
-    eot = torch.cat([m.text_eot.repeat(len(f)) for m, f in zip(models, images, strict=True)])  # (N,)
-    feats = F.normalize(encode_text_embeddings(first.clip, x, eot), dim=-1)  # (N, D)
-    counts = [len(f) * len(m.text_tokens) for m, f in zip(models, images, strict=True)]
-    return [t.reshape(len(f), len(m.text_tokens), -1)  # (b_m, C, D)
-            for m, f, t in zip(models, images, feats.split(counts), strict=True)]
+    """Each member's class features (b_m, n_cls, D) conditioned on its normalised frozen image
+    features ``images[m]`` (b_m, D) (modules with ``text_per_image``)."""
+    together = _together(models, "conditioned_texts_together")
+    if together is not None:
+        return together(models, images)
+    return [m.encode_text(x) for m, x in zip(models, images, strict=True)]

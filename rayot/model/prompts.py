@@ -1,9 +1,10 @@
-"""Independent vision-language deep prompts (IVLP) around a frozen open_clip model.
+"""Prompt modules around a frozen open_clip model, and independent deep prompts on both towers.
 
 Text prompt of class c: SOS, ctx_1..ctx_n, tokens of "c.", EOT. Image tokens: CLS, patches,
 then n learned vision tokens. The first ``depth`` layers of each tower get their own prompt
 vectors (method.md). Depth 0 turns a side's prompts off: the text side then reads the hand-made
-prompt ``"{ctx_init} {c}."`` and the image side is plain CLIP. CoOp is text depth 1, vision depth 0.
+prompt ``"{ctx_init} {c}."`` and the image side is plain CLIP. Text depth 1 and vision depth 0 is a
+learned text context alone.
 
 Only the prompt tensors train; the CLIP model stays frozen and in eval mode.
 """
@@ -40,8 +41,9 @@ class PromptOutput:
 
     logits (B, n_cls): ``logit_scale.exp() * image @ text.T``; image (B, D) and text: L2-normalised
     adapted features. text is (n_cls, D) for every method whose class features do not depend on
-    the image (PromptedCLIP, MaPLe), and (B, n_cls, D) for CoCoOp, whose class features are
-    conditioned on each image (then logits[b] = scale * text[b] @ image[b]).
+    the image, and (B, n_cls, D) for a module whose class features are conditioned on each image
+    (``text_per_image``; then logits[b] = scale * text[b] @ image[b]). A method's own module may
+    return other shapes (several features per class or per image) with its own ``output``.
     """
 
     logits: Tensor
@@ -50,7 +52,7 @@ class PromptOutput:
 
 
 class FrozenCLIPPrompts(nn.Module):
-    """What every prompt module (PromptedCLIP, MaPLeCLIP, CoCoOpCLIP) shares: a frozen CLIP kept
+    """What every prompt module shares: a frozen CLIP kept
     in eval mode, its temperature, its frozen features, and the token ids of the class prompts.
 
     A subclass sets ``clip`` and ``tokenizer``, ends its ``__init__`` with :meth:`_init_classes`,
@@ -61,7 +63,8 @@ class FrozenCLIPPrompts(nn.Module):
 
     clip: nn.Module
     tokenizer: Any
-    #: whether the class features depend on each image (CoCoOp: ``PromptOutput.text`` (B, n_cls, D))
+    #: whether the class features depend on each image (``PromptOutput.text`` (B, n_cls, D)): then
+    #: ``encode_text(image_features)`` takes the frozen image features (B, D) of the batch
     text_per_image: bool = False
     #: whether several modules of this class can run as one computation (:mod:`rayot.model.packed`):
     #: their learned tensors enter CLIP only as deep prompts (:meth:`deep_prompts`)
@@ -170,16 +173,27 @@ class FrozenCLIPPrompts(nn.Module):
         """The frozen CLIP's normalised features (n_cls, D) of ``template.format(class)``."""
         return frozen_text_features(self.clip, self.tokenizer, classnames, template)
 
+    @torch.no_grad()
+    def template_text_features(self, classnames: list[str], templates: tuple[str, ...]) -> Tensor:
+        """The frozen CLIP's normalised class features (n_cls, D) from several templates: the raw
+        features averaged over the templates, then normalised (docs/peers.md §6.7); float32."""
+        if len(templates) == 1:
+            return self.frozen_text_features(classnames, templates[0]).float()
+        raw = sum(frozen_text_features(self.clip, self.tokenizer, classnames, t, normalize=False).float()
+                  for t in templates)
+        return F.normalize(raw / len(templates), dim=-1)  # (n_cls, D)
+
 
 def phrase_token_ids(tokenizer: Any, ctx_init: str, n_ctx: int, names: list[str]) -> list[list[int]]:
     """Ids of "{ctx_init} {name}." (or n_ctx "X" placeholders): the learned context replaces the
-    first n_ctx tokens of the phrase, the rest stay fixed words (MaPLe's "[P_0] of a {c}.")."""
+    first n_ctx tokens of the phrase, the rest stay fixed words ("[P_0] of a {c}." for 1 vector)."""
     prefix = ctx_init or " ".join(["X"] * n_ctx)
     return [tokenizer.encode(f"{prefix} {n}.") for n in names]
 
 
 class PromptedCLIP(FrozenCLIPPrompts):
-    """A frozen CLIP with learned text and vision prompts (IVLP; CoOp when vision depth is 0).
+    """A frozen CLIP with learned text and vision deep prompts (a text context alone when the
+    vision depth is 0).
 
     Parameters are ``text_prompts`` (depth_text, n_ctx_text, text width) and ``vision_prompts``
     (depth_vision, n_ctx_vision, vision width), kept in float32 (float64 for a float64 model) and
@@ -187,7 +201,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
     float32 prompts.
     ``text_prompts[0]`` starts as the token embeddings of the first ``n_ctx_text`` tokens of
     ``ctx_init`` (N(0, 0.02) when ``ctx_init`` is empty or None); a longer phrase keeps its other
-    tokens as fixed words after the context, as the IVLP reference does ("a photo of a" with 2
+    tokens as fixed words after the context, as the reference trainers do ("a photo of a" with 2
     context vectors reads "[ctx] of a {c}."). Every other prompt vector starts N(0, 0.02). Seed
     torch's global generator beforehand for reproducible initial prompts.
     """
@@ -303,7 +317,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
         )
 
 
-# ----- shared by every prompt module (PromptedCLIP, CoCoOpCLIP, MaPLeCLIP) -----
+# ----- shared by every prompt module -----
 
 
 def check_tokenizer(clip: LoadedCLIP) -> Any:

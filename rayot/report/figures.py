@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
+from rayot import methods
 from rayot.report.frame import Variant
 from rayot.report.model import Figure
 from rayot.report.names import dataset_name, format_value, method_name, setting_label
@@ -77,7 +78,7 @@ def hm_vs_lambda(res: B2NResults | None) -> Figure | str:
             series.append((f"{name} ({extra})" if extra else name, sorted(points, key=lambda p: p[0])))
     if not series:
         return "HM against λ: no method was run at more than one λ value."
-    references = [v for v in res.variants if v.method == "zeroshot"]
+    references = [v for v in res.variants if _evaluated_as_built(v.method)]
     panels = ["average", *res.datasets] if len(res.datasets) > 1 else ["average"]
     nrows, ncols = _grid(len(panels))
     fig = MplFigure(figsize=(3.6 * ncols, 2.9 * nrows))
@@ -236,3 +237,9 @@ def all_figures(b2n: B2NResults | None, few: FewShotResults | None) -> tuple[lis
             log.info("figure skipped: %s", out)
             skipped.append(out)
     return figures, skipped
+
+
+def _evaluated_as_built(method: str) -> bool:
+    """A method that trains nothing (the frozen model): a reference line in the figures."""
+    known = methods.known(method)
+    return known is not None and not known.trains

@@ -4,7 +4,7 @@ A *variant* is a method plus the settings that differ between its trials. Settin
 setting columns of the results schema (λ, regularizer, modality, solver, ε, shots, backbone, ...)
 and any key of the resolved configuration JSON (flattened with dots, e.g. ``optim.lr``) that
 varies between trials of the same method, protocol, dataset and seed. Keys that only follow from
-those (``data.dataset``, ``seed``, ``loss.lambda_ot`` mirroring the ``lambda_ot`` column) or that
+those (``data.dataset``, ``seed``, ``prompt_ot.lambda_ot`` mirroring the ``lambda_ot`` column) or that
 cannot change a result (paths, device, worker counts) are not settings. Trials of different
 variants are never pooled.
 """
@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rayot.errors import RayotError
-from rayot.report.names import METHOD_ORDER, format_value, sort_methods, variant_label
+from rayot.report.names import format_value, method_rank, sort_methods, variant_label
 from rayot.results import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -287,8 +287,8 @@ def _plain(value: object) -> object:
 
 
 def variant_sort_key(variant: Variant) -> tuple:
-    """Methods in :data:`METHOD_ORDER`, then by setting values (numbers numerically)."""
-    rank = METHOD_ORDER.index(variant.method) if variant.method in METHOD_ORDER else len(METHOD_ORDER)
+    """Methods in their report order, then by setting values (numbers numerically)."""
+    rank = method_rank(variant.method)
     values = tuple(
         (0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v))
         for _, v in variant.settings

@@ -1,7 +1,8 @@
 """Names the report shows: dataset order, method display names, setting labels.
 
-Unknown methods, datasets and settings are shown as they are spelled in the results, so new
-methods need no change here to appear in a report.
+Method names come from the methods themselves (:mod:`rayot.methods`); unknown methods (a plug-in
+not installed where the report runs), datasets and settings are shown as they are spelled in the
+results, so a new method needs no change here to appear in a report.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-#: The usual order of the base-to-novel benchmark (protocol.md §1, ray-notes §4.1).
+from rayot import methods
+
+#: The usual order of the base-to-novel benchmark (docs/protocol.md §1).
 DATASETS: tuple[str, ...] = (
     "imagenet",
     "caltech101",
@@ -48,31 +51,6 @@ DATASET_NAMES: dict[str, str] = {
     "synthetic": "Synthetic",
 }
 
-#: method key -> (display name, a fixed setting that belongs to the name or None)
-METHOD_NAMES: dict[str, tuple[str, str | None]] = {
-    "zeroshot": ("CLIP", "zero-shot"),
-    "coop": ("CoOp", None),
-    "cocoop": ("CoCoOp", None),
-    "kgcoop": ("KgCoOp", None),
-    "maple": ("MaPLe", None),
-    "promptsrc": ("PromptSRC", None),
-    "ivlp": ("IVLP", None),
-    "prompt_ot": ("Prompt-OT", None),
-    "pointwise": ("Point-wise", "PromptSRC-style"),
-}
-#: The order methods appear in: baselines first, the method of the paper last.
-METHOD_ORDER: tuple[str, ...] = (
-    "zeroshot",
-    "coop",
-    "cocoop",
-    "kgcoop",
-    "maple",
-    "promptsrc",
-    "ivlp",
-    "pointwise",
-    "prompt_ot",
-)
-
 #: Short labels of settings (result columns or flattened config keys).
 SETTING_LABELS: dict[str, str] = {
     "lambda_ot": "λ",
@@ -98,9 +76,15 @@ def sort_datasets(keys: Iterable[str], order: Iterable[str] = DATASETS + DG_TARG
     return sorted(set(keys), key=lambda k: (rank.get(k, len(rank)), k))
 
 
+def method_rank(method: str) -> int:
+    """Where a method sorts in tables (its ``order``; unknown methods after every known one)."""
+    known = methods.known(method)
+    return known.order if known is not None else 10_000
+
+
 def sort_methods(keys: Iterable[str]) -> list[str]:
-    rank = {k: i for i, k in enumerate(METHOD_ORDER)}
-    return sorted(set(keys), key=lambda k: (rank.get(k, len(rank)), k))
+    """Methods in their report order: baselines first, the method of the paper last."""
+    return sorted(set(keys), key=lambda k: (method_rank(k), k))
 
 
 def format_value(value: object) -> str:
@@ -120,13 +104,15 @@ def setting_label(key: str) -> str:
 
 
 def method_name(method: str) -> str:
-    """Display name of a method without its settings: ``"prompt_ot"`` -> ``"Prompt-OT"``."""
-    return METHOD_NAMES.get(method, (method, None))[0]
+    """Display name of a method without its settings (its ``display``); unknown ones as spelled."""
+    return methods.display_name(method)
 
 
 def variant_label(method: str, settings: Iterable[tuple[str, object]]) -> str:
-    """E.g. ``("prompt_ot", [("lambda_ot", 1.0)])`` -> ``"Prompt-OT (λ=1)"``."""
-    name, fixed = METHOD_NAMES.get(method, (method, None))
+    """The display name, the method's fixed label and the settings that distinguish the variant,
+    e.g. ``Prompt-OT (λ=1)``."""
+    known = methods.known(method)
+    name, fixed = (known.display, known.label) if known is not None else (method, None)
     parts = [fixed] if fixed else []
     parts += [f"{setting_label(k)}={format_value(v)}" for k, v in settings]
     return f"{name} ({', '.join(parts)})" if parts else name

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,13 +20,14 @@ from rich.table import Table
 
 from rayot import config as C
 from rayot import results
-from rayot.packing import make_packs, pack_id
+from rayot.report.names import format_value, setting_label
 from rayot.sweep import cluster
+from rayot.sweep.packs import make_packs, pack_id
 from rayot.sweep.spec import SweepSpec, storage_of
-from rayot.sweep.tracking import callbacks as tracker_callbacks
+from rayot.sweep.tune_callbacks import callbacks as tracker_callbacks
 from rayot.sweep.worker import FAULT_ENV, log_name, record_failure, storage_path, tune_driver
-from rayot.tracking import Tracking
-from rayot.tracking import prepare as prepare_tracking
+from rayot.trackers import Tracking
+from rayot.trackers import prepare as prepare_tracking
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +48,49 @@ class TrialState:
     finished: float | None = None
 
 
-def describe(cfg: C.TrialConfig) -> dict[str, str]:
+def describe(cfg: C.TrialConfig, varying: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+    """The columns of a trial in the sweep's tables; ``settings``: its method's settings that
+    differ between the sweep's trials of that method (:func:`varying_settings`)."""
+    name = C.method_of(cfg).name
+    keys = (varying or {}).get(name, ())
+    own = C.flatten(cfg)
     return {
         "dataset": cfg.data.dataset,
         "protocol": cfg.data.protocol,
-        "method": cfg.method,
+        "method": name,
         "seed": str(cfg.seed),
-        "λ": f"{cfg.loss.lambda_ot:g}",
+        "settings": " ".join(f"{setting_label(k)}={format_value(own.get(f'{name}.{k}'))}" for k in keys),
     }
+
+
+def varying_settings(cfgs: list[C.TrialConfig]) -> dict[str, tuple[str, ...]]:
+    """For each method, its settings whose values differ between ``cfgs``' trials of it."""
+    values: dict[str, dict[str, set[str]]] = {}
+    for cfg in cfgs:
+        name = C.method_of(cfg).name
+        for key, value in (C.to_dict(cfg).get(name) or {}).items():
+            values.setdefault(name, {}).setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+    return {name: tuple(k for k, seen in keys.items() if len(seen) > 1) for name, keys in values.items()}
 
 
 def plan_table(states: list[TrialState], title: str, packs: dict[str, str] | None = None) -> Table:
     """The trials of a sweep; ``packs`` (trial id → its pack) adds a column saying which trials
     train together (rayot.packing)."""
     table = Table(title=title)
-    for col in ("trial", "dataset", "protocol", "method", "seed", "λ", "status", *(("pack",) if packs else ())):
+    varying = varying_settings([s.cfg for s in states])
+    for col in ("trial", "dataset", "protocol", "method", "seed", "settings", "status", *(("pack",) if packs else ())):
         table.add_column(col)
     for s in states:
-        d = describe(s.cfg)
+        d = describe(s.cfg, varying)
         pack = (packs.get(s.trial_id, "-"),) if packs else ()
-        table.add_row(s.trial_id, d["dataset"], d["protocol"], d["method"], d["seed"], d["λ"], s.status, *pack)
+        table.add_row(s.trial_id, d["dataset"], d["protocol"], d["method"], d["seed"], d["settings"], s.status, *pack)
     return table
 
 
-def _one_line(s: TrialState) -> str:
-    d = describe(s.cfg)
-    return f"{s.trial_id} ({d['dataset']} {d['method']} seed {d['seed']} λ={d['λ']})"
+def _one_line(s: TrialState, varying: Mapping[str, tuple[str, ...]]) -> str:
+    d = describe(s.cfg, varying)
+    settings = f" {d['settings']}" if d["settings"] else ""
+    return f"{s.trial_id} ({d['dataset']} {d['method']} seed {d['seed']}{settings})"
 
 
 class LiveView(tune.Callback):
@@ -83,6 +103,7 @@ class LiveView(tune.Callback):
     def __init__(self, states: list[TrialState], concurrency: int, console: Console) -> None:
         self.by_id = {s.trial_id: s for s in states}
         self.states = states
+        self.varying = varying_settings([s.cfg for s in states])
         self.concurrency = max(concurrency, 1)
         self.console = console
         self.t0 = time.monotonic()
@@ -102,7 +123,7 @@ class LiveView(tune.Callback):
         if changed and self.console is not None and not self.console.is_terminal:
             counts = self.counts()
             tally = f"[{counts['done'] + counts['skipped']}/{len(self.states)} done, {counts['failed']} failed]"
-            self.console.print(f"{time.monotonic() - self.t0:6.0f}s {tally} {_one_line(s)}: {status}"
+            self.console.print(f"{time.monotonic() - self.t0:6.0f}s {tally} {_one_line(s, self.varying)}: {status}"
                                + (f" {note}" if note else ""), highlight=False, soft_wrap=True)
         self.refresh()
 
@@ -158,17 +179,17 @@ class LiveView(tune.Callback):
         if not active:
             return Group(head)
         running = Table(show_edge=False, box=None)
-        for col in ("trial", "dataset", "method", "seed", "λ", "epoch"):
+        for col in ("trial", "dataset", "method", "seed", "settings", "epoch"):
             running.add_column(col)
         for s in active:
-            d = describe(s.cfg)
+            d = describe(s.cfg, self.varying)
             if s.status == "waiting":
                 where = "waiting for workers"
-            elif s.cfg.method == "zeroshot" or s.cfg.optim.epochs == 0:
+            elif not C.method_of(s.cfg).trains or C.epochs_trained(s.cfg) == 0:
                 where = "evaluating"
             else:
                 where = f"{s.epoch}/{s.cfg.optim.epochs}"
-            running.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], d["λ"], where)
+            running.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], d["settings"], where)
         return Group(head, running)
 
     def refresh(self) -> None:
@@ -209,7 +230,7 @@ def run_sweep(
 
     Everything that can be checked before Ray starts is checked first (storage is writable, the
     cluster answers, a trial fits on it), so a bad sweep ends in seconds with one message.
-    ``tracking`` (resolved: :func:`rayot.tracking.resolve`) logs every trial to its trackers.
+    ``tracking`` (resolved: :func:`rayot.trackers.resolve`) logs every trial to its trackers.
     """
     storage = storage_of(spec, trials)
     results_location = storage.results

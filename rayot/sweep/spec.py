@@ -11,16 +11,18 @@ grids:                  # optional blocks, each a grid of its own; their trials 
   - {protocol: transfer, dataset: imagenet}
 resources: {num_workers: 1, gpus_per_worker: 1, cpus_per_worker: 8, max_concurrent_trials: 0, pack: 8}
 storage: {results: s3://bucket/results, checkpoints: s3://bucket/checkpoints}
-tracking:               # optional: each tracker named is on (rayot.tracking has the defaults)
+tracking:               # optional: each tracker named is on (rayot.trackers has the defaults)
   mlflow: {tracking_uri: sqlite:///mlruns/mlflow.db, experiment: smoke}
   wandb: {project: rayot, mode: offline}
   tensorboard: {dir: tensorboard/smoke}
 ```
 
-Grid keys are dotted trial-configuration keys (``loss.lambda_ot``) or the short names
-``dataset``, ``protocol`` and ``shots``. A grid value that is not a list is one value. The grid
-values act as overrides over the base configuration and the method's preset. This module
-expands a specification into trial configurations; it knows nothing about Ray.
+Grid keys are dotted trial-configuration keys (``optim.lr``, a method's setting such as
+``prompt_ot.lambda_ot``) or the short names ``dataset``, ``protocol`` and ``shots``. A grid value
+that is not a list is one value. The grid values act as overrides over the base configuration and
+the method's preset; a method's setting applies to that method's trials only (the others' trials
+are the same trial for every value of it, and appear once). This module expands a specification
+into trial configurations; it knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from rayot import config as C
+from rayot import methods
 from rayot.errors import ConfigError
-from rayot.tracking import Tracking, parse_tracking
+from rayot.trackers import Tracking, parse_tracking
 
 ALIASES = {"dataset": "data.dataset", "protocol": "data.protocol", "shots": "data.shots"}
 _TOP_KEYS = ("name", "description", "base", "grid", "grids", "resources", "storage", "tracking")
@@ -171,6 +174,7 @@ def expand(spec: SweepSpec, *, results: str | None = None, checkpoints: str | No
     ``world_size`` is ``resources.num_workers``.
     """
     sets = dict(sets or {})
+    _load_methods(spec, sets)
     if "world_size" in sets or "world_size" in spec.base:
         raise ConfigError("config key 'world_size' is set by the sweep from resources.num_workers")
     results_at = _output("output.results", results, sets, spec.storage.results)
@@ -196,6 +200,16 @@ def expand(spec: SweepSpec, *, results: str | None = None, checkpoints: str | No
             cfg = _absolute_paths(C.resolve_config(spec.base, tree))
             trials.setdefault(C.trial_id(cfg), cfg)
     return list(trials.values())
+
+
+def _load_methods(spec: SweepSpec, sets: Mapping[str, Any]) -> None:
+    """Find every method the sweep names before any trial resolves: a method given by a dotted path
+    is then known by its name, and its settings' section in the base is recognised as such."""
+    refs = {spec.base.get("method", methods.DEFAULT), *([sets["method"]] if "method" in sets else [])}
+    for block in (spec.grid, *spec.grids):
+        refs.update(block.get("method", ()))
+    for ref in refs:
+        methods.get(ref)
 
 
 def _absolute_paths(cfg: C.TrialConfig) -> C.TrialConfig:

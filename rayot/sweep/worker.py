@@ -24,21 +24,15 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 
 from rayot import config as C
-from rayot import leases, results, tracking
+from rayot import results, trackers
+from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
 from rayot.errors import RayotError
-from rayot.packing import pack_id
+from rayot.results import failure_row, result_rows
+from rayot.sweep import leases
 from rayot.sweep.cluster import worker_resources
+from rayot.sweep.packs import pack_id
 from rayot.sweep.spec import Resources
-from rayot.train import (
-    DistributedHooks,
-    MemberResult,
-    PeerFailure,
-    failure_row,
-    prompt_checkpoint_name,
-    result_rows,
-    run_pack,
-    save_checkpoint,
-)
+from rayot.train import DistributedHooks, MemberResult, PeerFailure, run_pack
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +161,8 @@ def _record_member(member: MemberResult, sweep: str, rank: int) -> bool:
     outcome = member.outcome
     try:
         save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
-        rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, sweep=sweep)
+        rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, sweep=sweep,
+                           history=outcome.history)
         results.write_trial_rows(cfg.output.results, tid, rows)
     except Exception as exc:  # noqa: BLE001 - storage refused the result: a retry cannot help
         record_failure(cfg, RayotError(f"trial {tid}: writing its result failed: {_error_text(exc)}"), sweep)
@@ -261,8 +256,8 @@ def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str
             continue
         status = results.trial_status(cfg.output.results, tid) or "failed"
         entry: dict[str, Any] = {"status": status}
-        if status == "done":  # the final accuracies ride along for the sweep's trackers (rayot.sweep.tracking)
-            final = tracking.final_metrics_of(cfg.output.results, tid)
+        if status == "done":  # the final accuracies ride along for the sweep's trackers (rayot.sweep.tune_callbacks)
+            final = trackers.final_metrics_of(cfg.output.results, tid)
             if final:
                 entry["final"] = final
         else:

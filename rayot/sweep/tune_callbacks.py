@@ -4,7 +4,7 @@ Thin subclasses of ``ray.air.integrations.mlflow.MLflowLoggerCallback``,
 ``ray.air.integrations.wandb.WandbLoggerCallback`` and ``ray.tune.logger.TBXLoggerCallback``. Ray's
 versions name runs from Tune's trial objects, log Tune's whole trial config (here a JSON string) as
 parameters and every result key as a metric over Tune's iteration; these log what
-:mod:`rayot.tracking` says instead: run name = trial id, parameters = the resolved configuration,
+:mod:`rayot.trackers` says instead: run name = trial id, parameters = the resolved configuration,
 ``loss``/``ce``/``reg``/``lr`` over the epoch, the final accuracies, and the outcome.
 
 One Tune trial runs a pack of rayot trials (often of one, :func:`rayot.sweep.worker.tune_driver`);
@@ -31,7 +31,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLo
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
-from rayot import tracking as T
+from rayot import trackers as T
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class _Member:
 
     @property
     def final_step(self) -> int:
-        return 0 if self.cfg["method"] == "zeroshot" else int(self.cfg["optim"]["epochs"])
+        return T.final_step(self.cfg)
 
     @property
     def local_path(self) -> str:
@@ -68,10 +68,10 @@ class _Part(NamedTuple):
 
 
 def _epoch(result: Mapping[str, Any]) -> tuple[int, dict[str, float]] | None:
-    """``(epoch, {loss, ce, reg, lr})`` of an epoch's result, else ``None``."""
+    """``(epoch, {loss, ce, reg, lr, diag/...})`` of an epoch's result, else ``None``."""
     if result.get("epoch") is None or "loss" not in result:
         return None
-    return int(result["epoch"]), {k: float(result[k]) for k in T.EPOCH_METRICS if k in result}
+    return int(result["epoch"]), T.epoch_metrics(result)
 
 
 def _own(members: tuple[_Member, ...], result: Mapping[str, Any]) -> Iterator[tuple[_Member, Mapping[str, Any]]]:
@@ -288,7 +288,7 @@ class WandbCallback(WandbLoggerCallback):
 
 
 def callbacks(tracking: T.Tracking, sweep: str) -> list[Callback]:
-    """The Tune callbacks of the sweep's trackers (``tracking`` resolved: :func:`rayot.tracking.resolve`)."""
+    """The Tune callbacks of the sweep's trackers (``tracking`` resolved: :func:`rayot.trackers.resolve`)."""
     out: list[Callback] = []
     if tracking.tensorboard is not None:
         out.append(TensorBoardCallback(tracking.tensorboard))

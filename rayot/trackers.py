@@ -1,11 +1,12 @@
 """Experiment tracking: TensorBoard, MLflow and Weights & Biases, local and offline by default.
 
-What every tracker gets, for ``rayot sweep --log`` (Ray Tune callbacks, :mod:`rayot.sweep.tracking`)
+What every tracker gets, for ``rayot sweep --log`` (Ray Tune callbacks, :mod:`rayot.sweep.tune_callbacks`)
 and ``rayot train --log`` (:class:`TrialTracking`, here) alike:
 
 - one run per trial, named by its trial id;
 - the resolved trial configuration, flattened to dotted keys (:func:`params`), as parameters;
-- the per-epoch metrics :data:`EPOCH_METRICS` as a series over the epoch (1, 2, ...);
+- the per-epoch metrics :data:`EPOCH_METRICS` and the method's diagnostics (``diag/<name>``,
+  :func:`epoch_metrics`) as series over the epoch (1, 2, ...);
 - the final accuracies (:func:`final_metrics`: ``base``, ``novel``, ``hm`` for base-to-novel,
   ``acc/<eval dataset>`` otherwise) at step ``optim.epochs``;
 - a failed trial is marked failed (MLflow status ``FAILED``, W&B exit code 1, a TensorBoard text
@@ -37,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from rayot import config as C
+from rayot import methods
 from rayot.errors import ConfigError
+from rayot.train import DIAGNOSTIC_PREFIX, EPOCH_METRICS, TrialHooks
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,6 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")
 MODULES = {"tensorboard": ("tensorboardX",), "mlflow": ("mlflow",), "wandb": ("wandb",)}
 #: An SQLite MLflow store also needs these (the full ``mlflow`` package has them).
 SQL_MODULES = ("sqlalchemy", "alembic")
-EPOCH_METRICS = ("loss", "ce", "reg", "lr")
 WANDB_MODES = ("offline", "online", "disabled")
 #: Longest error text given to a tracker (MLflow tags hold 8000 characters).
 MAX_ERROR = 4000
@@ -273,6 +275,20 @@ def text_params(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
 
 
+def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of an epoch's report that trackers log: :data:`EPOCH_METRICS` and the method's
+    diagnostics (``diag/<name>``, rayot.methods)."""
+    return {k: float(v) for k, v in result.items()
+            if (k in EPOCH_METRICS or k.startswith(DIAGNOSTIC_PREFIX)) and isinstance(v, (int, float))}
+
+
+def final_step(cfg: C.TrialConfig | Mapping[str, Any]) -> int:
+    """The step at which the final accuracies are logged: the schedule's length, 0 when the
+    trial's method does not train."""
+    tree = C.to_dict(cfg) if isinstance(cfg, C.TrialConfig) else cfg
+    return int(tree["optim"]["epochs"]) if methods.get(tree["method"]).trains else 0
+
+
 def final_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """The final accuracies (percent) of a trial's result rows.
 
@@ -400,7 +416,8 @@ class WandbRun:
 
 
 class TrialTracking:
-    """The trackers of one ``rayot train`` trial: fed by its progress callback, then finished.
+    """The trackers of one ``rayot train`` trial: fed each epoch's metrics (:meth:`hooks`), then
+    finished.
 
     ``tracking`` must be resolved (:func:`resolve`). A tracker that fails while logging is
     reported in a warning and dropped; it never fails the trial.
@@ -409,7 +426,7 @@ class TrialTracking:
     def __init__(self, tracking: Tracking, cfg: C.TrialConfig) -> None:
         tid = C.trial_id(cfg)
         values = params(cfg)
-        self.final_step = cfg.optim.epochs if cfg.method != "zeroshot" else 0
+        self.final_step = final_step(cfg)
         self.runs: dict[str, Any] = {}
         if tracking.tensorboard is not None:
             self.runs["tensorboard"] = TensorBoardRun(tracking.tensorboard, tid, values)
@@ -426,10 +443,23 @@ class TrialTracking:
                 log.warning("tracker %s stopped logging: %s", name, exc)
                 del self.runs[name]
 
-    def progress(self, p: Any) -> None:
-        """A :class:`rayot.train.Progress`: the epoch's metrics when it is the epoch's last step."""
-        if p.step == p.steps:
-            self._each("log", p.epoch + 1, {k: float(getattr(p, k)) for k in EPOCH_METRICS})
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Log the metrics of 1-based ``epoch`` (:func:`epoch_metrics` of them)."""
+        self._each("log", epoch, epoch_metrics(metrics))
+
+    def hooks(self) -> TrialHooks:
+        """Trial hooks (one process) that log every epoch's metrics here."""
+        return _LoggingHooks(self)
 
     def finish(self, final: Mapping[str, float] | None = None, error: str | None = None) -> None:
         self._each("finish", dict(final or {}), self.final_step, error)
+
+
+class _LoggingHooks(TrialHooks):
+    """One process; each epoch's metrics go to the trial's trackers."""
+
+    def __init__(self, tracking: TrialTracking) -> None:
+        self.tracking = tracking
+
+    def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
+        self.tracking.epoch(epoch + 1, metrics)

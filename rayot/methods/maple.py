@@ -1,4 +1,6 @@
-"""MaPLe: text prompts coupled to vision prompts through per-layer linear maps (peers.md §5).
+"""MaPLe: text prompts coupled to vision prompts through per-layer linear maps (docs/peers.md §5).
+
+Khattak et al., CVPR 2023; reference code muzairkhattak/multimodal-prompt-learning@69bce21a.
 
 Learned: text prompts P_j (n_ctx, text width) for the first ``depth`` layers and affine maps F_j
 (text width -> vision width). Layer j's vision prompts are V_j = F_j(P_j). Text side: P_0
@@ -14,16 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
-from rayot.model.adapter import (
-    encode_image_prompted,
-    encode_text_tokens,
-)
+from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, TRANSFER_PROTOCOLS, Method, Preset
+from rayot.model.adapter import encode_image_prompted, encode_text_tokens
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
     FrozenCLIPPrompts,
@@ -190,3 +191,46 @@ class MaPLeCLIP(FrozenCLIPPrompts):
             f"model={self.model_name!r}, n_cls={len(self.classnames)}, n_ctx={self.n_ctx}, "
             f"depth={self.depth}"
         )
+
+
+class MaPLe(Method):
+    name = "maple"
+    display = "MaPLe"
+    summary = "coupled prompts: 2 tokens, depth 9, vision prompts = per-layer projections of the text ones"
+    order = 40
+    id_constants = NO_REGULARIZER_ID
+    reference_format = "Dassl model.pth.tar: prompt_learner.ctx, proj, compound_prompts_text, compound_prompt_projections"
+
+    def preset(self, protocol: str, dataset: str) -> Preset:
+        transfer = protocol in TRANSFER_PROTOCOLS
+        return Preset(
+            reference={**DASSL_WARMUP, "optim.lr": 0.0026 if transfer else 0.0035, "optim.batch_size": 4,
+                       "optim.epochs": 2 if transfer else 5, "prompt.n_ctx_text": 2,
+                       "prompt.depth_text": 3 if transfer else 9},
+            defines={"prompt.n_ctx_vision": 0, "prompt.depth_vision": 0},
+            source="MaPLe configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (base-to-novel), "
+                   "..._cross_datasets.yaml (transfer), muzairkhattak/multimodal-prompt-learning@69bce21a; "
+                   "docs/peers.md §5",
+        )
+
+    def _shapes(self, prompt: Any) -> dict[str, Any]:
+        # the vision prompts are projections of the text ones: the text shapes are the module's
+        return dict(n_ctx=prompt.n_ctx_text, depth=prompt.depth_text, ctx_init=prompt.ctx_init)
+
+    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
+        return MaPLeCLIP(clip, classnames, **self._shapes(prompt))
+
+    def architecture(self, prompt: Any, settings: Any) -> Any:
+        return ["MaPLeCLIP", self._shapes(prompt)]
+
+    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
+        return _expect(model).reference_state()
+
+    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
+        _expect(model).load_reference(state)
+
+
+def _expect(model: nn.Module) -> MaPLeCLIP:
+    if not isinstance(model, MaPLeCLIP):
+        raise ModelError(f"MaPLe: expected a MaPLeCLIP, got {type(model).__name__}")
+    return model

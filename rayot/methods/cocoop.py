@@ -1,4 +1,6 @@
-"""CoCoOp: a learned text context shifted by a meta-token computed from each image (peers.md §3).
+"""CoCoOp: a learned text context shifted by a meta-token computed from each image (docs/peers.md §3).
+
+Zhou et al., CVPR 2022; reference code KaiyangZhou/CoOp@ff61507c (``trainers/cocoop.py``).
 
 Text prompt of class c for image x: SOS, ctx_1 + pi(x) .. ctx_M + pi(x), tokens of "c.", EOT, with
 pi(x) = meta_net(normalise(frozen image feature of x)). The class features therefore depend on the
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
+from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, Method, Preset
 from rayot.model.adapter import encode_text_embeddings
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
@@ -196,3 +200,56 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
 
     def extra_repr(self) -> str:
         return f"model={self.model_name!r}, n_cls={len(self.classnames)}, n_ctx={self.n_ctx}"
+
+    @classmethod
+    def conditioned_texts_together(cls, models: list[CoCoOpCLIP], images: list[Tensor]) -> list[Tensor]:
+        """Each member's normalised class features (b_m, n_cls, D) conditioned on its normalised
+        image features ``images[m]`` (b_m, D), in one text-encoder call for all members."""
+        first = models[0]
+        if any(m.text_length != first.text_length for m in models):
+            return [m.encode_text(x) for m, x in zip(models, images, strict=True)]
+        x = torch.cat([m.prompt_embeddings(f) for m, f in zip(models, images, strict=True)])  # (N, L, W)
+        eot = torch.cat([m.text_eot.repeat(len(f)) for m, f in zip(models, images, strict=True)])  # (N,)
+        feats = F.normalize(encode_text_embeddings(first.clip, x, eot), dim=-1)  # (N, D)
+        counts = [len(f) * len(m.text_tokens) for m, f in zip(models, images, strict=True)]
+        return [t.reshape(len(f), len(m.text_tokens), -1)  # (b_m, C, D)
+                for m, f, t in zip(models, images, feats.split(counts), strict=True)]
+
+
+class CoCoOp(Method):
+    name = "cocoop"
+    display = "CoCoOp"
+    summary = "context + a meta-net token from each image; the B × C prompts in one text-encoder call"
+    order = 20
+    id_constants = NO_REGULARIZER_ID
+    reference_format = "Dassl model.pth.tar: the prompt learner's ctx and meta_net.* (prefix optional)"
+
+    def preset(self, protocol: str, dataset: str) -> Preset:
+        return Preset(
+            reference={**DASSL_WARMUP, "optim.lr": 0.002, "optim.batch_size": 1, "optim.epochs": 10,
+                       "prompt.n_ctx_text": 4},
+            defines={"prompt.depth_text": 1, "prompt.depth_vision": 0},
+            source="CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml, "
+                   "scripts/cocoop/base2new_train.sh, KaiyangZhou/CoOp@ff61507c; docs/peers.md §3",
+        )
+
+    def _shapes(self, prompt: Any) -> dict[str, Any]:
+        return dict(n_ctx=prompt.n_ctx_text, ctx_init=prompt.ctx_init)
+
+    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
+        return CoCoOpCLIP(clip, classnames, **self._shapes(prompt))
+
+    def architecture(self, prompt: Any, settings: Any) -> Any:
+        return ["CoCoOpCLIP", self._shapes(prompt)]
+
+    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
+        return _expect(model).reference_state()
+
+    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
+        _expect(model).load_reference(state)
+
+
+def _expect(model: nn.Module) -> CoCoOpCLIP:
+    if not isinstance(model, CoCoOpCLIP):
+        raise ModelError(f"CoCoOp: expected a CoCoOpCLIP, got {type(model).__name__}")
+    return model

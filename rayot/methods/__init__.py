@@ -1,0 +1,207 @@
+"""The registry of methods: every built-in, and a researcher's own without a fork.
+
+A configuration names its method by
+
+- a built-in name (the table :data:`BUILTINS`, each a module of this package);
+- the name of a plug-in installed as a Python entry point of the group ``rayot.methods``
+  (``[project.entry-points."rayot.methods"] plot = "rayot_plot:PLOT"`` in its pyproject.toml),
+  found the way pytest finds its plug-ins;
+- a dotted path ``package.module:Class``, as torchtune's ``_component_`` does.
+
+Nothing is registered by the side effect of an import. A missing, broken or misdeclared plug-in
+is one :class:`~rayot.errors.ConfigError` naming it. :func:`get` returns the method's (stateless)
+instance; :func:`available` lists every method that can be named without a dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import inspect
+import logging
+import re
+
+from rayot.errors import ConfigError
+from rayot.methods.base import (
+    Batch,
+    Method,
+    NoSettings,
+    Objective,
+    Preset,
+    References,
+    StepHooks,
+    class_rows,
+    cross_entropy,
+)
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "rayot.methods"
+
+#: Built-in methods: name -> "module:class", in the order reports list them.
+BUILTINS: dict[str, str] = {
+    "zeroshot": "rayot.methods.zeroshot:ZeroShot",
+    "coop": "rayot.methods.coop:CoOp",
+    "cocoop": "rayot.methods.cocoop:CoCoOp",
+    "kgcoop": "rayot.methods.kgcoop:KgCoOp",
+    "maple": "rayot.methods.maple:MaPLe",
+    "promptsrc": "rayot.methods.promptsrc:PromptSRC",
+    "ivlp": "rayot.methods.ivlp:IVLP",
+    "pointwise": "rayot.methods.pointwise:PointWise",
+    "prompt_ot": "rayot.methods.prompt_ot:PromptOT",
+}
+
+#: The method of a configuration that names none: the one rayot is named after.
+DEFAULT = "prompt_ot"
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_loaded: dict[str, Method] = {}  # by every reference it was asked by, and by its name
+
+
+def get(ref: str) -> Method:
+    """The method a configuration names: a built-in name, an entry-point name or a dotted path
+    ``package.module:Class``. ConfigError naming the reference when it cannot be found, imported
+    or is not a proper method."""
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"config key 'method': expected a method name, got {ref!r}")
+    if ref in _loaded:
+        return _loaded[ref]
+    if ref in BUILTINS:
+        method = _load(BUILTINS[ref], f"built-in method {ref!r}", "built-in", ref)
+    elif _DOTTED.match(ref):
+        method = _load(ref, f"method {ref!r}", f"dotted path {ref}", ref)
+    else:
+        points = _entry_points()
+        if ref not in points:
+            raise ConfigError(_unknown(ref, points))
+        point = points[ref]
+        dist = _dist_name(point)
+        method = _load(point.value, f"method plug-in {ref!r} (entry point {point.value!r} of {dist})",
+                       f"entry point of {dist}", ref)
+    if method.name != ref and ref in BUILTINS | _entry_points():
+        raise ConfigError(f"method {ref!r}: the class it names declares name = {method.name!r}; "
+                          "an installed method's entry-point name must be its name")
+    clash = _loaded.get(method.name)
+    if clash is not None and type(clash) is not type(method):
+        raise ConfigError(f"method {ref!r} is called {method.name!r}, the name of another method "
+                          f"({clash.origin}); give it a name of its own")
+    method = clash or method  # one instance per method, however it was named
+    _loaded[ref] = _loaded[method.name] = method
+    return method
+
+
+def available() -> list[Method]:
+    """Every built-in and every installed plug-in (entry point), loaded, in report order. A plug-in
+    that cannot be loaded raises its ConfigError."""
+    methods = [get(name) for name in BUILTINS]
+    methods += [get(name) for name in sorted(_entry_points()) if name not in BUILTINS]
+    return sorted(methods, key=lambda m: (m.order, m.name))
+
+
+def known(name: str) -> Method | None:
+    """The method called ``name`` if it is built in, installed, or was loaded by its dotted path
+    in this process; ``None`` otherwise (never raises: for reports, which show unknown names as
+    they are)."""
+    if name in _loaded:
+        return _loaded[name]
+    if name in BUILTINS or name in _entry_points():
+        try:
+            return get(name)
+        except ConfigError as exc:
+            log.debug("method %s: %s", name, exc)
+    return None
+
+
+def display_name(name: str) -> str:
+    """A method's display name; an unknown method as it is spelled."""
+    method = known(name)
+    return method.display if method is not None else name
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _dist_name(point: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(point, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "an installed package"
+
+
+def _unknown(ref: str, points: dict) -> str:
+    plugins = ", ".join(sorted(set(points) - set(BUILTINS))) or "none installed"
+    return (f"config key 'method': {ref!r} is not a method (built-in: {', '.join(BUILTINS)}; "
+            f"plug-ins: {plugins}; or a dotted path 'package.module:Class')")
+
+
+def _load(target: str, what: str, origin: str, ref: str) -> Method:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure to import the plug-in is its problem
+        raise ConfigError(f"{what}: importing module {module_name!r} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{what}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    method = _instance(obj, what)
+    _check(method, what)
+    method.origin, method.ref = origin, ref
+    return method
+
+
+def _instance(obj: object, what: str) -> Method:
+    if inspect.isclass(obj) and issubclass(obj, Method):
+        try:
+            return obj()
+        except Exception as exc:  # noqa: BLE001 - a constructor that fails is the plug-in's problem
+            raise ConfigError(f"{what}: {obj.__name__}() failed: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, Method):
+        return obj
+    raise ConfigError(f"{what}: {obj!r} is not a rayot.methods.Method subclass or instance")
+
+
+def _check(method: Method, what: str) -> None:
+    """A misdeclared method is refused here, naming what is wrong."""
+    if not isinstance(method.name, str) or not _NAME.match(method.name):
+        raise ConfigError(f"{what}: name = {method.name!r} must be a lowercase identifier ([a-z][a-z0-9_]*)")
+    if not method.display:
+        raise ConfigError(f"{what}: display (the name shown in reports) is empty")
+    settings = method.Settings
+    if not (dataclasses.is_dataclass(settings) and isinstance(settings, type)):
+        raise ConfigError(f"{what}: Settings must be a dataclass, got {settings!r}")
+    if not settings.__dataclass_params__.frozen:
+        raise ConfigError(f"{what}: Settings must be a frozen dataclass (@dataclass(frozen=True))")
+    for f in dataclasses.fields(settings):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{what}: setting {f.name!r} has no default")
+    if method.trains and type(method).build is Method.build:
+        raise ConfigError(f"{what}: it trains but does not override build() (how its model is made)")
+    declares = method.reference_format is not None
+    overrides = type(method).export_reference is not Method.export_reference
+    if declares != overrides or overrides != (type(method).import_reference is not Method.import_reference):
+        raise ConfigError(f"{what}: reference_format, export_reference() and import_reference() go "
+                          "together: declare all three or none")
+
+
+__all__ = [
+    "BUILTINS",
+    "DEFAULT",
+    "ENTRY_POINT_GROUP",
+    "Batch",
+    "Method",
+    "NoSettings",
+    "Objective",
+    "Preset",
+    "References",
+    "StepHooks",
+    "available",
+    "class_rows",
+    "cross_entropy",
+    "display_name",
+    "get",
+    "known",
+]

@@ -1,0 +1,27 @@
+"""Independent vision-language deep prompts, cross-entropy only: the baseline of PromptSRC's
+paper (docs/peers.md §6.6) and the architecture Prompt-OT regularises.
+
+4 + 4 context tokens, depth 9 on both towers, the text context from "a photo of a"; no
+regulariser, no prompt averaging.
+"""
+
+from __future__ import annotations
+
+from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, DeepPromptMethod, Preset
+
+
+class IVLP(DeepPromptMethod):
+    name = "ivlp"
+    display = "IVLP"
+    summary = "independent deep prompts on both towers, 4 + 4 tokens, depth 9, cross-entropy only"
+    order = 60
+    id_constants = NO_REGULARIZER_ID
+
+    def preset(self, protocol: str, dataset: str) -> Preset:
+        return Preset(
+            reference={**DASSL_WARMUP, "optim.lr": 0.0025, "optim.batch_size": 4, "optim.epochs": 20,
+                       "prompt.n_ctx_text": 4, "prompt.n_ctx_vision": 4, "prompt.depth_text": 9,
+                       "prompt.depth_vision": 9},
+            source="PromptSRC configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml, "
+                   "muzairkhattak/PromptSRC@bb95c77b; docs/peers.md §6.6",
+        )

@@ -1,0 +1,82 @@
+"""The conformance kit (rayot.testing): every built-in method keeps every contract, a method that
+breaks one fails naming it, and a missing, broken or misdeclared plug-in is one clear message."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+from rayot import config as C
+from rayot import methods
+from rayot.errors import ConfigError
+from rayot.testing import PROPERTIES, MethodCheckError, check_method, check_property, parametrize_with_checks
+
+
+@parametrize_with_checks(list(methods.BUILTINS))
+def test_every_built_in_keeps_every_contract(method, check):
+    check(method)
+
+
+def test_a_wrong_packed_step_fails_the_kit_naming_the_property():
+    with pytest.raises(MethodCheckError) as err:
+        check_method("broken_methods:WrongPackedStep",
+                     properties=("registered", "deterministic", "packed_equals_alone"))
+    message = str(err.value)
+    assert "wrong_packed_step breaks 1 property" in message
+    assert "packed_equals_alone: seed 1 packed against alone: the learned tensors differ by" in message
+
+
+def test_a_method_that_trains_the_frozen_clip_fails_the_kit():
+    result = check_property("broken_methods:TrainsTheCLIP", "trains_only_learned")
+    assert not result.passed and "trainable_parameters() are not exactly" in result.detail
+
+
+def test_the_kit_reports_every_property_and_skips_what_does_not_apply():
+    results = check_method("zeroshot", properties=("registered", "resume_equals_uninterrupted",
+                                                   "reference_round_trip"))
+    assert [(r.property, r.skipped) for r in results] == [
+        ("registered", False), ("resume_equals_uninterrupted", True), ("reference_round_trip", True)]
+    with pytest.raises(ValueError, match="unknown property"):
+        check_property("zeroshot", "fast")
+    assert set(PROPERTIES) == {"registered", "bad_settings_refused", "trains_only_learned", "deterministic",
+                               "packed_equals_alone", "two_workers_equal_one", "resume_equals_uninterrupted",
+                               "reference_round_trip"}
+
+
+@pytest.mark.parametrize(("ref", "needle"), [
+    ("no_such_method", "'no_such_method' is not a method (built-in: zeroshot"),
+    ("missing_package.plot:PLOT", "importing module 'missing_package.plot' failed: ModuleNotFoundError"),
+    ("broken_methods:Nothing", "module 'broken_methods' has no attribute 'Nothing'"),
+    ("broken_methods:NOT_A_METHOD", "is not a rayot.methods.Method subclass or instance"),
+    ("broken_methods:MutableSettings", "Settings must be a frozen dataclass"),
+    ("broken_methods:NoBuild", "it trains but does not override build()"),
+    ("broken_methods:BadName", "name = 'Bad-Name' must be a lowercase identifier"),
+])
+def test_a_missing_broken_or_misdeclared_method_is_one_message_naming_it(ref, needle):
+    with pytest.raises(ConfigError) as err:
+        C.load_config(None, [f"method={ref}"])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_plug_in_is_found_by_its_entry_point(monkeypatch):
+    found = {
+        "wrong_packed_step": importlib.metadata.EntryPoint(
+            "wrong_packed_step", "broken_methods:WrongPackedStep", methods.ENTRY_POINT_GROUP),
+        "misnamed": importlib.metadata.EntryPoint("misnamed", "broken_methods:TrainsTheCLIP", methods.ENTRY_POINT_GROUP),
+        "broken": importlib.metadata.EntryPoint("broken", "missing_package:PLOT", methods.ENTRY_POINT_GROUP),
+    }
+    monkeypatch.setattr(methods, "_entry_points", lambda: found)
+    monkeypatch.setattr(methods, "_loaded", {})
+    cfg = C.load_config(None, ["method=wrong_packed_step"])
+    assert C.method_of(cfg).origin.startswith("entry point of")
+    with pytest.raises(ConfigError, match="entry-point name must be its name"):
+        methods.get("misnamed")
+    with pytest.raises(ConfigError, match=r"method plug-in 'broken' \(entry point 'missing_package:PLOT'"):
+        methods.get("broken")
+
+
+def test_a_dotted_path_names_the_same_method_as_its_registry_name():
+    by_path = C.load_config(None, ["method=rayot.methods.prompt_ot:PromptOT"])
+    assert C.trial_id(by_path) == C.trial_id(C.load_config(None, []))
+    assert C.method_of(by_path) is methods.get("prompt_ot")
