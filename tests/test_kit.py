@@ -10,7 +10,13 @@ import pytest
 from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError
-from rayot.testing import PROPERTIES, MethodCheckError, check_method, check_property, parametrize_with_checks
+from rayot.testing import (
+    PROPERTIES,
+    MethodCheckError,
+    check_method,
+    check_property,
+    parametrize_with_checks,
+)
 
 
 @parametrize_with_checks(list(methods.BUILTINS))

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from rayot.train.collectives import DistributedHooks, PeerFailure, TrialHooks
 from rayot.train.evaluate import evaluate, evaluate_pack
-from rayot.train.loop import DIAGNOSTIC_PREFIX, EPOCH_METRICS, Progress, lr_at_epoch, trial_objective
+from rayot.train.loop import (
+    DIAGNOSTIC_PREFIX,
+    EPOCH_METRICS,
+    Progress,
+    lr_at_epoch,
+    trial_objective,
+)
 from rayot.train.runtime import (
     autocast_dtype,
     resolve_device,
