@@ -2,8 +2,8 @@
 
 The configuration is a tree of frozen dataclasses: general sections (``data``, ``model``,
 ``prompt`` (the prompt shapes), ``optim``, ``output``) and top-level keys, and the settings of the
-trial's method in a section named after it (``prompt_ot: {lambda_ot: 1}``; override
-``prompt_ot.lambda_ot=1``), typed by the method (:mod:`rayot.methods`). A file may hold the
+trial's method in a section named after it (``<method>: {<setting>: value}``; override
+``<method>.<setting>=value``), typed by the method (:mod:`rayot.methods`). A file may hold the
 sections of several methods: only the trial's method's applies (the others are checked), so one
 base configuration serves every method of a sweep. :func:`load_config` resolves it in this order,
 each layer overriding the one before:
@@ -149,7 +149,7 @@ _warned: set[str] = set()
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["prompt_ot.lambda_ot=1", "seed=2"]`` → a nested dict; values are parsed as YAML."""
+    """``["optim.lr=0.01", "seed=2"]`` → a nested dict; values are parsed as YAML."""
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -257,7 +257,9 @@ def resolve_config(base: Mapping[str, Any], overrides: Mapping[str, Any] | None 
     overrides = _translate_legacy(overrides, method, strict=True)
     given = merge(base, overrides)
     data = given.get("data") if isinstance(given.get("data"), Mapping) else {}
-    preset = method.preset(data.get("protocol", DataConfig.protocol), data.get("dataset", ""))
+    shots = data.get("shots", DataConfig.shots)
+    preset = method.preset(data.get("protocol", DataConfig.protocol), data.get("dataset", ""),
+                           shots if isinstance(shots, int) and not isinstance(shots, bool) else DataConfig.shots)
     reference = dict(preset.reference)
     optim = given.get("optim") if isinstance(given.get("optim"), Mapping) else {}
     if "epochs" in optim and "stop_epoch" not in optim:
@@ -323,7 +325,7 @@ def to_dict(cfg: TrialConfig) -> dict[str, Any]:
 
 
 def flatten(cfg: TrialConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"prompt_ot.lambda_ot": 10.0, ...}``: every leaf under its dotted key."""
+    """``{"optim.lr": 0.005, "<method>.<setting>": value, ...}``: every leaf under its dotted key."""
     return flatten_tree(to_dict(cfg) if isinstance(cfg, TrialConfig) else cfg, prefix)
 
 

@@ -228,7 +228,7 @@ def _registered(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
     back = C.from_dict(json.loads(C.to_json(cfg)))
     if back != cfg or C.trial_id(back) != C.trial_id(cfg):
         raise AssertionError("the configuration does not survive its JSON (what a Ray worker receives)")
-    preset = method.preset("base2novel", "synthetic")
+    preset = method.preset("base2novel", "synthetic", 16)
     return f"{method.display}, {method.origin}; preset source: {preset.source or 'none given'}"
 
 

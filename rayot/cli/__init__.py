@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from rayot import __version__
-from rayot.cli import data, report, sweep, train
+from rayot.cli import data, methods, report, sweep, train
 from rayot.errors import RayotError
 
 app = typer.Typer(
     name="rayot",
-    help="Prompt-OT and its peers over the CLIP prompt-learning benchmark, on Ray.",
+    help="Prompt-learning methods for CLIP over the CLIP prompt-learning benchmark, on Ray.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -28,6 +28,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
+app.command("methods")(methods.methods_command)
 
 err_console = Console(stderr=True)
 

@@ -96,8 +96,13 @@ def available() -> list[Method]:
     """Every built-in and every installed plug-in (entry point), loaded, in report order. A plug-in
     that cannot be loaded raises its ConfigError."""
     methods = [get(name) for name in BUILTINS]
-    methods += [get(name) for name in sorted(_entry_points()) if name not in BUILTINS]
+    methods += [get(name) for name in plugin_names()]
     return sorted(methods, key=lambda m: (m.order, m.name))
+
+
+def plugin_names() -> list[str]:
+    """The names of the installed plug-ins (entry points of :data:`ENTRY_POINT_GROUP`), not loaded."""
+    return sorted(set(_entry_points()) - set(BUILTINS))
 
 
 def known(name: str) -> Method | None:
@@ -204,4 +209,5 @@ __all__ = [
     "display_name",
     "get",
     "known",
+    "plugin_names",
 ]

@@ -58,7 +58,7 @@ class Preset:
     ``reference``: general keys (dotted: ``optim.lr``, ``prompt.depth_text``, ...) that the
     configuration file may change; ``settings``: the reference values of the method's own
     settings; ``defines``: general keys applied over the file, without which the trial would be
-    another method (zero-shot trains 0 epochs, CoOp has no vision prompts); ``source``: where the
+    another method (a frozen classifier trains 0 epochs, a text context has no vision prompts); ``source``: where the
     reference values come from (paper, repository, configuration file).
     """
 
@@ -172,8 +172,9 @@ class Method:
 
     # ----- configuration
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
-        """The reference configuration for ``protocol`` and ``dataset`` (see :class:`Preset`)."""
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
+        """The reference configuration for ``protocol``, ``dataset`` and ``shots`` per class (see
+        :class:`Preset`)."""
         return Preset()
 
     def check(self, cfg: Any) -> None:

@@ -224,13 +224,13 @@ class CoCoOp(Method):
     id_constants = NO_REGULARIZER_ID
     reference_format = "Dassl model.pth.tar: the prompt learner's ctx and meta_net.* (prefix optional)"
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
             reference={**DASSL_WARMUP, "optim.lr": 0.002, "optim.batch_size": 1, "optim.epochs": 10,
                        "prompt.n_ctx_text": 4},
             defines={"prompt.depth_text": 1, "prompt.depth_vision": 0},
-            source="CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml, "
-                   "scripts/cocoop/base2new_train.sh, KaiyangZhou/CoOp@ff61507c; docs/peers.md §3",
+            source="configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml, scripts/cocoop/base2new_train.sh "
+                   "of KaiyangZhou/CoOp@ff61507c; docs/peers.md §3",
         )
 
     def _shapes(self, prompt: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ class CoOp(DeepPromptMethod):
     id_constants = NO_REGULARIZER_ID
     text_only_reference = True
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
             reference={**DASSL_WARMUP, "optim.lr": 0.002, "optim.batch_size": 32,
                        "optim.epochs": 50 if dataset == "imagenet" else 200, "prompt.n_ctx_text": 4},

@@ -1,5 +1,6 @@
-"""Independent vision-language deep prompts, cross-entropy only: the baseline of PromptSRC's
-paper (docs/peers.md §6.6) and the architecture Prompt-OT regularises.
+"""Independent vision-language deep prompts, cross-entropy only: the baseline of the
+self-regulating prompts paper (muzairkhattak/PromptSRC, docs/peers.md §6.6), and the deep prompts
+the optimal-transport regulariser is applied to.
 
 4 + 4 context tokens, depth 9 on both towers, the text context from "a photo of a"; no
 regulariser, no prompt averaging.
@@ -17,11 +18,11 @@ class IVLP(DeepPromptMethod):
     order = 60
     id_constants = NO_REGULARIZER_ID
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
             reference={**DASSL_WARMUP, "optim.lr": 0.0025, "optim.batch_size": 4, "optim.epochs": 20,
                        "prompt.n_ctx_text": 4, "prompt.n_ctx_vision": 4, "prompt.depth_text": 9,
                        "prompt.depth_vision": 9},
-            source="PromptSRC configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml, "
+            source="configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml of "
                    "muzairkhattak/PromptSRC@bb95c77b; docs/peers.md §6.6",
         )

@@ -1,4 +1,4 @@
-"""KgCoOp: CoOp's learned context kept close to the hand-made class text features (docs/peers.md §4).
+"""KgCoOp: a learned text context kept close to the hand-made class text features (docs/peers.md §4).
 
 Yao et al., CVPR 2023; reference code htyao89/KgCoOp@c43ccc32. The loss is cross-entropy plus
 W · (1 − mean_c cos(t_c, w_c)) between every training class's learned text feature t_c and the
@@ -45,7 +45,7 @@ class Settings:
 class KgCoOp(DeepPromptMethod):
     name = "kgcoop"
     display = "KgCoOp"
-    summary = "CoOp + W · (1 − mean cos(t_c, w_c)) to the hand-made class features, W = 8"
+    summary = "learned text context + W · (1 − mean cos(t_c, w_c)) to the hand-made class features, W = 8"
     order = 30
     Settings = Settings
     id_constants = NO_REGULARIZER_ID
@@ -53,7 +53,7 @@ class KgCoOp(DeepPromptMethod):
     #: its prompt learner saves a meta-net and bias vectors that its forward never uses
     unused_reference_keys = re.compile(r"^(prompt_learner\.)?(meta_net\.|bias_vectors$)")
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
             reference={**DASSL_WARMUP, "optim.lr": 0.002, "optim.batch_size": 128, "optim.epochs": 100,
                        "prompt.n_ctx_text": 4},

@@ -201,7 +201,7 @@ class MaPLe(Method):
     id_constants = NO_REGULARIZER_ID
     reference_format = "Dassl model.pth.tar: prompt_learner.ctx, proj, compound_prompts_text, compound_prompt_projections"
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         transfer = protocol in TRANSFER_PROTOCOLS
         return Preset(
             reference={**DASSL_WARMUP, "optim.lr": 0.0026 if transfer else 0.0035, "optim.batch_size": 4,

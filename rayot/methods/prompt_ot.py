@@ -85,7 +85,7 @@ class PromptOT(DeepPromptMethod):
     Settings = Settings
     id_constants = {}  # every legacy key is a setting of its own
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
             reference={"optim.lr": 0.005, "optim.batch_size": 4, "optim.epochs": 40, "optim.stop_epoch": 30,
                        "optim.warmup_epochs": 1, "optim.warmup_lr": 1e-4, "prompt.n_ctx_text": 4,

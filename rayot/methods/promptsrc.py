@@ -68,7 +68,7 @@ class PromptSRC(DeepPromptMethod):
     Settings = Settings
     id_constants = NO_REGULARIZER_ID
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         transfer, few_shot = protocol in TRANSFER_PROTOCOLS, protocol == "few_shot"
         depth = 3 if transfer else 9
         if few_shot:

@@ -1,7 +1,7 @@
 """CLIP zero-shot: the frozen model as a classifier, each class described by a hand-written
 template (docs/peers.md §1). Nothing trains; the trial evaluates the model as built.
 
-The reference (CoOp's ``ZeroshotCLIP``, KaiyangZhou/CoOp@ff61507c ``trainers/zsclip.py``) uses one
+The reference (``ZeroshotCLIP`` of KaiyangZhou/CoOp@ff61507c ``trainers/zsclip.py``) uses one
 template per dataset, the table of docs/protocol.md §7.
 """
 
@@ -80,11 +80,11 @@ class ZeroShot(Method):
     Settings = Settings
     id_constants = NO_REGULARIZER_ID
 
-    def preset(self, protocol: str, dataset: str) -> Preset:
+    def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
             settings={"template": "dataset"},
             defines={"optim.epochs": 0, "optim.stop_epoch": None},
-            source="CoOp trainers/zsclip.py (ZeroshotCLIP, CUSTOM_TEMPLATES), KaiyangZhou/CoOp@ff61507c; "
+            source="trainers/zsclip.py (ZeroshotCLIP, CUSTOM_TEMPLATES) of KaiyangZhou/CoOp@ff61507c; "
                    "docs/peers.md §1",
         )
 

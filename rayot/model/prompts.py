@@ -2,7 +2,7 @@
 
 Text prompt of class c: SOS, ctx_1..ctx_n, tokens of "c.", EOT. Image tokens: CLS, patches,
 then n learned vision tokens. The first ``depth`` layers of each tower get their own prompt
-vectors (method.md). Depth 0 turns a side's prompts off: the text side then reads the hand-made
+vectors (docs/method.md). Depth 0 turns a side's prompts off: the text side then reads the hand-made
 prompt ``"{ctx_init} {c}."`` and the image side is plain CLIP. Text depth 1 and vision depth 0 is a
 learned text context alone.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,9 @@ class PromptOutput:
     logits: Tensor
     image: Tensor
     text: Tensor
+    #: by-products of a method's own forward that its loss or diagnostics use (a transport plan),
+    #: computed on the global batch
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 class FrozenCLIPPrompts(nn.Module):

@@ -1,0 +1,90 @@
+"""`rayot methods [NAME]`: every method rayot can run, where it comes from, its settings and presets."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+#: the protocols whose presets `rayot methods NAME` shows, with a dataset for dataset-dependent ones
+PRESET_CASES = (("base2novel", "caltech101", 16), ("base2novel", "imagenet", 16), ("transfer", "imagenet", 16),
+                ("few_shot", "caltech101", 16), ("few_shot", "dtd", 16), ("few_shot", "caltech101", 1))
+
+
+def methods_command(
+    name: str = typer.Argument(None, help="A method (name or dotted path): its settings and presets."),
+) -> None:
+    """List every method (built-in, installed plug-ins of the entry-point group rayot.methods); with
+    NAME, the method's settings and its reference presets per protocol, with their sources."""
+    console = Console()
+    if name:
+        _one(console, name)
+        return
+    _all(console)
+
+
+def _all(console: Console) -> None:
+    import dataclasses
+
+    from rayot import methods
+    from rayot.errors import ConfigError
+
+    table = Table(title="methods (rayot methods NAME: settings and presets)")
+    for col in ("name", "shown as", "from", "settings", "reference format", "what"):
+        table.add_column(col, overflow="fold")
+    names = [*methods.BUILTINS, *methods.plugin_names()]
+    broken = []
+    found = []
+    for ref in names:
+        try:
+            found.append(methods.get(ref))
+        except ConfigError as exc:
+            broken.append(ref)
+            table.add_row(ref, "-", "cannot be loaded", "-", "-", str(exc))
+    for m in sorted(found, key=lambda m: (m.order, m.name)):
+        settings = ", ".join(f.name for f in dataclasses.fields(m.Settings)) or "-"
+        shown = f"{m.display} ({m.label})" if m.label else m.display
+        table.add_row(m.name, shown, m.origin, settings, "yes" if m.reference_format else "-", m.summary)
+    console.print(table)
+    console.print("a method of your own: an entry point of the group rayot.methods, or a dotted path in "
+                  "the configuration (method: package.module:Class); docs/methods.md", highlight=False)
+    if broken:
+        raise typer.Exit(2)
+
+
+def _one(console: Console, ref: str) -> None:
+    import dataclasses
+
+    from rayot import methods
+    from rayot.typed import plain
+
+    m = methods.get(ref)
+    console.print(f"[bold]{m.name}[/]: {m.display}{f' ({m.label})' if m.label else ''}, {m.origin}")
+    if m.summary:
+        console.print(m.summary, highlight=False)
+    console.print(f"trains: {'yes' if m.trains else 'no (evaluated as built)'}; reference checkpoints: "
+                  f"{m.reference_format or 'none declared'}", highlight=False)
+    settings = Table(title=f"settings (in a configuration: {m.name}: {{...}}; override: {m.name}.KEY=VALUE)")
+    for col in ("setting", "default", "allowed", "meaning"):
+        settings.add_column(col, overflow="fold")
+    for f in dataclasses.fields(m.Settings):
+        meta = f.metadata
+        allowed = ", ".join(map(str, meta["choices"])) if meta.get("choices") else (
+            f">= {meta['minimum']:g}" if meta.get("minimum") is not None else "> 0" if meta.get("positive") else "")
+        settings.add_row(f.name, repr(plain(f.default)), allowed, meta.get("help", ""))
+    console.print(settings)
+    presets = Table(title="reference presets (under the configuration file; defines: over it)")
+    for col in ("protocol", "dataset", "shots", "reference", "settings", "defines"):
+        presets.add_column(col, overflow="fold")
+    seen = {}
+    for protocol, dataset, shots in PRESET_CASES:
+        p = m.preset(protocol, dataset, shots)
+        row = tuple(", ".join(f"{k}={v}" for k, v in d.items()) or "-" for d in (p.reference, p.settings, p.defines))
+        if seen.get(protocol) == row:
+            continue  # the same as the case shown before it
+        seen[protocol] = row
+        presets.add_row(protocol, dataset, str(shots), *row)
+    console.print(presets)
+    sources = {m.preset(p, d, k).source for p, d, k in PRESET_CASES} - {""}
+    for source in sorted(sources):
+        console.print(f"source: {source}", highlight=False, soft_wrap=True)
