@@ -1,3 +1,4 @@
-"""rayot: Prompt-OT and its peers over the CLIP prompt-learning benchmark, on Ray."""
+"""rayot: prompt-learning methods for CLIP, optimal-transport regularised and their peers, over the
+CLIP prompt-learning benchmark, on Ray."""
 
 __version__ = "0.1.0"

@@ -69,7 +69,7 @@ SCHEMA = pa.schema(
         # the transport regulariser's settings as the trial id holds them (SETTING_ID_KEYS); null
         # for a method whose id holds none of them
         pa.field("lambda_ot", pa.float64()),
-        pa.field("regularizer", pa.string()),  # ot | pointwise | none
+        pa.field("regularizer", pa.string()),  # the pairing of the transport regulariser
         pa.field("modality", pa.string()),  # joint | vision | text
         pa.field("solver", pa.string()),  # emd | sinkhorn | unbalanced
         pa.field("epsilon", pa.float64()),
@@ -81,7 +81,7 @@ SCHEMA = pa.schema(
         pa.field("rayot_version", pa.string(), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
         # JSON: every trained epoch's metrics, [{"epoch", "loss", "ce", "reg", "lr", "diag/<name>", ...}]
-        # (the method's diagnostics: Prompt-OT's plan off-diagonal mass, ...); added in 0.2
+        # (the method's diagnostics, such as a transport plan's off-diagonal mass); added in 0.2
         pa.field("epoch_metrics", pa.string()),
     ]
 )

@@ -127,8 +127,8 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     Returns:
         (N, M), clamped at 0 against rounding. Expanded as ``|x|^2 + |y|^2 - 2 x.y``: memory is
         O(N·M) rather than O(N·M·D) for broadcast differences, one matmul does the work, and no
-        square root is taken, so the gradient stays finite where a distance is zero (CoOp leaves
-        the image side unadapted: ``image == image_ref``).
+        square root is taken, so the gradient stays finite where a distance is zero (a text-only
+        prompt leaves the image side unadapted: ``image == image_ref``).
     """
     sq = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2.0 * (x @ y.T)  # (N, M)
     return sq.clamp_min(0.0)
@@ -284,7 +284,7 @@ def ot_plan(
 
 def off_diagonal_mass(plan: Tensor) -> Tensor:
     """The share of a square plan's mass (B, B) that is off its diagonal: 0 when the plan pairs
-    each sample with its own frozen features (the point-wise pairing), up to 1 - 1/B for a plan
+    each sample with its own frozen features (the identity pairing), up to 1 - 1/B for a plan
     that mixes all of them. A float () tensor, no gradient."""
     with torch.no_grad():
         total = plan.sum()

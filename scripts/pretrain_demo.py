@@ -12,7 +12,7 @@ deterministic algorithms, fixed intra-op threads.
 
 At the end it rounds the weights to float16, prints the zero-shot accuracy ("a photo of a {}.")
 of those weights on freshly rendered benchmark test images, base and novel halves scored
-separately as in protocol.md §3, and saves the float16 state dict (3.4 MiB).
+separately as in docs/protocol.md §3, and saves the float16 state dict (3.4 MiB).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small on-disk dataset trees in the layouts of protocol.md §1, for the data tests."""
+"""Small on-disk dataset trees in the layouts of docs/protocol.md §1, for the data tests."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ def test_defaults_reproduce_the_reference_settings():
     assert cfg.method == "prompt_ot"
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.005, 0.9, 5e-4)
     assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.batch_size) == (1, 1e-4, 4)
-    assert (cfg.optim.epochs, cfg.optim.stop_epoch, C.epochs_trained(cfg)) == (40, 30, 30)  # method.md
+    assert (cfg.optim.epochs, cfg.optim.stop_epoch, C.epochs_trained(cfg)) == (40, 30, 30)  # docs/method.md
     s = cfg.settings
     assert (s.lambda_ot, s.eta, s.solver, s.modality, s.regularizer) == (10.0, 0.5, "emd", "joint", "ot")
     assert (cfg.prompt.n_ctx_text, cfg.prompt.n_ctx_vision, cfg.prompt.depth_text) == (4, 4, 12)

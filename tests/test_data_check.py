@@ -77,7 +77,7 @@ def test_counts_against_protocol(tmp_path: Path) -> None:
     report = check_dataset("eurosat", tmp_path)
     messages = [p.message for p in report.problems if p.kind == "count"]
     assert messages[0] == "9 classes, expected 10"
-    assert "train: the split lists 45 images, protocol.md expects 13500" in messages
+    assert "train: the split lists 45 images, docs/protocol.md expects 13500" in messages
 
 
 def test_undecodable_images(tmp_path: Path) -> None:

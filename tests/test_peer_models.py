@@ -400,7 +400,7 @@ def test_frozen_features_are_clips(uneven: LoadedCLIP, build) -> None:
 
 
 def test_vit_b16_parameter_counts() -> None:
-    """The learned-tensor counts of peers.md (CoCoOp §3.1, MaPLe §5.1) for ViT-B/16."""
+    """The learned-tensor counts of docs/peers.md (CoCoOp §3.1, MaPLe §5.1) for ViT-B/16."""
     clip = load_clip("ViT-B-16", None)  # random weights: only the shapes matter
     counts = {
         cls: sum(p.numel() for p in cls(clip, ["dog"]).trainable_parameters())

@@ -377,7 +377,7 @@ def _reference_ivlp_logits(
     depth_vision: int,
     text_ctx_key: str = "prompt_learner.ctx",
 ) -> Tensor:
-    """Logits (B, C) of the reference IVLP model, from open_clip's modules and peers.md §6.1.
+    """Logits (B, C) of the reference IVLP model, from open_clip's modules and docs/peers.md §6.1.
 
     Full-length (un-truncated) text, EOT found as the arg-max token id, per-layer prompt
     replacement written out here, float64.
@@ -385,7 +385,7 @@ def _reference_ivlp_logits(
     m = clip.model
     assert m.transformer.batch_first and m.visual.transformer.batch_first
 
-    # Text: "[prefix] name." tokenised whole; positions 1..M replaced by ctx (peers.md §0.2).
+    # Text: "[prefix] name." tokenised whole; positions 1..M replaced by ctx (docs/peers.md §0.2).
     names = [c.replace("_", " ") for c in classnames]
     tokens = clip.tokenizer([f"{prompt_prefix} {name}." for name in names])  # (C, L)
     n_cls = tokens.shape[0]

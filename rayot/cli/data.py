@@ -39,7 +39,7 @@ def fewshot(
     subsample: Subsample = typer.Option(Subsample.all, "--subsample", help="Class half to keep."),
     out: Path = typer.Option(..., "--out", help="JSON file to write."),
 ) -> None:
-    """Write the few-shot train/val subset of DATASET exactly as the CoOp protocol draws it.
+    """Write the few-shot train/val subset of DATASET exactly as the benchmark's protocol draws it.
 
     Split-file datasets need only their split file, no images.
     """
@@ -71,7 +71,7 @@ def check(
 ) -> None:
     """Check datasets: missing files and folders (exact paths), counts, undecodable images.
 
-    Counts are compared with the split file and protocol.md. Exit status 1 when anything is wrong, or when no DATASET is given and no dataset folder exists under the root.
+    Counts are compared with the split file and docs/protocol.md. Exit status 1 when anything is wrong, or when no DATASET is given and no dataset folder exists under the root.
     """
     from rayot.data.check import check_dataset, present_datasets
     from rayot.data.specs import DATASETS, get_spec

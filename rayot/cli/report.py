@@ -30,7 +30,7 @@ def report(
     methods: list[str] = typer.Option(
         None, "--methods", "-m",
         help="Keep these methods (repeatable or comma-separated); fix settings with "
-        "METHOD:key=value[,key=value], e.g. prompt_ot:lambda_ot=10.",
+        "METHOD:key=value[,key=value], a method's variants by their settings.",
     ),
     datasets: list[str] = typer.Option(
         None, "--datasets", "-d", help="Keep these evaluated datasets (repeatable or comma-separated)."

@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 def train(
     config: Path = typer.Argument(..., help="Trial configuration (YAML)."),
     overrides: list[str] = typer.Argument(
-        None, help="Overrides as dotted key=value, e.g. seed=2 or prompt_ot.lambda_ot=1 (a method's "
-        "settings under its name)."),
+        None, help="Overrides as dotted key=value, e.g. seed=2 or METHOD.SETTING=VALUE (a method's "
+        "settings under its name; rayot methods NAME lists them)."),
     log_to: list[str] = typer.Option(
         None, "--log", help="Log the trial to a tracker: tensorboard, mlflow or wandb (repeatable). Local "
         "files and W&B offline unless MLFLOW_TRACKING_URI / WANDB_MODE say otherwise.",

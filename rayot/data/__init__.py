@@ -1,4 +1,4 @@
-"""The CoOp benchmark data protocol without Dassl (see ../shared/docs/protocol.md).
+"""The benchmark's data protocol, without the Dassl toolbox (docs/protocol.md).
 
 Readers for the 15 benchmark datasets (and the synthetic one), exact few-shot sampling, the
 base/novel split, pre-processing and a torch Dataset. No Typer, no Ray.

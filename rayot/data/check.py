@@ -1,5 +1,5 @@
 """`rayot data check` as a library: what is present, what is missing (with exact paths), which
-counts disagree with the split file or protocol.md §1, and which images cannot be decoded.
+counts disagree with the split file or docs/protocol.md §1, and which images cannot be decoded.
 
 Problems are collected rather than raised, so one run lists everything that is wrong.
 """
@@ -146,7 +146,7 @@ def _count_images(spec: DatasetSpec, splits: DatasetSplits, report: CheckReport)
                 missing_tops[top] = missing_tops.get(top, 0) + 1
         report.counts[split] = (found, len(items))
         if expected_size is not None and len(items) != expected_size:
-            report.add("count", f"{split}: the split lists {len(items)} images, protocol.md "
+            report.add("count", f"{split}: the split lists {len(items)} images, docs/protocol.md "
                        f"expects {expected_size}")
     for top, n in missing_tops.items():
         if top in {p.path for p in report.problems}:

@@ -1,4 +1,4 @@
-"""A torch Dataset over items, and loaders with the batching rules of protocol.md §6."""
+"""A torch Dataset over items, and loaders with the batching rules of docs/protocol.md §6."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class ImageDataset(Dataset):
 def make_loader(dataset: Dataset, *, batch_size: int, train: bool, num_workers: int = 0,
                 generator: torch.Generator | None = None, sampler: Sampler | None = None) -> DataLoader:
     """Train: shuffled (or ordered by ``sampler``), last incomplete batch
-    dropped when the set (or this worker's shard) holds at least one full batch (as CoOp does, so
+    dropped when the set (or this worker's shard) holds at least one full batch (as the reference toolbox does, so
     a tiny 1-shot set still yields a batch). Test: in order, every image."""
     size = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
     return DataLoader(

@@ -1,6 +1,6 @@
-"""Few-shot sampling (protocol.md §2) and the base/novel class split (§3).
+"""Few-shot sampling (docs/protocol.md §2) and the base/novel class split (§3).
 
-The sampler reproduces the CoOp/Dassl subsets exactly: one ``random`` stream seeded with the
+The sampler reproduces the subsets of the reference code (KaiyangZhou/CoOp on Dassl) exactly: one ``random`` stream seeded with the
 seed, the train split sampled first and the val split right after it on the same stream.
 """
 
@@ -16,7 +16,7 @@ from rayot.data.items import DatasetSplits, Item
 from rayot.errors import ConfigError, DataError
 
 SUBSAMPLES = ("all", "base", "novel")
-VAL_SHOTS_CAP = 4  # CoOp draws at most 4 val images per class
+VAL_SHOTS_CAP = 4  # the reference draws at most 4 val images per class
 
 
 def fewshot(items: Sequence[Item], shots: int, rng: random.Random) -> list[Item]:

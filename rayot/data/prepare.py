@@ -1,7 +1,7 @@
 """`rayot data prepare` as a library: from public archives to the layout `rayot data check` reads.
 
 :func:`recipes` is the one table saying, per dataset, which files it is made from, where each
-comes from, how each is checked and where its content goes (protocol.md §1). Addresses and
+comes from, how each is checked and where its content goes (docs/protocol.md §1). Addresses and
 checksums are read at run time from torchvision's dataset classes where they match the layout;
 the others are recorded here with the source they were taken from. A file without a recorded
 checksum is verified by structure instead: a split file must parse and hold the protocol's
@@ -57,7 +57,7 @@ class Source:
     ``page`` says where a person obtains it. ``checksum`` is "md5:<hex>" or "sha256:<hex>", or
     None when no reliable sum is recorded anywhere (the file is then verified by structure).
     ``also_at`` is a path under the data root where the file may already be (imagenet's
-    ``classnames.txt`` for its variants, as CoOp's DATASETS.md says to copy it).
+    ``classnames.txt`` for its variants, as KaiyangZhou/CoOp's DATASETS.md says to copy it).
     """
 
     name: str
@@ -123,7 +123,7 @@ class Outcome:
 
 
 def _drive(name: str, file_id: str, what: str) -> Source:
-    return Source(name, (drive_url(file_id),), None, f"CoOp DATASETS.md ({what}, Google Drive)",
+    return Source(name, (drive_url(file_id),), None, f"KaiyangZhou/CoOp DATASETS.md ({what}, Google Drive)",
                   page=drive_page(file_id))
 
 
@@ -131,14 +131,14 @@ def _split(name: str, file_id: str) -> Source:
     return _drive(name, file_id, "split file")
 
 
-# classnames.txt of the imagenet family: CoOp's own file (CLIP's class names by wnid). The
-# variants use the copy under imagenet/ when it is there, as CoOp's DATASETS.md says.
+# classnames.txt of the imagenet family: the file of KaiyangZhou/CoOp (CLIP's class names by wnid). The
+# variants use the copy under imagenet/ when it is there, as its DATASETS.md says.
 _CLASSNAMES_DRIVE = "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"
 
 
 def _classnames() -> Source:
     return Source(CLASSNAMES_FILE, (drive_url(_CLASSNAMES_DRIVE),), None,
-                  "CoOp DATASETS.md (Google Drive); or a copy from imagenet/",
+                  "KaiyangZhou/CoOp DATASETS.md (Google Drive); or a copy from imagenet/",
                   page=drive_page(_CLASSNAMES_DRIVE), also_at=f"imagenet/{CLASSNAMES_FILE}")
 
 
@@ -171,7 +171,7 @@ def recipes() -> dict[str, Recipe]:
             notes="train: one tarball per class; val: labelled from the devkit's ground truth"),
         Recipe("caltech101", (
             _split("split_zhou_Caltech101.json", "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN"),
-            # CoOp's vision.caltech.edu address is gone; torchvision downloads the same images
+            # The reference's vision.caltech.edu address is gone; torchvision downloads the same images
             # from CaltechDATA (address and md5 in torchvision.datasets.Caltech101.download).
             Source("caltech-101.zip", ("https://data.caltech.edu/records/mzrjq-6wc02/files/"
                                        "caltech-101.zip",),
@@ -237,7 +237,7 @@ def recipes() -> dict[str, Recipe]:
         ), (Place("dtd-r1.0.1.tar.gz", "dtd"), Place("split_zhou_DescribableTextures.json"))),
         Recipe("eurosat", (
             _split("split_zhou_EuroSAT.json", "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
-            # CoOp's madm.dfki.de address is unreliable; torchvision downloads the same RGB zip
+            # The reference's madm.dfki.de address is unreliable; torchvision downloads the same RGB zip
             # from the torchgeo mirror (address and md5 in torchvision.datasets.EuroSAT.download).
             Source("EuroSAT.zip", ("https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
                                    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip",),
@@ -245,20 +245,20 @@ def recipes() -> dict[str, Recipe]:
         ), (Place("EuroSAT.zip", "2750", "2750"), Place("split_zhou_EuroSAT.json"))),
         Recipe("ucf101", (
             _split("split_zhou_UCF101.json", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"),
-            # CoOp's own middle-frame extraction; it exists only on Google Drive.
+            # The reference's own middle-frame extraction; it exists only on Google Drive.
             _drive("UCF-101-midframes.zip", "10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O", "frames"),
         ), (Place("UCF-101-midframes.zip", "UCF-101-midframes", "UCF-101-midframes"),
             Place("split_zhou_UCF101.json"))),
         Recipe("imagenetv2", (
             _classnames(),
-            # The ImageNetV2 authors' Hugging Face copy, then CoOp's S3 address; no checksum is
+            # The ImageNetV2 authors' Hugging Face copy, then the reference's S3 address; no checksum is
             # published for it.
             Source("imagenetv2-matched-frequency.tar.gz", (
                 "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
                 "imagenetv2-matched-frequency.tar.gz",
                 "https://s3-us-west-2.amazonaws.com/imagenetv2public/"
                 "imagenetv2-matched-frequency.tar.gz"), None,
-                "ImageNetV2 authors (Hugging Face), CoOp DATASETS.md (S3)"),
+                "ImageNetV2 authors (Hugging Face), KaiyangZhou/CoOp DATASETS.md (S3)"),
         ), (Place("imagenetv2-matched-frequency.tar.gz", "imagenetv2-matched-frequency-format-val",
                   "imagenetv2-matched-frequency-format-val"), Place(CLASSNAMES_FILE))),
         Recipe("imagenet_sketch", (

@@ -1,4 +1,4 @@
-"""The dataset lists of the protocols (protocol.md §4); `rayot.config.eval_targets` uses them."""
+"""The dataset lists of the protocols (docs/protocol.md §4); `rayot.config.eval_targets` uses them."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Readers turning each on-disk layout of protocol.md §1 into a :class:`DatasetSplits`.
+"""Readers turning each on-disk layout of docs/protocol.md §1 into a :class:`DatasetSplits`.
 
 Split-file datasets need only their split file (no image is opened), so few-shot subsets can be
 drawn and published without the images. Folder-scanned datasets sort every listing so that the
-result is the same on every machine. (The original CoOp code used unsorted directory listings
+result is the same on every machine. (The original reference code used unsorted directory listings
 for ImageNet, so its ImageNet few-shot subsets cannot be reproduced; rayot's can.)
 """
 
@@ -63,7 +63,7 @@ def read_dataset(name: str, root: str | Path) -> DatasetSplits:
 
 
 def read_split_file(path: Path, dataset: str) -> tuple[list[Item], list[Item], list[Item], list[str]]:
-    """Parse and validate a CoOp split file; returns (train, val, test, classnames)."""
+    """Parse and validate a benchmark split file (``split_zhou_*.json``); returns (train, val, test, classnames)."""
     if not path.is_file():
         raise DataError(f"{dataset}: split file {path} does not exist")
     try:

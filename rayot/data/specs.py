@@ -1,4 +1,4 @@
-"""One table describing every benchmark dataset (protocol.md §1 and §7).
+"""One table describing every benchmark dataset (docs/protocol.md §1 and §7).
 
 Readers, checks and templates all read this table; nothing else hard-codes a folder name.
 """
@@ -102,10 +102,10 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def template_for(name: str) -> str:
-    """The zero-shot text template of dataset ``name`` (protocol.md §7), with one ``{}``."""
+    """The zero-shot text template of dataset ``name`` (docs/protocol.md §7), with one ``{}``."""
     return get_spec(name).template
 
 
 def prompt_classname(classname: str) -> str:
-    """A class name as it appears in a prompt: underscores become spaces (protocol.md §1)."""
+    """A class name as it appears in a prompt: underscores become spaces (docs/protocol.md §1)."""
     return classname.replace("_", " ")

@@ -1,8 +1,8 @@
-"""The embedded demo world: colour x shape images, a CoOp-layout benchmark and pre-training captions.
+"""The embedded demo world: colour x shape images, a benchmark in the layout of the real ones and pre-training captions.
 
 Every class is a composition such as "red circle". The class order puts a checkerboard half of
 the colour x shape grid first, so that the protocol's base/novel rule (sorted labels, first half
-base; protocol.md §3) gives two halves in which every colour and every shape occurs: each novel
+base; docs/protocol.md §3) gives two halves in which every colour and every shape occurs: each novel
 class shares its colour and its shape with base classes, as CLIP has seen the words of the novel
 class names in pre-training.
 
@@ -15,7 +15,7 @@ Two kinds of images come from separate random streams:
   next colour of the world's colour cycle (red -> orange -> yellow -> green -> blue -> purple ->
   red). The cast lowers zero-shot base accuracy and can be learned from the base classes' few
   shots; undoing it is the class-specific adaptation that prompt learning overfits to, and it
-  miscolours the novel classes' images, which have no cast. That is the forgetting Prompt-OT is
+  miscolours the novel classes' images, which have no cast. That is the forgetting a regulariser toward the frozen features is
   meant to prevent (docs/demo-world.md has the measured effect).
 
 Images are rendered with NumPy, vectorised over a batch and anti-aliased by supersampling.
@@ -54,7 +54,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 
-# Captions of pre-training images; the first is the benchmark's template (protocol.md §7).
+# Captions of pre-training images; the first is the benchmark's template (docs/protocol.md §7).
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a {}.",
@@ -115,7 +115,7 @@ class World:
 
     @property
     def n_base(self) -> int:
-        """Size of the base half, ceil(n / 2) as in protocol.md §3."""
+        """Size of the base half, ceil(n / 2) as in docs/protocol.md §3."""
         return math.ceil(self.n_classes / 2)
 
 
@@ -314,7 +314,7 @@ def write_synthetic(
 ) -> Path:
     """Write the demo benchmark under ``root/synthetic`` and return that folder.
 
-    Layout (protocol.md §1): ``images/<class_name>/<split>_<i>.<ext>`` and
+    Layout (docs/protocol.md §1): ``images/<class_name>/<split>_<i>.<ext>`` and
     ``split_rayot_Synthetic.json`` = {"train", "val", "test"}, each a list of [path under
     images/, label, class name], label-major; ``n_train``/``n_val``/``n_test`` images per class.
     Deterministic for a seed (PNG; JPEG bytes depend on the Pillow version). An existing

@@ -1,4 +1,4 @@
-"""Image pre-processing of protocol.md §6 (CLIP's normalisation, bicubic resizing)."""
+"""Image pre-processing of docs/protocol.md §6 (CLIP's normalisation, bicubic resizing)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
     report = build_report(read_results(["results"]), published=True)
     write_report(report, "reports/latest", ["md", "html"])
 
-Aggregation follows protocol.md §5 (see :data:`rayot.report.build.RULE`). No Typer, no Ray.
+Aggregation follows docs/protocol.md §5 (see :data:`rayot.report.build.RULE`). No Typer, no Ray.
 """
 
 from __future__ import annotations

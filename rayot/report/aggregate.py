@@ -1,4 +1,4 @@
-"""The aggregation rules of protocol.md §5, on finished rows tagged with their variant.
+"""The aggregation rules of docs/protocol.md §5, on finished rows tagged with their variant.
 
 Per (variant, dataset): the mean over seeds of base accuracy B and of novel accuracy N, at full
 precision, with the population standard deviation across seeds; HM = 2·B·N / (B + N) of those

@@ -46,7 +46,7 @@ def build_report(
 
     Args:
         table: result rows of :data:`rayot.results.SCHEMA` (e.g. from ``read_results``).
-        methods: keep these methods; an entry may fix settings: ``"prompt_ot:lambda_ot=10"``.
+        methods: keep these methods; an entry may fix settings: ``"<method>:<setting>=<value>"``.
         datasets: keep these evaluated datasets.
         published: add the published averages, and the differences to them where the measured
             averages are over the datasets the published ones average over.

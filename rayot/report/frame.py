@@ -4,7 +4,7 @@ A *variant* is a method plus the settings that differ between its trials. Settin
 setting columns of the results schema (λ, regularizer, modality, solver, ε, shots, backbone, ...)
 and any key of the resolved configuration JSON (flattened with dots, e.g. ``optim.lr``) that
 varies between trials of the same method, protocol, dataset and seed. Keys that only follow from
-those (``data.dataset``, ``seed``, ``prompt_ot.lambda_ot`` mirroring the ``lambda_ot`` column) or that
+those (``data.dataset``, ``seed``, a method's ``lambda_ot`` setting mirroring the ``lambda_ot`` column) or that
 cannot change a result (paths, device, worker counts) are not settings. Trials of different
 variants are never pooled.
 """
@@ -81,7 +81,7 @@ class Variant:
 
     @property
     def key(self) -> str:
-        """A file-name-safe identifier, e.g. ``prompt_ot__lambda_ot=1``."""
+        """A file-name-safe identifier: ``<method>__<setting>=<value>``."""
         parts = [self.method] + [f"{k}={format_value(v)}" for k, v in self.settings]
         return "__".join(parts).replace("/", "-").replace(" ", "")
 
@@ -140,8 +140,8 @@ def to_frame(table: pa.Table | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def split_method_specs(items: Iterable[str]) -> list[str]:
-    """Comma lists of method specs: ``"ivlp,prompt_ot:lambda_ot=10,modality=joint"`` gives
-    ``["ivlp", "prompt_ot:lambda_ot=10,modality=joint"]`` (a ``key=value`` joins the spec before it).
+    """Comma lists of method specs: ``"a,b:x=10,y=joint"`` gives ``["a", "b:x=10,y=joint"]`` (a
+    ``key=value`` joins the spec before it).
     """
     specs: list[str] = []
     for item in items:
@@ -154,7 +154,7 @@ def split_method_specs(items: Iterable[str]) -> list[str]:
 
 
 def _parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"prompt_ot"`` or ``"prompt_ot:lambda_ot=10,modality=joint"`` -> (method, {key: value})."""
+    """``"m"`` or ``"m:x=10,y=joint"`` -> (method, {key: value})."""
     method, _, rest = spec.partition(":")
     conditions: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):

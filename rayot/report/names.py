@@ -109,8 +109,8 @@ def method_name(method: str) -> str:
 
 
 def variant_label(method: str, settings: Iterable[tuple[str, object]]) -> str:
-    """The display name, the method's fixed label and the settings that distinguish the variant,
-    e.g. ``Prompt-OT (λ=1)``."""
+    """The display name, the method's fixed label and the settings that distinguish the variant:
+    ``Name (label, λ=1)``."""
     known = methods.known(method)
     name, fixed = (known.display, known.label) if known is not None else (method, None)
     parts = [fixed] if fixed else []

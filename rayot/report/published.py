@@ -17,7 +17,7 @@ class Published:
     unless the file says otherwise (a ``datasets`` list in the file or in the row).
     """
 
-    key: str  # the rayot method it corresponds to (e.g. "coop"), or the paper's own name
+    key: str  # the name of the rayot method it corresponds to, or the paper's own name
     name: str
     base: float
     novel: float

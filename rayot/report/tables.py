@@ -255,8 +255,7 @@ def ablation_tables(res: B2NResults) -> list[ReportTable]:
     """One table per (method, swept setting): the method's variants ordered by that setting.
 
     A setting is swept when it takes more than one value among the base-to-novel variants of a
-    method. Rows that share the other settings are grouped; for a λ sweep without λ = 0, the IVLP
-    variant (λ = 0) is added as the reference row.
+    method. Rows that share the other settings are grouped.
     """
     tables = []
     by_method: dict[str, list[Variant]] = {}
@@ -490,8 +489,8 @@ def published_table(
 ) -> ReportTable:
     """Published Average rows, then the measured ones with their difference (measured − published).
 
-    A measured method is compared with its own published row when there is one (CLIP zero-shot,
-    CoOp, ...), otherwise with the published row of highest HM. Differences are measured minus
+    A measured method is compared with its own published row when there is one (the rows' keys are
+    method names), otherwise with the published row of highest HM. Differences are measured minus
     published, in points, and shown only where the measured average is over the datasets the
     published one averages over (the 11 of the benchmark); elsewhere (the one-dataset synthetic
     demo, a method missing a dataset) the published rows stay for reference, the measured values
@@ -531,7 +530,7 @@ def published_table(
     def no_delta() -> list[Cell]:
         return [Cell(), Cell(), Cell(), Cell(text="")] if with_delta else []
 
-    # one citation number per source (three rows come from the CoCoOp paper)
+    # one citation number per source (several rows come from one paper)
     cite: dict[str, int] = {}
     for p in published:
         cite.setdefault(p.source, len(cite) + 1)

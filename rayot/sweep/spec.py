@@ -5,7 +5,7 @@ name: smoke
 base: {...}             # a trial configuration, inline, or a path relative to this file
 grid:                   # axes common to every block: the cartesian product is taken
   seed: [1, 2]
-  method: [zeroshot, ivlp, prompt_ot]
+  method: [method_a, method_b]
 grids:                  # optional blocks, each a grid of its own; their trials are concatenated
   - {protocol: base2novel, dataset: [caltech101, dtd]}
   - {protocol: transfer, dataset: imagenet}
@@ -18,7 +18,7 @@ tracking:               # optional: each tracker named is on (rayot.trackers has
 ```
 
 Grid keys are dotted trial-configuration keys (``optim.lr``, a method's setting such as
-``prompt_ot.lambda_ot``) or the short names ``dataset``, ``protocol`` and ``shots``. A grid value
+``<method>.<setting>``) or the short names ``dataset``, ``protocol`` and ``shots``. A grid value
 that is not a list is one value. The grid values act as overrides over the base configuration and
 the method's preset; a method's setting applies to that method's trials only (the others' trials
 are the same trial for every value of it, and appear once). This module expands a specification

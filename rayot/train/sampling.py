@@ -42,7 +42,7 @@ class GlobalBatchSlices(Sampler[list[int]]):
 
     The global batches are those one worker takes: ``batch_size`` consecutive indices of the
     epoch's permutation (:class:`EpochRandomSampler`), the last incomplete one dropped when the
-    set holds at least one full batch (as CoOp does, so a tiny 1-shot set still yields a batch).
+    set holds at least one full batch (as the reference toolbox does, so a tiny 1-shot set still yields a batch).
     Rank r takes the r-th contiguous share of each (:func:`rayot.distributed.shard_sizes`).
     """
 
