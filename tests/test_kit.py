@@ -86,3 +86,22 @@ def test_a_dotted_path_names_the_same_method_as_its_registry_name():
     by_path = C.load_config(None, ["method=rayot.methods.prompt_ot:PromptOT"])
     assert C.trial_id(by_path) == C.trial_id(C.load_config(None, []))
     assert C.method_of(by_path) is methods.get("prompt_ot")
+
+
+def test_rayot_methods_lists_every_method_and_shows_one_with_its_presets(monkeypatch):
+    from typer.testing import CliRunner
+
+    from rayot.cli import app
+
+    out = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    for name in methods.BUILTINS:
+        assert f"│ {name} " in out.output
+    one = CliRunner().invoke(app, ["methods", "promptsrc"], env={"COLUMNS": "200"})
+    assert one.exit_code == 0, one.output
+    assert "gpa_mean" in one.output and "muzairkhattak/PromptSRC@bb95c77b" in one.output
+    assert "few_shot" in one.output and "gpa_mean=45.0" in one.output  # the dataset-dependent preset
+    broken = {"broken": importlib.metadata.EntryPoint("broken", "missing_package:PLOT", methods.ENTRY_POINT_GROUP)}
+    monkeypatch.setattr(methods, "_entry_points", lambda: broken)
+    out = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert out.exit_code == 2 and "cannot be loaded" in out.output and "missing_package" in out.output

@@ -46,6 +46,7 @@ def _trial(
     status: str = "done",
     extra_config: dict | None = None,
     backbone: str = "ViT-B-16",
+    epoch_metrics: list[dict] | None = None,
     **settings: object,
 ) -> str:
     """Write one trial's rows like the trainer does: a nested config JSON and the flat columns."""
@@ -88,6 +89,7 @@ def _trial(
             "accuracy": acc,
             "config": text,
             "error": "CUDA out of memory" if status == "failed" else None,
+            "epoch_metrics": json.dumps(epoch_metrics) if epoch_metrics is not None else None,
             **{k: s[k] for k in DEFAULT_SETTINGS},
         }
         assert set(row) <= set(COLUMNS)
@@ -574,3 +576,23 @@ def test_sweep_help_shows_each_exit_status_whole_on_its_own_line(columns: str | 
     assert "Exit status:" in shown
     for line in statuses:
         assert line in shown, f"{line!r} is not one line of the help:\n{result.output}"
+
+
+def test_the_diagnostics_table_shows_each_variant_s_last_epoch(tmp_path):
+    def history(offdiag: float) -> list[dict]:
+        return [{"epoch": 1, "loss": 1.0, "diag/ot_offdiag_mass": 0.5},
+                {"epoch": 2, "loss": 0.5, "diag/ot_offdiag_mass": offdiag}]
+
+    _b2n(tmp_path, "prompt_ot", "dtd", 1, 80.0, 70.0, epoch_metrics=history(0.25))
+    _b2n(tmp_path, "prompt_ot", "dtd", 2, 80.0, 70.0, epoch_metrics=history(0.75))
+    _b2n(tmp_path, "zeroshot", "dtd", 1, 60.0, 75.0)  # no epochs, no diagnostics
+    report = build_report(read_results([str(tmp_path)]), figures=False)
+    table = _table(report, "diagnostics")
+    assert [c.label for c in table.columns] == ["ot_offdiag_mass"]
+    (row,) = table.rows
+    assert row.label == "Prompt-OT" and row.cells[0].value == pytest.approx(0.5)
+    assert row.cells[0].text == "0.5 ± 0.25" and row.cells[0].n == 2
+    assert "ot_offdiag_mass" in to_markdown(report)
+    plain = tmp_path / "none"
+    _b2n(plain, "prompt_ot", "dtd", 1, 80.0, 70.0)  # results of an earlier version: no table
+    assert "diagnostics" not in [t.key for t in build_report(read_results([str(plain)]), figures=False).tables]

@@ -286,3 +286,14 @@ def test_check_writable_unreachable_store_fails_within_the_timeout():
         results.check_writable("s3://bucket/x?endpoint_override=127.0.0.1:1&scheme=http", "results",
                                timeout_s=1.0)
     assert time.monotonic() - t0 < 2.0
+
+
+def test_a_file_of_an_earlier_version_reads_its_new_columns_as_null(tmp_path):
+    """Files written before ``epoch_metrics`` existed stay readable: the column reads as null."""
+    table = results.make_table([_row("t1")]).drop_columns(list(results.OPTIONAL_COLUMNS))
+    old = tmp_path / "res"
+    old.mkdir()
+    pq.write_table(table, old / "t1.parquet")
+    assert results.finished_trials(str(old)) == {"t1": "done"}
+    back = results.read_results([str(old)])
+    assert back.schema.equals(results.SCHEMA) and back.column("epoch_metrics").to_pylist() == [None]

@@ -246,6 +246,13 @@ def test_rayot_train_logs_to_all_three_trackers(tmp_path, synth_root):
     assert run["params"] == {k: str(v) for k, v in expected_params.items()}
     assert [s for s, _ in run["metrics"]["loss"]] == [1, 2] and set(run["metrics"]) >= {"loss", "ce", "reg", "lr"}
     assert {k: run["metrics"][k] for k in final} == {k: [(2, pytest.approx(v))] for k, v in final.items()}
+    # Prompt-OT's diagnostics, per epoch, in the tracker and in the result rows
+    history = json.loads(rows[0]["epoch_metrics"])
+    assert [h["epoch"] for h in history] == [1, 2]
+    for key in ("diag/ot_offdiag_mass", "diag/ot_nonidentity_frac"):
+        assert [s for s, _ in run["metrics"][key]] == [1, 2]
+        assert [v for _, v in run["metrics"][key]] == pytest.approx([h[key] for h in history])
+        assert all(0.0 <= h[key] <= 1.0 for h in history)
 
     wb = wandb_runs(tmp_path / "wandb-env")  # WANDB_DIR of the environment
     assert list(wb) == [tid]
@@ -373,7 +380,8 @@ FINAL = {"base": 80.0, "novel": 60.0, "hm": 68.57142857142857}
 
 
 def _epoch_metrics(seed: int, epoch: int) -> dict[str, float]:
-    return {"loss": seed + epoch / 10, "ce": seed + epoch / 100, "reg": epoch / 1000, "lr": 0.002 / epoch}
+    return {"loss": seed + epoch / 10, "ce": seed + epoch / 100, "reg": epoch / 1000, "lr": 0.002 / epoch,
+            "diag/ot_offdiag_mass": epoch / 4}
 
 
 def _drive(callbacks: list, cfgs: dict[str, C.TrialConfig], tmp_path: Path) -> None:
@@ -440,6 +448,7 @@ def test_a_pack_logs_one_mlflow_and_tensorboard_run_per_trial(tmp_path, pack_cfg
     ok = runs[tid["ok"]]
     assert ok["status"] == "FINISHED" and ok["tags"]["status"] == "done"
     assert ok["metrics"]["loss"] == [(1, pytest.approx(seed["ok"] + 0.1)), (2, pytest.approx(seed["ok"] + 0.2))]
+    assert ok["metrics"]["diag/ot_offdiag_mass"] == [(1, 0.25), (2, 0.5)]  # a method's diagnostic, per epoch
     assert {k: ok["metrics"][k] for k in FINAL} == {k: [(2, pytest.approx(v))] for k, v in FINAL.items()}
     bad = runs[tid["bad"]]
     assert bad["status"] == "FAILED" and bad["tags"]["status"] == "failed"

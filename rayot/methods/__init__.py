@@ -185,11 +185,10 @@ def _check(method: Method, what: str) -> None:
             raise ConfigError(f"{what}: setting {f.name!r} has no default")
     if method.trains and type(method).build is Method.build:
         raise ConfigError(f"{what}: it trains but does not override build() (how its model is made)")
-    declares = method.reference_format is not None
-    overrides = type(method).export_reference is not Method.export_reference
-    if declares != overrides or overrides != (type(method).import_reference is not Method.import_reference):
-        raise ConfigError(f"{what}: reference_format, export_reference() and import_reference() go "
-                          "together: declare all three or none")
+    if method.reference_format is not None and (type(method).export_reference is Method.export_reference
+                                                or type(method).import_reference is Method.import_reference):
+        raise ConfigError(f"{what}: it declares a reference_format but does not override export_reference() "
+                          "and import_reference()")
 
 
 __all__ = [

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.data.specs import DEFAULT_TEMPLATE, template_for
-from rayot.errors import ConfigError
+from rayot.errors import ConfigError, ModelError
 from rayot.model.dassl_keys import Layout, export_state, import_state
 from rayot.model.prompts import PromptedCLIP
 from rayot.typed import plain
@@ -308,6 +308,36 @@ class DeepPromptMethod(Method):
 
     def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
         import_state(model, state, self._layout())
+
+
+class ModuleMethod(Method):
+    """A method whose model is one module class (:attr:`module`) built from :meth:`shapes`, and whose
+    reference format, when it declares one, the module reads and writes itself
+    (``reference_state()`` and ``load_reference(state)``)."""
+
+    module: ClassVar[type[nn.Module]]
+
+    def shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
+        """The module's constructor arguments besides the CLIP and the class names."""
+        raise NotImplementedError
+
+    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
+        return self.module(clip, classnames, **self.shapes(prompt, settings))
+
+    def architecture(self, prompt: Any, settings: Any) -> Any:
+        return [self.module.__name__, plain(self.shapes(prompt, settings))]
+
+    def own_module(self, model: nn.Module) -> nn.Module:
+        """``model`` if it is this method's module, else a ModelError naming both."""
+        if not isinstance(model, self.module):
+            raise ModelError(f"{self.display}: expected a {self.module.__name__}, got {type(model).__name__}")
+        return model
+
+    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
+        return self.own_module(model).reference_state()
+
+    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
+        self.own_module(model).load_reference(state)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

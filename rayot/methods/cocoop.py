@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
-from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, Method, Preset
+from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, ModuleMethod, Preset
 from rayot.model.adapter import encode_text_embeddings
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
@@ -216,13 +216,14 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
                 for m, f, t in zip(models, images, feats.split(counts), strict=True)]
 
 
-class CoCoOp(Method):
+class CoCoOp(ModuleMethod):
     name = "cocoop"
     display = "CoCoOp"
     summary = "context + a meta-net token from each image; the B × C prompts in one text-encoder call"
     order = 20
     id_constants = NO_REGULARIZER_ID
     reference_format = "Dassl model.pth.tar: the prompt learner's ctx and meta_net.* (prefix optional)"
+    module = CoCoOpCLIP
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
@@ -233,23 +234,5 @@ class CoCoOp(Method):
                    "of KaiyangZhou/CoOp@ff61507c; docs/peers.md §3",
         )
 
-    def _shapes(self, prompt: Any) -> dict[str, Any]:
+    def shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
         return dict(n_ctx=prompt.n_ctx_text, ctx_init=prompt.ctx_init)
-
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
-        return CoCoOpCLIP(clip, classnames, **self._shapes(prompt))
-
-    def architecture(self, prompt: Any, settings: Any) -> Any:
-        return ["CoCoOpCLIP", self._shapes(prompt)]
-
-    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
-        return _expect(model).reference_state()
-
-    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
-        _expect(model).load_reference(state)
-
-
-def _expect(model: nn.Module) -> CoCoOpCLIP:
-    if not isinstance(model, CoCoOpCLIP):
-        raise ModelError(f"CoCoOp: expected a CoCoOpCLIP, got {type(model).__name__}")
-    return model

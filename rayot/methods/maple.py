@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
-from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, TRANSFER_PROTOCOLS, Method, Preset
+from rayot.methods.base import (
+    DASSL_WARMUP,
+    NO_REGULARIZER_ID,
+    TRANSFER_PROTOCOLS,
+    ModuleMethod,
+    Preset,
+)
 from rayot.model.adapter import encode_image_prompted, encode_text_tokens
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
@@ -193,13 +199,14 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         )
 
 
-class MaPLe(Method):
+class MaPLe(ModuleMethod):
     name = "maple"
     display = "MaPLe"
     summary = "coupled prompts: 2 tokens, depth 9, vision prompts = per-layer projections of the text ones"
     order = 40
     id_constants = NO_REGULARIZER_ID
     reference_format = "Dassl model.pth.tar: prompt_learner.ctx, proj, compound_prompts_text, compound_prompt_projections"
+    module = MaPLeCLIP
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         transfer = protocol in TRANSFER_PROTOCOLS
@@ -213,24 +220,6 @@ class MaPLe(Method):
                    "docs/peers.md §5",
         )
 
-    def _shapes(self, prompt: Any) -> dict[str, Any]:
+    def shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
         # the vision prompts are projections of the text ones: the text shapes are the module's
         return dict(n_ctx=prompt.n_ctx_text, depth=prompt.depth_text, ctx_init=prompt.ctx_init)
-
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
-        return MaPLeCLIP(clip, classnames, **self._shapes(prompt))
-
-    def architecture(self, prompt: Any, settings: Any) -> Any:
-        return ["MaPLeCLIP", self._shapes(prompt)]
-
-    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
-        return _expect(model).reference_state()
-
-    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
-        _expect(model).load_reference(state)
-
-
-def _expect(model: nn.Module) -> MaPLeCLIP:
-    if not isinstance(model, MaPLeCLIP):
-        raise ModelError(f"MaPLe: expected a MaPLeCLIP, got {type(model).__name__}")
-    return model

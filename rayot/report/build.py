@@ -81,10 +81,13 @@ def build_report(
     tables += few_tables
     if b2n is not None:
         tables += T.ablation_tables(b2n)
+    diagnostics = T.diagnostics_table(done)
     if not tables:
         protocols = ", ".join(sorted(done["protocol"].unique()))
         raise RayotError(f"results under {where}: no rows of a known protocol (found: {protocols})")
     main = comparison or (transfers[0] if transfers else few_tables[0] if few_tables else tables[0])
+    if diagnostics is not None:
+        tables.append(diagnostics)
 
     figs, skipped = F.all_figures(b2n, few) if figures else ([], [])
     n_trials = done["trial_id"].nunique()

@@ -7,9 +7,12 @@ datasets (or targets) than the table holds is flagged "k/n datasets" and never w
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from rayot.report.aggregate import (
@@ -36,6 +39,8 @@ from rayot.report.names import (
 )
 from rayot.report.published import Published
 
+log = logging.getLogger(__name__)
+
 B2N, CROSS, DG, FEW = "base2novel", "cross_dataset", "domain_generalization", "few_shot"
 SECTIONS = {
     "comparison": "Base-to-novel: methods compared",
@@ -46,6 +51,7 @@ SECTIONS = {
     DG: "Domain generalization",
     FEW: "Few-shot learning",
     "ablation": "Ablations",
+    "diagnostics": "Training diagnostics",
 }
 
 
@@ -566,4 +572,58 @@ def published_table(
         table.notes.insert(0, _delta_note(res, without, refs))
     table.notes.append(f"Measured backbone(s): {', '.join(backbones)}.")
     table.mark_best()
+    return table
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+#: the prefix of a method's diagnostics in a row's ``epoch_metrics`` (rayot.train.DIAGNOSTIC_PREFIX)
+DIAGNOSTIC = "diag/"
+
+
+def diagnostics_table(done: pd.DataFrame) -> ReportTable | None:
+    """What the methods reported while training: per variant, each diagnostic of the last epoch
+    trained (its mean over that epoch's steps), averaged over the variant's trials (± across them).
+
+    ``None`` when no trial holds diagnostics (a method without any, or results of an earlier
+    version without ``epoch_metrics``).
+    """
+    values: dict[Variant, dict[str, list[float]]] = {}
+    for _, row in done.drop_duplicates("trial_id").iterrows():
+        try:
+            history = json.loads(row["epoch_metrics"]) if isinstance(row["epoch_metrics"], str) else []
+        except json.JSONDecodeError:
+            log.warning("trial %s: its epoch_metrics are not JSON; left out of the diagnostics", row["trial_id"])
+            continue
+        last = history[-1] if history else {}
+        for key, value in last.items():
+            if key.startswith(DIAGNOSTIC) and isinstance(value, (int, float)):
+                values.setdefault(row["variant"], {}).setdefault(key[len(DIAGNOSTIC):], []).append(float(value))
+    if not values:
+        return None
+    names = sorted({n for d in values.values() for n in d})
+    table = ReportTable(
+        key="diagnostics",
+        section=SECTIONS["diagnostics"],
+        title="Training diagnostics: the last epoch trained, mean over trials",
+        row_header="Method",
+        columns=[Column(n, n) for n in names],
+        show_std=False,
+    )
+    for v in sorted(values, key=variant_sort_key):
+        cells = []
+        for name in names:
+            found = values[v].get(name)
+            if not found:
+                cells.append(Cell())
+                continue
+            mean, std = float(np.mean(found)), float(np.std(found))
+            text = f"{mean:.3g}" + (f" ± {std:.2g}" if len(found) > 1 else "")
+            cells.append(Cell(mean, std, len(found), text=text))
+        table.rows.append(Row(v.label, cells, _meta(v)))
+    table.notes.append(
+        "A method reports its diagnostics while training, each the mean over an epoch's steps; what "
+        "each measures is in the method's documentation (docs/methods.md, README). Every epoch's "
+        "values are in the result rows (epoch_metrics) and in the trackers (diag/<name>)."
+    )
     return table
