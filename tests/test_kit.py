@@ -105,3 +105,36 @@ def test_rayot_methods_lists_every_method_and_shows_one_with_its_presets(monkeyp
     monkeypatch.setattr(methods, "_entry_points", lambda: broken)
     out = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
     assert out.exit_code == 2 and "cannot be loaded" in out.output and "missing_package" in out.output
+
+
+def test_a_gradient_projection_is_a_method_too():
+    """ProGrad's step (tests/projected_gradient.py): the loss gives the KL to the frozen model as an
+    aux term, the step hooks project the cross-entropy gradient off its gradient. It keeps every
+    contract (the two gradients summed over two ranks before the projection), the hook changes the
+    gradient exactly as the rule says, and a trial's prompts differ from plain cross-entropy's."""
+    import torch
+
+    from projected_gradient import Projection
+
+    ref = "projected_gradient:ProjectedGradient"
+    results = check_method(ref, properties=("deterministic", "packed_equals_alone", "two_workers_equal_one",
+                                            "resume_equals_uninterrupted"))
+    assert all(r.passed for r in results)
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 2, generator=g)) for _ in range(2)]
+    g_d = [torch.randn(3, 2, generator=g) for _ in range(2)]
+    g_g = [-d + 0.1 * torch.randn(3, 2, generator=g) for d in g_d]  # conflicting: d · g < 0
+    for p, d in zip(params, g_d, strict=True):
+        p.grad = d.clone()
+    hooks = Projection()
+    hooks.gradients(params, {"kl": g_g})
+    flat_d, flat_g = torch.cat([d.reshape(-1) for d in g_d]), torch.cat([x.reshape(-1) for x in g_g])
+    want = flat_d - (flat_d @ flat_g) / (flat_g @ flat_g) * flat_g
+    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in params]), want)
+    assert abs(float(want @ flat_g)) < 1e-5 and hooks.projected == 1  # orthogonal to the KL gradient now
+    from rayot.testing import _run, kit_config
+
+    projected = _run(kit_config(ref))
+    plain = _run(kit_config("ivlp"))
+    assert projected.saved[-1][1]["projected"] > 0  # the hook's state is in the epoch checkpoint
+    assert any(not torch.equal(projected.prompt[k], plain.prompt[k]) for k in plain.prompt)
