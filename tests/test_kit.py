@@ -107,13 +107,13 @@ def test_rayot_methods_lists_every_method_and_shows_one_with_its_presets(monkeyp
     assert out.exit_code == 2 and "cannot be loaded" in out.output and "missing_package" in out.output
 
 
+@pytest.mark.slow  # 20 s: its own pair of rank processes
 def test_a_gradient_projection_is_a_method_too():
     """ProGrad's step (tests/projected_gradient.py): the loss gives the KL to the frozen model as an
     aux term, the step hooks project the cross-entropy gradient off its gradient. It keeps every
     contract (the two gradients summed over two ranks before the projection), the hook changes the
     gradient exactly as the rule says, and a trial's prompts differ from plain cross-entropy's."""
     import torch
-
     from projected_gradient import Projection
 
     ref = "projected_gradient:ProjectedGradient"
