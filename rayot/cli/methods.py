@@ -30,7 +30,7 @@ def _all(console: Console) -> None:
     from rayot.errors import ConfigError
 
     table = Table(title="methods (rayot methods NAME: settings and presets)")
-    for col in ("name", "shown as", "from", "settings", "reference format", "what"):
+    for col in ("name", "shown as", "from", "settings", "base-to-novel preset", "reference format", "what"):
         table.add_column(col, overflow="fold")
     names = [*methods.BUILTINS, *methods.plugin_names()]
     broken = []
@@ -40,16 +40,35 @@ def _all(console: Console) -> None:
             found.append(methods.get(ref))
         except ConfigError as exc:
             broken.append(ref)
-            table.add_row(ref, "-", "cannot be loaded", "-", "-", str(exc))
+            table.add_row(ref, "-", "cannot be loaded", "-", "-", "-", str(exc))
     for m in sorted(found, key=lambda m: (m.order, m.name)):
         settings = ", ".join(f.name for f in dataclasses.fields(m.Settings)) or "-"
         shown = f"{m.display} ({m.label})" if m.label else m.display
-        table.add_row(m.name, shown, m.origin, settings, "yes" if m.reference_format else "-", m.summary)
+        table.add_row(m.name, shown, m.origin, settings, _schedule(m), "yes" if m.reference_format else "-",
+                      m.summary)
     console.print(table)
     console.print("a method of your own: an entry point of the group rayot.methods, or a dotted path in "
                   "the configuration (method: package.module:Class); docs/methods.md", highlight=False)
     if broken:
         raise typer.Exit(2)
+
+
+def _schedule(method) -> str:
+    """The schedule of a method's base-to-novel preset in a few words: epochs (evaluated after),
+    batch, learning rate."""
+    p = method.preset("base2novel", "caltech101", 16)
+    r = {**p.reference, **p.defines}
+    if r.get("optim.epochs") == 0:
+        return "no training"
+    parts = []
+    if "optim.epochs" in r:
+        stop = r.get("optim.stop_epoch")
+        parts.append(f"{r['optim.epochs']} epochs" + (f", evaluated after {stop}" if stop else ""))
+    if "optim.batch_size" in r:
+        parts.append(f"batch {r['optim.batch_size']}")
+    if "optim.lr" in r:
+        parts.append(f"lr {r['optim.lr']:g}")
+    return ", ".join(parts) or "-"
 
 
 def _one(console: Console, ref: str) -> None:
