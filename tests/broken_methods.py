@@ -75,3 +75,10 @@ class BadName(IVLP):
 
 
 NOT_A_METHOD = object()
+
+
+class CalledCoOp(IVLP):
+    """A method that takes a built-in's name."""
+
+    name = "coop"
+    display = "Not CoOp"

@@ -58,6 +58,7 @@ def test_the_kit_reports_every_property_and_skips_what_does_not_apply():
     ("broken_methods:MutableSettings", "Settings must be a frozen dataclass"),
     ("broken_methods:NoBuild", "it trains but does not override build()"),
     ("broken_methods:BadName", "name = 'Bad-Name' must be a lowercase identifier"),
+    ("broken_methods:CalledCoOp", "is called 'coop', the name of another method (built-in)"),
 ])
 def test_a_missing_broken_or_misdeclared_method_is_one_message_naming_it(ref, needle):
     with pytest.raises(ConfigError) as err:

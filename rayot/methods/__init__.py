@@ -84,6 +84,8 @@ def get(ref: str) -> Method:
         raise ConfigError(f"method {ref!r}: the class it names declares name = {method.name!r}; "
                           "an installed method's entry-point name must be its name")
     clash = _loaded.get(method.name)
+    if clash is None and method.name != ref and method.name in BUILTINS | _entry_points():
+        clash = get(method.name)  # a dotted path to a class called as an installed method is
     if clash is not None and type(clash) is not type(method):
         raise ConfigError(f"method {ref!r} is called {method.name!r}, the name of another method "
                           f"({clash.origin}); give it a name of its own")
