@@ -411,8 +411,3 @@ def replace(cfg: TrialConfig, **flat_updates: Any) -> TrialConfig:
     updates = dotted_tree(flat_updates)
     method = _method_of(merge(to_dict(cfg), updates))
     return from_dict(merge(to_dict(cfg), _translate_legacy(updates, method, strict=True)))
-
-
-def dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (for overrides given as dotted keys)."""
-    return dotted_tree(flat)

@@ -53,6 +53,7 @@ from rayot import methods
 from rayot.errors import ConfigError, RayotError
 from rayot.methods import Method
 from rayot.train import DistributedHooks, TrialHooks, run_pack, run_trial
+from rayot.typed import dotted_tree
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def kit_config(method: str | Method | type[Method], overrides: Mapping[str, Any]
             "output.results": str(ws.root / "results"), "output.checkpoints": str(ws.root / "checkpoints")}
     ref = method_ref(method)
     over = {"method": ref, **dict(overrides or {}), **extra}
-    return C.resolve_config(C.dotted(flat), C.dotted(over))
+    return C.resolve_config(dotted_tree(flat), dotted_tree(over))
 
 
 # ----------------------------------------------------------------------------- running trials

@@ -40,7 +40,8 @@ from typing import Any
 from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError
-from rayot.train import DIAGNOSTIC_PREFIX, EPOCH_METRICS, TrialHooks
+from rayot.methods import DIAGNOSTIC_PREFIX
+from rayot.train import EPOCH_METRICS, TrialHooks
 
 log = logging.getLogger(__name__)
 

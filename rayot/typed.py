@@ -12,22 +12,25 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rayot.errors import ConfigError
 
 
 def setting(default: Any, *, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
-            positive: bool = False, help: str = "", id_key: str | None = None) -> Any:
+            positive: bool = False, help: str = "", id_key: str | None = None,
+            check: Callable[[Any, str], None] | None = None) -> Any:
     """A dataclass field with what :func:`check_fields` enforces and ``rayot methods`` shows.
 
     ``choices``: the allowed values; ``minimum``: the least allowed value (``>=``); ``positive``:
     ``> 0``; ``help``: one line on what it does. ``id_key``: the dotted key under which the value
     enters a trial id, where it differs from the field's own key (a built-in method keeps the ids
-    its trials had before it owned its settings).
+    its trials had before it owned its settings). ``check(value, key)``: any other rule on the value
+    alone, raising ConfigError naming ``key``.
     """
-    meta = {"choices": choices, "minimum": minimum, "positive": positive, "help": help, "id_key": id_key}
+    meta = {"choices": choices, "minimum": minimum, "positive": positive, "help": help, "id_key": id_key,
+            "check": check}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (a tuple, not a list)")
     return dataclasses.field(default=default, metadata=meta)
@@ -105,7 +108,7 @@ def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> A
 
 
 def check_fields(obj: Any, prefix: str = "") -> None:
-    """The ``choices``, ``minimum`` and ``positive`` of each field of ``obj`` (:func:`setting`)."""
+    """The ``choices``, ``minimum``, ``positive`` and ``check`` of each field of ``obj`` (:func:`setting`)."""
     for f in dataclasses.fields(obj):
         value, meta, key = getattr(obj, f.name), f.metadata, prefix + f.name
         if value is None:
@@ -117,6 +120,8 @@ def check_fields(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"config key {key!r}: must be >= {meta['minimum']:g}, got {value!r}")
         if meta.get("positive") and value <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0, got {value!r}")
+        if meta.get("check") is not None:
+            meta["check"](value, key)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -24,6 +24,7 @@ import re
 
 from rayot.errors import ConfigError
 from rayot.methods.base import (
+    DIAGNOSTIC_PREFIX,
     Batch,
     Method,
     NoSettings,
@@ -196,6 +197,7 @@ def _check(method: Method, what: str) -> None:
 __all__ = [
     "BUILTINS",
     "DEFAULT",
+    "DIAGNOSTIC_PREFIX",
     "ENTRY_POINT_GROUP",
     "Batch",
     "Method",

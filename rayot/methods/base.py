@@ -39,7 +39,7 @@ from rayot.data.specs import DEFAULT_TEMPLATE, template_for
 from rayot.errors import ConfigError, ModelError
 from rayot.model.dassl_keys import Layout, export_state, import_state
 from rayot.model.prompts import PromptedCLIP
-from rayot.typed import plain
+from rayot.typed import plain, setting
 
 if TYPE_CHECKING:
     from rayot.model.loading import LoadedCLIP
@@ -99,6 +99,10 @@ class Batch:
     text_ref: Tensor | None
     logit_scale: Tensor
     epoch: int
+
+
+#: The prefix under which a method's diagnostics are logged and kept (``diag/<name>``).
+DIAGNOSTIC_PREFIX = "diag/"
 
 
 @dataclass
@@ -271,6 +275,13 @@ def check_template(template: str, key: str, names: tuple[str, ...] = ()) -> None
     if template not in known and "{}" not in template:
         raise ConfigError(f"config key {key!r}: {template!r} is neither one of {', '.join(known)} "
                           "nor a template with {}")
+
+
+def template_setting(default: str, help: str, names: tuple[str, ...] = ()) -> Any:
+    """A method's ``template`` setting (:func:`named_templates`): checked when it loads, entering the
+    trial id as ``data.template`` (where it was before methods owned their settings)."""
+    return setting(default, id_key="data.template", help=help,
+                   check=lambda value, key: check_template(value, key, names))
 
 
 def deep_prompt_shapes(prompt: Any) -> dict[str, Any]:

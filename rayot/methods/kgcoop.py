@@ -23,9 +23,9 @@ from rayot.methods.base import (
     Objective,
     Preset,
     References,
-    check_template,
     cross_entropy,
     named_templates,
+    template_setting,
 )
 from rayot.transport import compute_dtype
 from rayot.typed import setting
@@ -38,8 +38,8 @@ TEMPLATES = {"dtd": "a photo of a {}, a type of texture."}
 class Settings:
     kg_weight: float = setting(8.0, minimum=0, id_key="loss.kg_weight",
                                help="W, the weight of 1 - mean cos(t_c, w_c)")
-    template: str = setting("kgcoop", id_key="data.template",
-                            help="the hand-made prompts w_c: kgcoop (its table), default, dataset, or a template with {}")
+    template: str = template_setting("kgcoop", "the hand-made prompts w_c: kgcoop (its table), default, dataset, "
+                                     "or a template with {}", ("kgcoop",))
 
 
 class KgCoOp(DeepPromptMethod):
@@ -62,10 +62,6 @@ class KgCoOp(DeepPromptMethod):
             source="KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml, scripts/base2new_train.sh "
                    "(W = 8.0), htyao89/KgCoOp@c43ccc32; docs/peers.md §4.3",
         )
-
-    def check(self, cfg: Any) -> None:
-        super().check(cfg)
-        check_template(cfg.settings.template, f"{self.name}.template", ("kgcoop",))
 
     def references(self, settings: Any, dataset: str) -> References:
         if not settings.kg_weight:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rayot.methods.base import template_setting
 from rayot.methods.prompt_ot import PromptOT
 from rayot.transport import MODALITIES
 from rayot.typed import setting
@@ -21,8 +22,7 @@ class Settings:
     eta: float = setting(0.5, minimum=0, id_key="loss.eta", help="η, the cost scale: η ||z - z0||²")
     modality: str = setting("joint", choices=MODALITIES, id_key="loss.modality",
                             help="z = [image; text] (joint), image (vision) or text features alone")
-    template: str = setting("default", id_key="data.template",
-                            help="frozen class text features: default, dataset, or a template with {}")
+    template: str = template_setting("default", "frozen class text features: default, dataset, or a template with {}")
 
 
 class PointWise(PromptOT):

@@ -32,10 +32,10 @@ from rayot.methods.base import (
     Objective,
     Preset,
     References,
-    check_template,
     class_rows,
     cross_entropy,
     named_templates,
+    template_setting,
 )
 from rayot.transport import (
     MODALITIES,
@@ -73,8 +73,7 @@ class Settings:
                              help="entropic regularisation of the Sinkhorn solvers, in units of the cost")
     tau: float = setting(1.0, positive=True, id_key="loss.tau", help="marginal relaxation of the unbalanced solver")
     n_iters: int = setting(100, positive=True, id_key="loss.n_iters", help="Sinkhorn iterations (fixed)")
-    template: str = setting("default", id_key="data.template",
-                            help="frozen class text features: default, dataset, or a template with {}")
+    template: str = template_setting("default", "frozen class text features: default, dataset, or a template with {}")
 
 
 class PromptOT(DeepPromptMethod):
@@ -101,7 +100,6 @@ class PromptOT(DeepPromptMethod):
         s = cfg.settings
         if self.pairing(s) == "ot" and s.solver != "emd" and s.epsilon <= 0:
             raise ConfigError(f"config key '{self.name}.epsilon': solver {s.solver} needs epsilon > 0")
-        check_template(s.template, f"{self.name}.template")
 
     def pairing(self, settings: Any) -> str:
         """How adapted and frozen features are paired: ``ot``, ``pointwise`` or ``none``."""

@@ -32,9 +32,9 @@ from rayot.methods.base import (
     Preset,
     References,
     StepHooks,
-    check_template,
     cross_entropy,
     named_templates,
+    template_setting,
 )
 from rayot.transport import compute_dtype
 from rayot.typed import setting
@@ -55,8 +55,8 @@ class Settings:
                               help="μ of the Gaussian prompt aggregation over the 1-based epochs")
     gpa_std: float = setting(1.0, minimum=0, id_key="optim.gpa_std",
                              help="σ of the Gaussian prompt aggregation (0: off, the last epoch's prompts)")
-    template: str = setting("ensemble", id_key="data.template",
-                            help="frozen class text features: ensemble (its 60), default, dataset, or a template")
+    template: str = template_setting("ensemble", "frozen class text features: ensemble (its 60), default, dataset, "
+                                     "or a template", ("ensemble",))
 
 
 class PromptSRC(DeepPromptMethod):
@@ -85,10 +85,6 @@ class PromptSRC(DeepPromptMethod):
                    "..._cross_datasets.yaml (transfer), ..._ep50_..._few_shot.yaml (few-shot), "
                    "muzairkhattak/PromptSRC@bb95c77b; docs/peers.md §6.4",
         )
-
-    def check(self, cfg: Any) -> None:
-        super().check(cfg)
-        check_template(cfg.settings.template, f"{self.name}.template", ("ensemble",))
 
     def references(self, settings: Any, dataset: str) -> References:
         s = settings

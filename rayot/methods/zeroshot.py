@@ -13,16 +13,15 @@ from typing import Any
 from torch import Tensor, nn
 
 from rayot.data.specs import DEFAULT_TEMPLATE
-from rayot.methods.base import NO_REGULARIZER_ID, Method, Preset, check_template, named_templates
+from rayot.methods.base import NO_REGULARIZER_ID, Method, Preset, named_templates, template_setting
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import FrozenCLIPPrompts
-from rayot.typed import setting
 
 
 @dataclass(frozen=True)
 class Settings:
-    template: str = setting("dataset", id_key="data.template",
-                            help="the class prompts: dataset (its own template), default, or a template with {}")
+    template: str = template_setting("dataset", "the class prompts: dataset (its own template), default, or a "
+                                     "template with {}")
 
 
 class ZeroShotCLIP(FrozenCLIPPrompts):
@@ -87,9 +86,6 @@ class ZeroShot(Method):
             source="trainers/zsclip.py (ZeroshotCLIP, CUSTOM_TEMPLATES) of KaiyangZhou/CoOp@ff61507c; "
                    "docs/peers.md §1",
         )
-
-    def check(self, cfg: Any) -> None:
-        check_template(cfg.settings.template, f"{self.name}.template")
 
     def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
         # the templates follow the dataset evaluated (for_dataset); until then "a photo of a {}."

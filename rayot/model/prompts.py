@@ -69,6 +69,9 @@ class FrozenCLIPPrompts(nn.Module):
     #: whether the class features depend on each image (``PromptOutput.text`` (B, n_cls, D)): then
     #: ``encode_text(image_features)`` takes the frozen image features (B, D) of the batch
     text_per_image: bool = False
+    #: how many prompts each class has: ``_prompt_token_ids`` gives that many rows per class, in a
+    #: row c * k + j for prompt j of class c (``text_tokens`` (n_cls * k, L))
+    prompts_per_class: int = 1
     #: whether several modules of this class can run as one computation (:mod:`rayot.model.packed`):
     #: their learned tensors enter CLIP only as deep prompts (:meth:`deep_prompts`)
     packs_fused: bool = False
@@ -128,10 +131,11 @@ class FrozenCLIPPrompts(nn.Module):
             raise ModelError("class names: the list is empty")
         names = [prompt_classname(c) for c in classnames]
         ids = self._prompt_token_ids(names)
-        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, names)
+        rows = [name for name in names for _ in range(self.prompts_per_class)]
+        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, rows)
         tokens = tokens.to(self.clip.positional_embedding.device)
-        self.text_tokens = tokens  # (n_cls, context_length)
-        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls,)
+        self.text_tokens = tokens  # (n_cls * prompts_per_class, context_length)
+        self.text_eot = eot_positions(tokens, self.tokenizer.eot_token_id)  # (n_cls * prompts_per_class,)
         self.text_length = int(self.text_eot.max()) + 1  # once here, not a device sync per step
         self.classnames = list(classnames)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rayot.methods import DIAGNOSTIC_PREFIX
 from rayot.report.aggregate import (
     B2NAverage,
     B2NCell,
@@ -577,10 +578,6 @@ def published_table(
 
 # ----------------------------------------------------------------------------- diagnostics
 
-#: the prefix of a method's diagnostics in a row's ``epoch_metrics`` (rayot.train.DIAGNOSTIC_PREFIX)
-DIAGNOSTIC = "diag/"
-
-
 def diagnostics_table(done: pd.DataFrame) -> ReportTable | None:
     """What the methods reported while training: per variant, each diagnostic of the last epoch
     trained (its mean over that epoch's steps), averaged over the variant's trials (± across them).
@@ -597,8 +594,8 @@ def diagnostics_table(done: pd.DataFrame) -> ReportTable | None:
             continue
         last = history[-1] if history else {}
         for key, value in last.items():
-            if key.startswith(DIAGNOSTIC) and isinstance(value, (int, float)):
-                values.setdefault(row["variant"], {}).setdefault(key[len(DIAGNOSTIC):], []).append(float(value))
+            if key.startswith(DIAGNOSTIC_PREFIX) and isinstance(value, (int, float)):
+                values.setdefault(row["variant"], {}).setdefault(key[len(DIAGNOSTIC_PREFIX):], []).append(float(value))
     if not values:
         return None
     names = sorted({n for d in values.values() for n in d})

@@ -28,6 +28,7 @@ from rayot.sweep.tune_callbacks import callbacks as tracker_callbacks
 from rayot.sweep.worker import FAULT_ENV, log_name, record_failure, storage_path, tune_driver
 from rayot.trackers import Tracking
 from rayot.trackers import prepare as prepare_tracking
+from rayot.typed import plain
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,13 @@ def describe(cfg: C.TrialConfig, varying: Mapping[str, tuple[str, ...]] | None =
     differ between the sweep's trials of that method (:func:`varying_settings`)."""
     name = C.method_of(cfg).name
     keys = (varying or {}).get(name, ())
-    own = C.flatten(cfg)
+    own = plain(cfg.settings)
     return {
         "dataset": cfg.data.dataset,
         "protocol": cfg.data.protocol,
         "method": name,
         "seed": str(cfg.seed),
-        "settings": " ".join(f"{setting_label(k)}={format_value(own.get(f'{name}.{k}'))}" for k in keys),
+        "settings": " ".join(f"{setting_label(k)}={format_value(own[k])}" for k in keys),
     }
 
 
@@ -68,7 +69,7 @@ def varying_settings(cfgs: list[C.TrialConfig]) -> dict[str, tuple[str, ...]]:
     values: dict[str, dict[str, set[str]]] = {}
     for cfg in cfgs:
         name = C.method_of(cfg).name
-        for key, value in (C.to_dict(cfg).get(name) or {}).items():
+        for key, value in plain(cfg.settings).items():
             values.setdefault(name, {}).setdefault(key, set()).add(json.dumps(value, sort_keys=True))
     return {name: tuple(k for k, seen in keys.items() if len(seen) > 1) for name, keys in values.items()}
 

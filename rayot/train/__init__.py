@@ -16,7 +16,6 @@ from __future__ import annotations
 from rayot.train.collectives import DistributedHooks, PeerFailure, TrialHooks
 from rayot.train.evaluate import evaluate, evaluate_pack
 from rayot.train.loop import (
-    DIAGNOSTIC_PREFIX,
     EPOCH_METRICS,
     Progress,
     lr_at_epoch,
@@ -39,7 +38,6 @@ from rayot.train.trial import (
 )
 
 __all__ = [
-    "DIAGNOSTIC_PREFIX",
     "EPOCH_METRICS",
     "DistributedHooks",
     "MemberResult",

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from rayot import config as C
 from rayot.data import ImageDataset, Task, train_transform
 from rayot.errors import DataError, RayotError, TrainingError
-from rayot.methods import Batch, Objective, StepHooks
+from rayot.methods import DIAGNOSTIC_PREFIX, Batch, Objective, StepHooks
 from rayot.train.collectives import PeerFailure, TrialHooks, agreed_failures
 from rayot.train.features import frozen_references, pack_outputs, reference_text_features
 from rayot.train.runtime import autocast_dtype
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Per-epoch metrics of every trial; a method's diagnostics join them as ``diag/<name>``.
 EPOCH_METRICS = ("loss", "ce", "reg", "lr")
-DIAGNOSTIC_PREFIX = "diag/"
 #: Keys of a member's epoch checkpoint that its method's StepHooks state may not use.
 _STATE_KEYS = frozenset({"prompt", "optimizer", "epoch", "train_seconds", "trial_id", "world_size", "history"})
 

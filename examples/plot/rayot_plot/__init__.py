@@ -34,16 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.data.specs import prompt_classname
 from rayot.errors import ConfigError, ModelError
 from rayot.methods import Batch, Method, Objective, Preset, cross_entropy
-from rayot.model.adapter import encode_image_prompted, encode_text_tokens, eot_positions
+from rayot.model.adapter import encode_image_prompted, encode_text_tokens
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
     FrozenCLIPPrompts,
     PromptOutput,
     read_reference_tensors,
-    tokenize_ids,
 )
 from rayot.transport import no_autocast
 from rayot.typed import setting
@@ -161,6 +159,7 @@ class PLOTCLIP(FrozenCLIPPrompts):
         device, dtype = self._adopt(clip)
         model = clip.model
         self.n_prompts, self.n_ctx, self.n_views = n_prompts, n_ctx, n_views
+        self.prompts_per_class = n_prompts  # text_tokens: (C * N, L), row c * N + n
         self.n_ctx_vision = n_ctx_vision if n_views else 0
         self.templates = tuple(templates)
         self.epsilon, self.max_iter, self.thresh, self.global_term = epsilon, max_iter, thresh, global_term
@@ -188,23 +187,12 @@ class PLOTCLIP(FrozenCLIPPrompts):
             self.ctx_vision = nn.Parameter(vision)  # (M, n_ctx_v, Wv)
         self._init_classes(classnames)
 
-    # ----- classes: N prompts per class, rows class-major (c * N + n)
+    # ----- classes: N prompts per class (prompts_per_class), rows class-major (c * N + n)
 
     def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         placeholder = self.tokenizer.encode("X") * self.n_ctx
         return [placeholder + self.fixed_words[n] + self.tokenizer.encode(f"{name}.")
                 for name in names for n in range(self.n_prompts)]
-
-    def set_classnames(self, classnames: list[str]) -> None:
-        if not classnames:
-            raise ModelError("class names: the list is empty")
-        names = [prompt_classname(c) for c in classnames]
-        rows = [name for name in names for _ in range(self.n_prompts)]
-        tokens = tokenize_ids(self.tokenizer, self.clip.context_length, self._prompt_token_ids(names), rows)
-        self.text_tokens = tokens.to(self.clip.positional_embedding.device)  # (C * N, L)
-        self.text_eot = eot_positions(self.text_tokens, self.tokenizer.eot_token_id)
-        self.text_length = int(self.text_eot.max()) + 1
-        self.classnames = list(classnames)
 
     def _learned(self) -> dict[str, nn.Parameter]:
         return {"ctx": self.ctx, **({"ctx_vision": self.ctx_vision} if self.ctx_vision is not None else {})}
