@@ -109,6 +109,26 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """A search trial (a sweep's ``search:`` section, docs/search.md): trained and scored without
+    any test image or novel class.
+
+    Enabled, the trial trains on its few-shot subset less the held-out classes and is evaluated,
+    after every epoch and at the end, on the few-shot validation subset only (rayot.data.validation):
+    the validation images of the classes it trained on (split ``val_seen``, or ``val`` outside
+    base-to-novel) and, for base-to-novel, those of the held-out base classes, which stand in for
+    the novel ones (split ``val_held_out``). Disabled (the default), the section is not part of
+    the trial id.
+    """
+
+    enabled: bool = False
+    #: base-to-novel: the fraction of the base classes held out of training as pseudo-novel
+    holdout: float = 0.5
+    #: which base classes are held out: the same for every trial of a search
+    holdout_seed: int = 0
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     results: str = "results"  # local path or s3:// / gs:// / file:// URI
     checkpoints: str = "checkpoints"
@@ -130,6 +150,8 @@ class TrialConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: a search trial's validation (off for an ordinary trial, evaluated on the test splits)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     #: the method's settings (its ``Settings`` dataclass); in YAML, the section named after it
     settings: Any = None
 
@@ -137,7 +159,7 @@ class TrialConfig:
 #: The top-level keys of the general configuration (everything else is a method's section).
 GENERAL_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name != "settings")
 #: Keys that do not change a trial's results: left out of the trial id.
-_NOT_IN_ID = ("device", "world_size", "data.root", "data.num_workers", "model.cache_dir", "output", "optim.log_every")
+NOT_IN_ID = ("device", "world_size", "data.root", "data.num_workers", "model.cache_dir", "output", "optim.log_every")
 #: Keys that methods' settings replaced: the old key -> the setting's name in the method's section
 #: (``loss`` as a whole: each of its keys keeps its name).
 LEGACY_KEYS: dict[str, str] = {"loss": "", "optim.gpa_mean": "gpa_mean", "optim.gpa_std": "gpa_std",
@@ -303,6 +325,10 @@ def validate(cfg: TrialConfig) -> None:
             f"config key 'optim.stop_epoch': {o.stop_epoch} is outside 0..optim.epochs ({o.epochs}); "
             "null trains every epoch of the schedule"
         )
+    v = cfg.validation
+    if not 0 <= v.holdout < 1:
+        raise ConfigError(f"config key 'validation.holdout': {v.holdout} is outside [0, 1): the fraction of "
+                          "the base classes held out of a search trial's training as pseudo-novel")
     method_of(cfg).check(cfg)
 
 
@@ -341,8 +367,10 @@ def id_fields(cfg: TrialConfig) -> dict[str, Any]:
     flat = {
         k: v
         for k, v in flatten_tree(general).items()
-        if not any(k == skip or k.startswith(skip + ".") for skip in _NOT_IN_ID)
+        if not any(k == skip or k.startswith(skip + ".") for skip in NOT_IN_ID)
     }
+    if not cfg.validation.enabled:  # an ordinary trial: its id is that of earlier versions
+        flat = {k: v for k, v in flat.items() if not k.startswith("validation.")}
     flat["method"] = method.name
     flat.update(method.id_fields(cfg.settings))
     return flat
@@ -361,6 +389,8 @@ def eval_targets(cfg: TrialConfig) -> list[tuple[str, str, str]]:
     evaluated on every target, each row labelled with the protocol whose table it belongs to.
     """
     d = cfg.data
+    if cfg.validation.enabled:
+        return [(d.protocol, d.dataset, split) for split in validation_splits(cfg)]
     match d.protocol:
         case "base2novel":
             return [("base2novel", d.dataset, "base"), ("base2novel", d.dataset, "novel")]
@@ -381,6 +411,19 @@ def eval_targets(cfg: TrialConfig) -> list[tuple[str, str, str]]:
                 for t in targets
             ]
     raise AssertionError(d.protocol)  # validate() rejects other protocols
+
+
+#: The splits of a search trial's rows (never those of a test evaluation).
+VALIDATION_SPLITS = ("val_seen", "val_held_out", "val")
+
+
+def validation_splits(cfg: TrialConfig) -> tuple[str, ...]:
+    """What a search trial is scored on: the validation images of the classes it trained on and,
+    for base-to-novel with held-out classes, those of the held-out ones; ``val`` (every class)
+    for the other protocols."""
+    if cfg.data.protocol == "base2novel":
+        return ("val_seen", "val_held_out") if cfg.validation.holdout > 0 else ("val_seen",)
+    return ("val",)
 
 
 def epochs_trained(cfg: TrialConfig) -> int:

@@ -33,6 +33,8 @@ def pack_key(cfg: C.TrialConfig) -> str:
         "world_size": cfg.world_size,
         "eval_batch_size": o.eval_batch_size,
     }
+    if cfg.validation.enabled:  # a search trial: its training classes and validation sets
+        key["validation"] = [cfg.validation.holdout, cfg.validation.holdout_seed]
     if not m.pretrained and not m.checkpoint:
         key["random_weights_seed"] = cfg.seed  # its frozen CLIP is drawn from the seed
     if method.trains:

@@ -83,12 +83,15 @@ SCHEMA = pa.schema(
         # JSON: every trained epoch's metrics, [{"epoch", "loss", "ce", "reg", "lr", "diag/<name>", ...}]
         # (the method's diagnostics, such as a transport plan's off-diagonal mass); added in 0.2
         pa.field("epoch_metrics", pa.string()),
+        # a search trial that the search's scheduler stopped early: the epoch it stopped after
+        # (its rows are its scores then); null for every other trial. Added in 0.3
+        pa.field("stopped_at", pa.int64()),
     ]
 )
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 #: Columns added after the first files were written: a file without them reads them as null.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("epoch_metrics",)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("epoch_metrics", "stopped_at")
 _REQUIRED = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS)
 #: Result columns filled from the trial id's view of the method's settings (rayot.config.id_fields).
 SETTING_ID_KEYS: dict[str, str] = {"lambda_ot": "loss.lambda_ot", "regularizer": "loss.regularizer",
@@ -103,6 +106,7 @@ _DEFAULTS: dict[str, Any] = {
     "n_classes": None,
     "train_seconds": None,
     "epoch_metrics": None,
+    "stopped_at": None,
     **dict.fromkeys(SETTING_ID_KEYS),
 }
 
@@ -448,6 +452,8 @@ def _result_paths(fs: pafs.FileSystem, base: str) -> list[str]:
         relative = info.path[len(base) + 1 :] if info.path.startswith(base + "/") else info.base_name
         if any(part.startswith(".") for part in relative.split("/")):
             continue  # .leases/, temporaries, hidden files
+        if relative.split("/")[0] == SEARCHES:
+            continue  # the searches' records: read_search_records
         paths.append(info.path)
     return sorted(paths)
 
@@ -535,8 +541,10 @@ def trial_fields(cfg: Any, sweep: str | None) -> dict[str, Any]:
 
 
 def result_rows(cfg: Any, results: Sequence[EvalResult], *, train_seconds: float, sweep: str | None = None,
-                history: Sequence[Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
-    """The Parquet rows of a finished trial: one per evaluation; ``history``: its epochs' metrics."""
+                history: Sequence[Mapping[str, float]] | None = None,
+                stopped_at: int | None = None) -> list[dict[str, Any]]:
+    """The Parquet rows of a finished trial: one per evaluation; ``history``: its epochs' metrics;
+    ``stopped_at``: the epoch after which a search's scheduler stopped it."""
     shared = trial_fields(cfg, sweep)
     metrics = json.dumps([dict(h) for h in history]) if history else None
     return [
@@ -552,6 +560,7 @@ def result_rows(cfg: Any, results: Sequence[EvalResult], *, train_seconds: float
             "n_classes": r.n_classes,
             "train_seconds": train_seconds,
             "epoch_metrics": metrics,
+            "stopped_at": stopped_at,
         }
         for r in results
     ]
@@ -567,3 +576,72 @@ def failure_row(cfg: Any, error: str, *, sweep: str | None = None) -> dict[str, 
         "split": "",
         "error": error,
     }
+
+
+# ----------------------------------------------------------------------------- searches' records
+
+#: The folder under a results location that holds the searches' records (not trial rows).
+SEARCHES = "searches"
+
+#: One row per sample of a search (a sweep's ``search:`` section, docs/search.md): what was tried,
+#: how it scored on validation, and which sample the search chose. Written after the search, under
+#: ``<results>/searches/<search id>.parquet``.
+SEARCH_SCHEMA = pa.schema(
+    [
+        pa.field("search_id", pa.string(), nullable=False),  # hash of the cell and of the search section
+        pa.field("sweep", pa.string()),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("shots", pa.int64(), nullable=False),
+        pa.field("cell", pa.string(), nullable=False),  # JSON: the cell's configuration (seed: the search's)
+        pa.field("space", pa.string(), nullable=False),  # JSON: the space as the sweep file says it
+        pa.field("algorithm", pa.string(), nullable=False),  # random | grid | optuna
+        pa.field("scheduler", pa.string(), nullable=False),  # JSON: {"type": "asha", ...} or {"type": "none"}
+        pa.field("metric", pa.string(), nullable=False),  # hm | seen | held_out | accuracy
+        pa.field("search_seed", pa.int64(), nullable=False),
+        pa.field("sample", pa.int64(), nullable=False),  # 0-based, in the order the algorithm drew them
+        pa.field("trial_id", pa.string(), nullable=False),  # the sample's search trial
+        pa.field("params", pa.string(), nullable=False),  # JSON: {dotted key: value} of the space
+        pa.field("status", pa.string(), nullable=False),  # done | failed | missing
+        pa.field("score", pa.float64()),  # the metric after the sample's last epoch (percent)
+        pa.field("epochs_trained", pa.int64()),
+        pa.field("epochs", pa.int64(), nullable=False),  # the schedule's length (what no early stop trains)
+        pa.field("stopped_at", pa.int64()),  # the scheduler stopped it after this epoch
+        pa.field("chosen", pa.bool_(), nullable=False),
+        pa.field("retrain_trial_ids", pa.string(), nullable=False),  # JSON: the chosen setting's test trials
+        pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def write_search_record(location: str, search_id: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Write a search's record (one row per sample, :data:`SEARCH_SCHEMA`) atomically, replacing
+    an earlier one; returns its path."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    table = pa.Table.from_pylist([{"written_at": now, **row} for row in rows], schema=SEARCH_SCHEMA)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return write_file(location, f"{SEARCHES}/{search_id}.parquet", buffer.getvalue().to_pybytes())
+
+
+def read_search_records(locations: Iterable[str]) -> pa.Table:
+    """Every search record under the given results locations (``<location>/searches/*.parquet``);
+    an unreadable record is logged and left out."""
+    tables = []
+    for location in locations:
+        fs, base = filesystem(location)
+        info = fs.get_file_info(base)
+        if info.type != pafs.FileType.Directory:
+            continue
+        folder = f"{base.rstrip('/')}/{SEARCHES}"
+        for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if entry.type != pafs.FileType.File or not entry.base_name.endswith(".parquet"):
+                continue
+            try:
+                tables.append(pq.read_table(entry.path, filesystem=fs).select(SEARCH_SCHEMA.names).cast(SEARCH_SCHEMA))
+            except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+                log.warning("search record %s: not readable (%s); left out", entry.path, exc)
+    if not tables:
+        return SEARCH_SCHEMA.empty_table()
+    return pa.concat_tables(tables)

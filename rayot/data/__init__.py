@@ -20,6 +20,7 @@ from rayot.data.items import DatasetSplits, Item
 from rayot.data.readers import read_dataset, read_split_file
 from rayot.data.specs import DATASETS, DatasetSpec, get_spec, prompt_classname, template_for
 from rayot.data.task import Task, build_task
+from rayot.data.validation import SearchData, search_data
 
 if TYPE_CHECKING:
     from rayot.data.dataset import ImageDataset, load_image, make_loader
@@ -54,6 +55,7 @@ __all__ = [
     "DatasetSplits",
     "ImageDataset",
     "Item",
+    "SearchData",
     "Task",
     "build_task",
     "fewshot",
@@ -65,6 +67,7 @@ __all__ = [
     "read_split_file",
     "read_subset",
     "sample_fewshot",
+    "search_data",
     "subsample_classes",
     "template_for",
     "test_transform",

@@ -1,7 +1,15 @@
-"""A torch Dataset over items, and loaders with the batching rules of docs/protocol.md §6."""
+"""A torch Dataset over items, and loaders with the batching rules of docs/protocol.md §6.
+
+Test instrument: when the environment variable ``RAYOT_IMAGE_READ_LOG`` names a file,
+:func:`load_image` appends the absolute path of every image it is asked for (one line each, in
+one append-mode write per call, so that several processes, Ray workers included, can share the
+file). Tests use it to check which images a run reads, e.g. that a search trial reads no test image.
+Unset, it costs one environment lookup per image.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,9 +20,28 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rayot.data.items import Item
 from rayot.errors import DataError
 
+#: The environment variable naming the image read log (see the module docstring).
+READ_LOG_ENV = "RAYOT_IMAGE_READ_LOG"
+
+
+def _log_read(path: Path) -> None:
+    """Append ``path`` (absolute) to the read log, if one is set, in a single O_APPEND write."""
+    log_file = os.environ.get(READ_LOG_ENV)
+    if not log_file:
+        return
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, os.fsencode(os.path.abspath(path)) + b"\n")
+    finally:
+        os.close(fd)
+
 
 def load_image(path: Path, dataset: str) -> Image.Image:
-    """Open and fully decode ``path`` as RGB; a DataError naming dataset and file otherwise."""
+    """Open and fully decode ``path`` as RGB; a DataError naming dataset and file otherwise.
+
+    Every call is recorded in the read log when ``RAYOT_IMAGE_READ_LOG`` is set (module docstring).
+    """
+    _log_read(path)
     if not path.is_file():
         raise DataError(f"{dataset}: image {path} does not exist")
     try:
