@@ -53,6 +53,13 @@ class TrialHooks:
     def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
         """Called on every rank after each epoch with the resumable training state."""
 
+    def early_stop(self, epoch: int, histories: dict[str, list[dict[str, float]]]) -> set[str]:
+        """After each epoch (0-based ``epoch``) of search trials (``histories``: every epoch's
+        metrics so far by trial id, validation scores included): the trials that their search's
+        scheduler stops now. Every rank calls it with the same metrics and must get the same
+        answer. None here."""
+        return set()
+
     def first_failed_rank(self, failed: bool) -> int | None:
         """Agree across ranks on a failure: the lowest rank that failed, or ``None``.
 

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 #: Per-epoch metrics of every trial; a method's diagnostics join them as ``diag/<name>``.
 EPOCH_METRICS = ("loss", "ce", "reg", "lr")
 #: Keys of a member's epoch checkpoint that its method's StepHooks state may not use.
-_STATE_KEYS = frozenset({"prompt", "optimizer", "epoch", "train_seconds", "trial_id", "world_size", "history"})
+_STATE_KEYS = frozenset({"prompt", "optimizer", "epoch", "train_seconds", "trial_id", "world_size", "history",
+                         "stopped_at"})
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Member:
         self.diagnostics: dict[str, Tensor] = {}  # this epoch's sums
         self.diagnostic_steps = 0
         self.history: list[dict[str, float]] = []  # every epoch's metrics, in order
+        self.stopped_at: int | None = None  # a search trial its scheduler stopped after this epoch
 
     def resume(self, state: dict[str, Any]) -> None:
         check_resumable(state, self.cfg)  # the same checkpoint on every rank: no agreement needed
@@ -155,6 +157,8 @@ class Member:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_hooks.load_state_dict(state)
         self.history = [dict(h) for h in state.get("history", [])]
+        if state.get("stopped_at") is not None:  # stopped by its search's scheduler: trains no more
+            self.stopped_at = self.stop = int(state["stopped_at"])
 
     def start_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -181,18 +185,20 @@ class Member:
     def check_due(self, step: int) -> bool:
         return len(self.pending) == self.cfg.optim.log_every or step == self.steps - 1
 
-    def end_epoch(self, epoch: int, seconds: float) -> dict[str, Any]:
-        """Close the epoch (the method's bookkeeping, this epoch's metrics); the member's resumable
-        state after ``epoch``."""
+    def end_epoch(self, epoch: int) -> None:
+        """Close the epoch: the method's bookkeeping, this epoch's metrics."""
         self.step_hooks.end_epoch(epoch, self.model)
         self.history.append({"epoch": epoch + 1, **self.metrics()})
+
+    def state(self, epoch: int, seconds: float) -> dict[str, Any]:
+        """The member's resumable state after ``epoch``."""
         own = self.step_hooks.state_dict()
         if set(own) & _STATE_KEYS:
             raise TypeError(f"method {self.method.name}: its step hooks' state uses reserved keys "
                             f"{sorted(set(own) & _STATE_KEYS)}")
         return {"prompt": self.model.prompt_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": epoch, "train_seconds": seconds, "trial_id": self.trial_id,
-                "world_size": self.cfg.world_size, "history": self.history, **own}
+                "world_size": self.cfg.world_size, "history": self.history, "stopped_at": self.stopped_at, **own}
 
     def metrics(self) -> dict[str, float]:
         """The epoch's metrics: the last logged loss, cross-entropy and other terms, the rate, and
@@ -262,10 +268,16 @@ def train_pack(
     device: torch.device,
     hooks: TrialHooks,
     progress: Callable[[Progress], None] | None = None,
+    validate: Callable[[list[Member]], dict[str, dict[str, float]]] | None = None,
 ) -> float:
     """Train every member's prompts in place, in one computation per step: the first S epochs of
     each member's E-epoch schedule (``optim.stop_epoch``), then each method's ``finish`` (for
     example loading averaged prompts).
+
+    Search trials (``validate``: each member's validation scores, :mod:`rayot.train.validation`)
+    are scored after every epoch; the scores join the epoch's metrics, and the members that the
+    search's scheduler stops then (:meth:`TrialHooks.early_stop`) train no further, while the
+    others go on exactly as they would alone.
 
     A member that fails (bad data, a non-finite loss) is dropped and keeps its error; the others
     go on. On N ranks (``hooks``) each rank takes its slice of every global batch and its share of
@@ -284,6 +296,7 @@ def train_pack(
 
     alone = len(members) == 1
     stop = max(m.stop for m in members)
+    states: dict[str, dict[str, Any]] = {}  # each member's state after its last trained epoch
     amp = autocast_dtype(members[0].cfg.precision)
     for epoch in range(start_epoch, stop):
         active = [m for m in alive(members) if epoch < m.stop]
@@ -354,11 +367,21 @@ def train_pack(
         if not done:
             break
         seconds = seconds_before + time.perf_counter() - t0
-        states = {}
         for m in done:
             log.info("%sepoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", "" if alone else f"{m.trial_id} ",
                      epoch + 1, m.cfg.optim.epochs, *m.last, m.lr)
-            states[m.trial_id] = m.end_epoch(epoch, seconds)
+            m.end_epoch(epoch)
+        if validate is not None:
+            for tid, scores in validate(done).items():
+                next(m for m in done if m.trial_id == tid).history[-1].update(scores)
+            stop = hooks.early_stop(epoch, {m.trial_id: [dict(h) for h in m.history] for m in done})
+            for m in done:
+                if m.trial_id in stop and epoch + 1 < m.stop:
+                    log.info("%s: stopped by its search's scheduler after epoch %d", m.trial_id, epoch + 1)
+                    m.stopped_at = m.stop = epoch + 1
+        for m in done:
+            states[m.trial_id] = m.state(epoch, seconds)  # a member stopped early keeps its last state
+        states = {m.trial_id: states[m.trial_id] for m in alive(members) if m.trial_id in states}
         epoch_metrics = {m.trial_id: m.history[-1] for m in done}  # {"epoch": epoch + 1, metrics...}
         if alone:
             hooks.save_epoch(epoch, states[done[0].trial_id], dict(epoch_metrics[done[0].trial_id]))

@@ -19,7 +19,7 @@ from torch import nn
 
 from rayot import config as C
 from rayot.checkpoints import init_prompts
-from rayot.data import Task, build_task
+from rayot.data import SearchData, Task, build_task, search_data
 from rayot.errors import RayotError
 from rayot.model import load_clip
 from rayot.packing import check_packable
@@ -28,6 +28,7 @@ from rayot.train.collectives import PeerFailure, TrialHooks, agree, agreed_failu
 from rayot.train.evaluate import evaluate_pack
 from rayot.train.loop import Member, Progress, lr_at_epoch, train_pack
 from rayot.train.runtime import resolve_device, resolve_weights_path, seed_everything
+from rayot.train.validation import scores, validation_task
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class TrialOutcome:
     train_seconds: float
     #: every epoch's metrics, in order: {"epoch", "loss", "ce", "reg", "lr", "diag/...": ...}
     history: list[dict[str, float]] = field(default_factory=list)
+    #: a search trial that its search's scheduler stopped: the epoch it stopped after
+    stopped_at: int | None = None
 
 
 @dataclass
@@ -147,11 +150,20 @@ def run_pack(
         agree(hooks, None)
 
     tasks: list[Task | None] = [None] * len(cfgs)
+    search = lead.validation.enabled  # the same for every member (rayot.packing)
+    datas: list[SearchData | None] = [None] * len(cfgs)  # a search trial's tasks: no test image
     errors: dict[int, RayotError] = {}
     for i, cfg in enumerate(cfgs):  # each member's few-shot subset, from its seed
         try:
-            tasks[i] = build_task(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots if trains else 0,
-                                  seed=cfg.seed, subsample=C.train_subsample(cfg))
+            if search:
+                v = cfg.validation
+                datas[i] = search_data(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.seed,
+                                       subsample=C.train_subsample(cfg), holdout=v.holdout,
+                                       holdout_seed=v.holdout_seed)
+                tasks[i] = datas[i].train
+            else:
+                tasks[i] = build_task(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots if trains else 0,
+                                      seed=cfg.seed, subsample=C.train_subsample(cfg))
         except RayotError as exc:
             errors[i] = exc
     _settle(hooks, results, errors)
@@ -168,6 +180,7 @@ def run_pack(
 
     train_seconds = 0.0
     histories: dict[int, list[dict[str, float]]] = {}
+    stopped: dict[int, int | None] = {}
     if trains:
         members, errors = {}, {}
         for i, cfg in enumerate(cfgs):
@@ -180,51 +193,97 @@ def run_pack(
         _settle(hooks, results, errors)
         members = {i: m for i, m in members.items() if results[i].error is None}
         if members:
-            seconds = train_pack(list(members.values()), device=device, hooks=hooks, progress=progress)
+            validate = None
+            if search:
+                index = {m.trial_id: i for i, m in members.items()}
+
+                def validate(done: list[Member]) -> dict[str, dict[str, float]]:
+                    """Each member's validation scores after an epoch (its model as it stands)."""
+                    where = [index[m.trial_id] for m in done]
+                    accuracy = _evaluate(where, C.validation_splits(lead), cfgs, models, tasks, datas,
+                                         image_size=loaded.image_size, device=device, hooks=hooks)
+                    for m in done:  # a module that holds its classes gets its training classes back
+                        if m.model.text_per_image:
+                            m.model.set_classnames(m.task.classnames)
+                    return {C.trial_id(cfgs[i]): scores({split: e.accuracy for split, e in accuracy[i].items()})
+                            for i in where}
+
+            seconds = train_pack(list(members.values()), device=device, hooks=hooks, progress=progress,
+                                 validate=validate)
             train_seconds = seconds / len(members)  # each member's share of the pack's time
             for i, m in members.items():  # failures in training were agreed on by every rank
                 if m.error is not None:
                     results[i].error = m.error
                 histories[i] = m.history
+                stopped[i] = m.stopped_at
             if len(cfgs) == 1 and results[0].error is not None:
                 raise results[0].error
 
     alive = [i for i, r in enumerate(results) if r.error is None]
     evals: dict[int, list[EvalResult]] = {i: [] for i in alive}
-    # every rank evaluates its share of each test set, for every member at once
-    for protocol, eval_dataset, split in C.eval_targets(lead) if alive else ():
-        try:
-            if eval_dataset == lead.data.dataset and split == C.train_subsample(lead):
-                task = tasks[alive[0]]  # the test split does not depend on the few-shot subset
-            else:
-                subsample = split if split in ("base", "novel") else "all"
-                task = build_task(eval_dataset, lead.data.root, shots=0, seed=lead.seed, subsample=subsample)
+    targets = C.eval_targets(lead) if alive else []
+    try:  # every rank evaluates its share of each test set, for every member at once
+        for protocol, eval_dataset, split in targets:
+            done = _evaluate(alive, (split,), cfgs, models, tasks, datas, image_size=loaded.image_size,
+                             device=device, hooks=hooks, eval_dataset=eval_dataset)
             for i in alive:
-                C.method_of(cfgs[i]).for_dataset(models[i], cfgs[i].settings, eval_dataset)
-            counts, n_test = evaluate_pack(
-                [models[i] for i in alive],
-                task,
-                image_size=loaded.image_size,
-                device=device,
-                precision=lead.precision,
-                batch_size=lead.optim.eval_batch_size,
-                num_workers=lead.data.num_workers,
-                hooks=hooks,
-            )
-        except RayotError as exc:  # the test set is every member's
-            if len(cfgs) == 1:
-                raise
-            for i in alive:
-                results[i].error = exc
-            break
-        for i, n_correct in zip(alive, counts, strict=True):
-            evals[i].append(EvalResult(protocol, eval_dataset, split, n_correct, n_test, len(task.classnames)))
-            log.info("%s%s %s (%s): %.2f%% of %d", "" if len(cfgs) == 1 else f"{C.trial_id(cfgs[i])} ",
-                     protocol, eval_dataset, split, evals[i][-1].accuracy, n_test)
+                e = done[i][split]
+                evals[i].append(EvalResult(protocol, eval_dataset, split, e.n_correct, e.n_test, e.n_classes))
+                log.info("%s%s %s (%s): %.2f%% of %d", "" if len(cfgs) == 1 else f"{C.trial_id(cfgs[i])} ",
+                         protocol, eval_dataset, split, evals[i][-1].accuracy, e.n_test)
+    except RayotError as exc:  # the test set is every member's
+        if len(cfgs) == 1:
+            raise
+        for i in alive:
+            results[i].error = exc
     for i, r in enumerate(results):
         if r.error is None:
             r.outcome = TrialOutcome(C.trial_id(r.cfg), evals[i], models[i].prompt_state_dict(), train_seconds,
-                                     histories.get(i, []))
+                                     histories.get(i, []), stopped.get(i))
         elif len(cfgs) > 1 and not isinstance(r.error, PeerFailure):
             log.error("trial %s of the pack failed: %s", C.trial_id(r.cfg), r.error)
     return results
+
+
+def _evaluate(
+    which: list[int],
+    splits: tuple[str, ...],
+    cfgs: list[C.TrialConfig],
+    models: list[nn.Module | None],
+    tasks: list[Task | None],
+    datas: list[SearchData | None],
+    *,
+    image_size: int,
+    device: torch.device,
+    hooks: TrialHooks,
+    eval_dataset: str | None = None,
+) -> dict[int, dict[str, EvalResult]]:
+    """The correct counts of members ``which`` on each of ``splits``: a test split of
+    ``eval_dataset`` (shared by every member), or a search trial's validation split (its own
+    seed's validation images: members are evaluated in groups of one seed)."""
+    lead = cfgs[which[0]]
+    eval_dataset = eval_dataset or lead.data.dataset
+    groups: dict[int | None, list[int]] = {}
+    for i in which:
+        groups.setdefault(cfgs[i].seed if datas[i] is not None else None, []).append(i)
+    out: dict[int, dict[str, EvalResult]] = {i: {} for i in which}
+    for split in splits:
+        for members in groups.values():
+            first = members[0]
+            if datas[first] is not None:
+                task = validation_task(datas[first], split)
+            elif eval_dataset == lead.data.dataset and split == C.train_subsample(lead):
+                task = tasks[first]  # the test split does not depend on the few-shot subset
+            else:
+                subsample = split if split in ("base", "novel") else "all"
+                task = build_task(eval_dataset, lead.data.root, shots=0, seed=lead.seed, subsample=subsample)
+            for i in members:
+                C.method_of(cfgs[i]).for_dataset(models[i], cfgs[i].settings, eval_dataset)
+            counts, n_test = evaluate_pack(
+                [models[i] for i in members], task, image_size=image_size, device=device,
+                precision=lead.precision, batch_size=lead.optim.eval_batch_size,
+                num_workers=lead.data.num_workers, hooks=hooks)
+            for i, n_correct in zip(members, counts, strict=True):
+                out[i][split] = EvalResult(lead.data.protocol, eval_dataset, split, n_correct, n_test,
+                                           len(task.classnames))
+    return out
