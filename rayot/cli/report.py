@@ -40,7 +40,7 @@ def report(
     """Aggregate finished trials into tables (Markdown, LaTeX, HTML, CSV) and figures (PNG)."""
     from rayot.report import build_report, parse_formats, print_report, write_report
     from rayot.report.frame import split_method_specs
-    from rayot.results import read_results
+    from rayot.results import read_results, read_search_records
 
     wanted = parse_formats(formats)  # fail on a bad format before reading anything
     dataset_list = [d.strip() for item in datasets or [] for d in item.split(",") if d.strip()]
@@ -49,6 +49,7 @@ def report(
     table = read_results(results)
     rep = build_report(
         table,
+        searches=read_search_records(results),
         methods=method_list or None,
         datasets=dataset_list or None,
         published=published,

@@ -10,8 +10,9 @@ import pyarrow as pa
 
 from rayot.errors import RayotError
 from rayot.report import figures as F
+from rayot.report import search as S
 from rayot.report import tables as T
-from rayot.report.frame import assign_variants, select, to_frame
+from rayot.report.frame import assign_variants, search_trial_ids, select, to_frame
 from rayot.report.model import Report, ReportTable
 from rayot.report.published import load_published
 
@@ -41,6 +42,7 @@ def build_report(
     figures: bool = True,
     sources: Sequence[str] = (),
     title: str = "rayot report",
+    searches: pa.Table | pd.DataFrame | None = None,
 ) -> Report:
     """Every table and figure the results support.
 
@@ -52,16 +54,34 @@ def build_report(
             averages are over the datasets the published ones average over.
         figures: draw the figures (PNG bytes in the report).
         sources: where the rows came from, for messages and the report's header.
+        searches: the hyper-parameter searches' records (:data:`rayot.results.SEARCH_SCHEMA`, e.g.
+            from ``read_search_records`` of the same locations): a table of the searches, a figure
+            of their validation scores, and beside each searched method's rows in the base-to-novel
+            tables a row of the settings chosen on validation. None or empty: none of these.
+
+    Rows of search trials (validation scores) are in no table, average or figure of test results,
+    whether or not ``searches`` is given.
     """
     where = ", ".join(sources) if sources else "the given results"
     done, failed = to_frame(table)
-    if done.empty:
+    groups: dict = {}
+    if searches is not None:
+        found = S.select_searches(S.read_searches(searches), methods=methods, datasets=datasets)
+        groups = S.group_searches(found)
+    if done.empty and not groups:
         extra = f" ({len(failed)} failed trials)" if len(failed) else ""
+        searched = search_trial_ids(table.to_pandas() if isinstance(table, pa.Table) else table)
+        if searched:
+            extra += (f"; the rows of {len(searched)} search trials are validation scores, in no table "
+                      "(their search records show them)")
         raise RayotError(f"no finished trials under {where}{extra}")
-    done, failed = select(done, failed, methods=methods, datasets=datasets)
+    if not done.empty:
+        done, failed = select(done, failed, methods=methods, datasets=datasets)
     done = assign_variants(done)
 
     b2n = T.aggregate_b2n(done)
+    if b2n is not None and groups:
+        S.add_to_b2n(b2n, done, groups)
     few = T.aggregate_few_shot(done)
     comparison: ReportTable | None = None
     tables: list[ReportTable] = []
@@ -73,7 +93,7 @@ def build_report(
         backbones = sorted(done["backbone"].unique())
         tables.append(T.published_table(b2n, rows, setting, backbones))
     if b2n is not None:
-        tables += [T.b2n_block(b2n, v) for v in b2n.variants]
+        tables += [T.b2n_block(b2n, v) for v in b2n.rows()]
         tables += [T.b2n_panel(b2n, d) for d in b2n.datasets]
     transfers = [t for t in (T.transfer_table(done, T.CROSS), T.transfer_table(done, T.DG)) if t]
     tables += transfers
@@ -81,6 +101,8 @@ def build_report(
     tables += few_tables
     if b2n is not None:
         tables += T.ablation_tables(b2n)
+    if groups:
+        tables.append(S.search_table(groups, set(done["trial_id"])))
     diagnostics = T.diagnostics_table(done)
     if not tables:
         protocols = ", ".join(sorted(done["protocol"].unique()))
@@ -90,11 +112,26 @@ def build_report(
         tables.append(diagnostics)
 
     figs, skipped = F.all_figures(b2n, few) if figures else ([], [])
+    if figures and groups:
+        drawn = F.search_scores(groups)
+        if isinstance(drawn, str):
+            log.info("figure skipped: %s", drawn)
+            skipped.append(drawn)
+        else:
+            figs.append(drawn)
     n_trials = done["trial_id"].nunique()
     notes = [
         f"{n_trials} finished trials ({len(done)} result rows) from {where}; "
         f"{len(failed)} failed trials.",
     ]
+    if groups:
+        n_searches = sum(len(g) for g in groups.values())
+        n_samples = sum(len(s.samples) for g in groups.values() for s in g)
+        notes.append(
+            f"{n_searches} hyper-parameter search{'es' if n_searches != 1 else ''} ({n_samples} "
+            "samples, each a search trial scored on validation): their validation scores are in the "
+            "search table and its figure only; no other table, average or figure uses them."
+        )
     return Report(
         title=title,
         rule=RULE,

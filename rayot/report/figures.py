@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
 from rayot import methods
-from rayot.report.frame import Variant
+from rayot.report.frame import SearchedVariant, Variant
 from rayot.report.model import Figure
-from rayot.report.names import dataset_name, format_value, method_name, setting_label
+from rayot.report.names import dataset_name, format_value, method_name, setting_label, sort_datasets
+from rayot.report.search import METRIC_AXES, Search
 from rayot.report.tables import B2NResults, FewShotResults
 
 log = logging.getLogger(__name__)
@@ -222,6 +224,102 @@ def few_shot_curves(res: FewShotResults) -> Figure | str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return Figure("few_shot", "Few-shot accuracy against shots", _png(fig))
+
+
+def search_scores(groups: Mapping[SearchedVariant, Sequence[Search]]) -> Figure | str:
+    """Each search's validation scores against the values it sampled: a panel per dataset, a
+    series per searched key (and per searched row, when several searched a dataset); the chosen
+    sample starred, a sample the scheduler stopped early hollow. The x axis is logarithmic when the
+    space samples the key on a log scale or the values span more than two decades."""
+    what = "Validation score against the searched values"
+    if not groups:
+        return f"{what}: no searches in the results."
+    by_dataset: dict[str, list[tuple[SearchedVariant, Search]]] = {}
+    for sv, group in groups.items():
+        for s in group:
+            if s.finished:
+                by_dataset.setdefault(s.dataset, []).append((sv, s))
+    if not by_dataset:
+        return f"{what}: no sample of any search finished."
+    from matplotlib.lines import Line2D
+
+    datasets = sort_datasets(by_dataset)
+    several = len(groups) > 1
+    series = list(dict.fromkeys((sv, k) for d in datasets for sv, s in by_dataset[d] for k in s.keys))
+    color_of = dict(zip(series, _colors(len(series)), strict=True))
+
+    def series_label(sv: SearchedVariant, key: str) -> str:
+        if not several:
+            return setting_label(key)
+        return sv.label if len(sv.keys) == 1 else f"{sv.label}: {setting_label(key)}"
+
+    nrows, ncols = _grid(len(datasets))
+    fig = MplFigure(figsize=(3.6 * ncols, 2.9 * nrows))
+    stopped_any = False
+    for i, dataset in enumerate(datasets):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        # (series, search, sample, value) of every finished sample that has a value of the key
+        points = [
+            ((sv, k), s, x, x.params[k])
+            for sv, s in by_dataset[dataset]
+            for k in s.keys
+            for x in s.finished
+            if k in x.params
+        ]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for *_, v in points)
+        if numeric:
+            values = [float(v) for *_, v in points]
+            positive = bool(values) and min(values) > 0
+            on_log = any(s.is_log(k) for (_, k), s, _, _ in points)
+            if positive and (on_log or max(values) / min(values) > 100):
+                ax.set_xscale("log")
+            shown: list[str] = []
+        else:  # a categorical key (choice of names): one tick per value
+            shown = sorted({format_value(v) for *_, v in points})
+            ax.set_xticks(range(len(shown)), shown)
+            ax.set_xlim(-0.5, len(shown) - 0.5)
+
+        def position(value: object, shown: list[str] = shown) -> float:
+            return float(shown.index(format_value(value))) if shown else float(value)  # type: ignore[arg-type]
+
+        for key in dict.fromkeys(p[0] for p in points):
+            mine = [p for p in points if p[0] == key]
+            color = color_of[key]
+            for hollow in (False, True):
+                part = [p for p in mine if (p[2].stopped_at is not None) == hollow]
+                if not part:
+                    continue
+                stopped_any |= hollow
+                ax.scatter([position(p[3]) for p in part], [p[2].score for p in part], s=22,
+                           facecolors="white" if hollow else [color], edgecolors=[color], linewidths=1.0,
+                           zorder=2)
+            for p in mine:
+                if p[2].chosen:
+                    ax.scatter([position(p[3])], [p[2].score], marker="*", s=170, facecolors=[color],
+                               edgecolors="black", linewidths=0.7, zorder=3)
+        metrics = {s.metric for _, s in by_dataset[dataset]}
+        metric = METRIC_AXES.get(next(iter(metrics)), next(iter(metrics))) if len(metrics) == 1 else "score"
+        ax.set_title(dataset_name(dataset), fontsize=9)
+        ax.set_xlabel(", ".join(dict.fromkeys(setting_label(k) for (_, k), *_ in points)), fontsize=8)
+        ax.set_ylabel(f"validation {metric} (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=color_of[key], label=series_label(*key))
+        for key in series
+    ]
+    handles.append(Line2D([], [], marker="*", linestyle="", markersize=11, markerfacecolor="0.6",
+                          markeredgecolor="black", label="chosen"))
+    if stopped_any:
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
+                              markeredgecolor="0.4", label="stopped early"))
+    fig.axes[0].legend(handles=handles, fontsize=7, loc="best")
+    fig.tight_layout()
+    return Figure(
+        "search_scores",
+        "Validation score against the searched values (star: the sample chosen; hollow: stopped early)",
+        _png(fig),
+    )
 
 
 def all_figures(b2n: B2NResults | None, few: FewShotResults | None) -> tuple[list[Figure], list[str]]:

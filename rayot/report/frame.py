@@ -21,7 +21,13 @@ import pandas as pd
 import pyarrow as pa
 
 from rayot.errors import RayotError
-from rayot.report.names import format_value, method_rank, sort_methods, variant_label
+from rayot.report.names import (
+    format_value,
+    method_rank,
+    searched_label,
+    sort_methods,
+    variant_label,
+)
 from rayot.results import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -40,8 +46,9 @@ SETTING_COLUMNS: tuple[str, ...] = (
 )
 #: What identifies one measurement apart from the settings.
 IDENTITY: tuple[str, ...] = ("method", "protocol", "dataset", "seed")
-#: Config sections and keys that never distinguish variants (where things go, how fast it runs).
-IGNORED_PREFIXES: tuple[str, ...] = ("output.",)
+#: Config sections and keys that never distinguish variants (where things go, how fast it runs;
+#: ``validation.``: an ordinary trial's id leaves that section out, so it cannot tell trials apart).
+IGNORED_PREFIXES: tuple[str, ...] = ("output.", "validation.")
 IGNORED_KEYS: frozenset[str] = frozenset(
     {
         "seed",
@@ -66,6 +73,9 @@ IGNORED_KEYS: frozenset[str] = frozenset(
 )
 IGNORED_SUFFIXES: tuple[str, ...] = ("_dir", "_path", "_root", "_uri", "_workers")
 _MISSING = "<unset>"
+#: The splits of a search trial's rows start with it (``val_seen``, ``val_held_out``, ``val``):
+#: validation scores, never test numbers. A test evaluation's split is ``base``, ``novel`` or ``all``.
+SEARCH_SPLIT_PREFIX = "val"
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,31 @@ class Variant:
     def key(self) -> str:
         """A file-name-safe identifier: ``<method>__<setting>=<value>``."""
         parts = [self.method] + [f"{k}={format_value(v)}" for k, v in self.settings]
+        return "__".join(parts).replace("/", "-").replace(" ", "")
+
+
+@dataclass(frozen=True)
+class SearchedVariant:
+    """A method whose ``keys`` (dotted configuration keys) a hyper-parameter search chose on
+    validation, per dataset: a row of its own beside the method's variants, its cells the test
+    results of the trials that retrained each dataset's chosen setting. ``settings``: what tells it
+    from another search of the same method and keys (another value of a grid axis, algorithm, ...).
+    """
+
+    method: str
+    protocol: str
+    keys: tuple[str, ...]
+    settings: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return searched_label(self.method, self.keys, self.settings)
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identifier: ``<method>__<setting>=<value>__<key>=chosen``."""
+        parts = [self.method] + [f"{k}={format_value(v)}" for k, v in self.settings]
+        parts += [f"{k}=chosen" for k in self.keys]
         return "__".join(parts).replace("/", "-").replace(" ", "")
 
 
@@ -108,17 +143,38 @@ def _ignored(key: str) -> bool:
     )
 
 
+def search_trial_ids(df: pd.DataFrame) -> set[str]:
+    """The trials of hyper-parameter searches among result rows: a trial with a validation split
+    (:data:`SEARCH_SPLIT_PREFIX`), or whose configuration enables ``validation`` (a failed search
+    trial's row has no split). Their rows are validation scores: no table, average or figure of
+    test results may use them (the searches' own table reads the search records instead).
+    """
+    if df.empty:
+        return set()
+    by_split = df["split"].fillna("").astype(str).str.startswith(SEARCH_SPLIT_PREFIX)
+    by_config = df["config"].map(lambda c: isinstance(c, str) and _config(c).get("validation.enabled") is True)
+    return set(df.loc[by_split | by_config.astype(bool), "trial_id"])
+
+
 def to_frame(table: pa.Table | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split result rows into (finished rows, failed trials).
 
     Finished rows are those with ``status == "done"`` and an accuracy, deduplicated on
     (trial_id, eval_dataset, split) keeping the latest. Failed trials: one row per trial with
-    trial_id, method, protocol, dataset, seed and error.
+    trial_id, method, protocol, dataset, seed and error. Neither holds a search trial's rows
+    (:func:`search_trial_ids`).
     """
     df = table.to_pandas() if isinstance(table, pa.Table) else table.copy()
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise RayotError(f"results table: missing columns {missing}")
+    searched = search_trial_ids(df)
+    if searched:
+        log.info(
+            "leaving out the rows of %d search trials: validation scores, not test results",
+            len(searched),
+        )
+        df = df[~df["trial_id"].isin(searched)]
     failed = df[df["status"] != "done"]
     failed = (
         failed.sort_values("finished_at")

@@ -108,11 +108,25 @@ def method_name(method: str) -> str:
     return methods.display_name(method)
 
 
+def _labelled(method: str, parts: Iterable[str]) -> str:
+    """``Name (label, part, ...)``: the display name, the method's fixed label, then ``parts``."""
+    known = methods.known(method)
+    name, fixed = (known.display, known.label) if known is not None else (method, None)
+    shown = ([fixed] if fixed else []) + list(parts)
+    return f"{name} ({', '.join(shown)})" if shown else name
+
+
 def variant_label(method: str, settings: Iterable[tuple[str, object]]) -> str:
     """The display name, the method's fixed label and the settings that distinguish the variant:
     ``Name (label, λ=1)``."""
-    known = methods.known(method)
-    name, fixed = (known.display, known.label) if known is not None else (method, None)
-    parts = [fixed] if fixed else []
-    parts += [f"{setting_label(k)}={format_value(v)}" for k, v in settings]
-    return f"{name} ({', '.join(parts)})" if parts else name
+    return _labelled(method, [f"{setting_label(k)}={format_value(v)}" for k, v in settings])
+
+
+def searched_label(
+    method: str, keys: Iterable[str], settings: Iterable[tuple[str, object]] = ()
+) -> str:
+    """A method whose ``keys`` a search chose per dataset on validation, with the settings that
+    tell it from another search of the same keys: ``Name (label, ε=0.1, λ chosen on validation)``."""
+    searched = " and ".join(dict.fromkeys(setting_label(k) for k in keys))
+    parts = [f"{setting_label(k)}={format_value(v)}" for k, v in settings]
+    return _labelled(method, [*parts, f"{searched} chosen on validation"])

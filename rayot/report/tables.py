@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from rayot.report.aggregate import (
     one_per_seed,
     seed_stats,
 )
-from rayot.report.frame import SETTING_COLUMNS, Variant, variant_sort_key
+from rayot.report.frame import SETTING_COLUMNS, SearchedVariant, Variant, variant_sort_key
 from rayot.report.model import Cell, Column, ReportTable, Row
 from rayot.report.names import (
     CROSS_TARGETS,
@@ -35,6 +35,7 @@ from rayot.report.names import (
     dataset_name,
     format_value,
     method_name,
+    method_rank,
     setting_label,
     sort_datasets,
 )
@@ -53,6 +54,7 @@ SECTIONS = {
     FEW: "Few-shot learning",
     "ablation": "Ablations",
     "diagnostics": "Training diagnostics",
+    "searches": "Hyper-parameter searches on validation",
 }
 
 
@@ -72,9 +74,11 @@ def _sortable(value: object) -> tuple:
     return (1, 0.0, "" if value is None else str(value))
 
 
-def _meta(v: Variant, **extra: str) -> dict[str, str]:
+def _meta(v: Variant | SearchedVariant, **extra: str) -> dict[str, str]:
     meta = {"variant": v.label, "method": v.method}
     meta.update({k: format_value(val) for k, val in v.settings})
+    if isinstance(v, SearchedVariant):
+        meta["searched"] = ",".join(v.keys)
     meta.update(extra)
     return meta
 
@@ -112,27 +116,55 @@ def _dropped_note(dropped: int) -> list[str]:
 
 @dataclass
 class B2NResults:
-    """Aggregated base-to-novel results: per variant and dataset, and the Average rows."""
+    """Aggregated base-to-novel results: per variant and dataset, and the Average rows.
+
+    ``searched``: the rows of settings chosen on validation (:mod:`rayot.report.search`), each
+    beside its method's variants in the tables that compare rows (:meth:`rows`); their cells and
+    averages are in ``cells`` and ``averages`` too, ``notes`` says what each is missing and
+    ``chosen`` what its search chose per dataset.
+    """
 
     datasets: list[str]
     variants: list[Variant]
-    cells: dict[Variant, dict[str, B2NCell]]
-    averages: dict[Variant, B2NAverage]
+    cells: dict[Variant | SearchedVariant, dict[str, B2NCell]]
+    averages: dict[Variant | SearchedVariant, B2NAverage]
     expected: int  # the most seeds any cell has
     dropped: int
     backbones: dict[Variant, tuple[str, ...]]
+    searched: list[SearchedVariant] = field(default_factory=list)
+    notes: dict[SearchedVariant, list[str]] = field(default_factory=dict)
+    chosen: dict[SearchedVariant, dict[str, str]] = field(default_factory=dict)
 
-    def min_seeds(self, v: Variant) -> int:
-        return min(c.n for c in self.cells[v].values())
+    def min_seeds(self, v: Variant | SearchedVariant) -> int:
+        return min((c.n for c in self.cells[v].values()), default=self.expected)
+
+    def rows(self) -> list[Variant | SearchedVariant]:
+        """The variants, each searched row right after the last variant of its method (where its
+        method ranks when that method has none)."""
+        out: list[Variant | SearchedVariant] = list(self.variants)
+        for sv in self.searched:
+            mine = [i for i, v in enumerate(out) if v.method == sv.method]
+            if mine:
+                out.insert(mine[-1] + 1, sv)
+                continue
+            rank = (method_rank(sv.method), sv.method)
+            later = [i for i, v in enumerate(out) if (method_rank(v.method), v.method) > rank]
+            out.insert(later[0] if later else len(out), sv)
+        return out
 
 
-def aggregate_b2n(done: pd.DataFrame) -> B2NResults | None:
-    """Seed means, population std and HM per (variant, dataset); None without base2novel rows."""
-    rows = done[
+def b2n_rows(done: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the base-to-novel tables: a base or novel split of the dataset trained on."""
+    return done[
         (done["protocol"] == B2N)
         & done["split"].isin(["base", "novel"])
         & (done["dataset"] == done["eval_dataset"])
     ]
+
+
+def aggregate_b2n(done: pd.DataFrame) -> B2NResults | None:
+    """Seed means, population std and HM per (variant, dataset); None without base2novel rows."""
+    rows = b2n_rows(done)
     if rows.empty:
         return None
     rows, dropped = one_per_seed(rows, ["variant", "eval_dataset", "split"], B2N)
@@ -200,7 +232,7 @@ def b2n_comparison(res: B2NResults) -> ReportTable:
         columns=_bnh_columns(best=True),
         notes=_dropped_note(res.dropped),
     )
-    for v in res.variants:
+    for v in res.rows():
         cells = _average_cells(
             res.averages[v], len(res.datasets), res.min_seeds(v), res.expected
         )
@@ -214,19 +246,35 @@ def b2n_comparison(res: B2NResults) -> ReportTable:
             + "; ".join(f"{v.label}: {', '.join(res.backbones[v])}" for v in res.variants)
             + "."
         )
+    table.notes += _searched_notes(res)
     table.mark_best()
     return table
 
 
-def b2n_block(res: B2NResults, v: Variant) -> ReportTable:
-    """One variant: a row per dataset (mean ± std over seeds, HM of the means) and the Average."""
+def _searched_notes(res: B2NResults, only: SearchedVariant | None = None) -> list[str]:
+    """What a row chosen on validation is, and what it is missing."""
+    searched = [sv for sv in res.searched if only is None or sv == only]
+    if not searched:
+        return []
+    notes = [
+        "A row '… chosen on validation' holds, per dataset, the test results of the trials that "
+        "retrained the setting its search chose on validation (one per seed; the search table says "
+        "what was chosen); a retrain trial with the setting of another row serves both."
+    ]
+    return notes + [n for sv in searched for n in res.notes.get(sv, [])]
+
+
+def b2n_block(res: B2NResults, v: Variant | SearchedVariant) -> ReportTable:
+    """One variant (or searched row): a row per dataset (mean ± std over seeds, HM of the means)
+    and the Average."""
     cells = res.cells[v]
-    expected = max(c.n for c in cells.values())
+    expected = max((c.n for c in cells.values()), default=res.expected)
     seeds = sorted({s for c in cells.values() for st in (c.base, c.novel) if st for s in st.seeds})
+    which = f"seeds {', '.join(map(str, seeds))}" if seeds else "no test results yet"
     table = ReportTable(
         key=f"base2novel__{v.key}",
         section=SECTIONS["blocks"],
-        title=f"{v.label}: base-to-novel (seeds {', '.join(map(str, seeds))})",
+        title=f"{v.label}: base-to-novel ({which})",
         row_header="Dataset",
         columns=_bnh_columns(best=False),
         show_std=True,
@@ -235,6 +283,15 @@ def b2n_block(res: B2NResults, v: Variant) -> ReportTable:
         table.rows.append(Row(dataset_name(d), _b2n_cells(cells.get(d), expected), _meta(v, dataset=d)))
     avg = _average_cells(res.averages[v], len(res.datasets), res.min_seeds(v), expected)
     table.rows.append(Row("Average", avg, _meta(v, dataset="average"), rule_before=True))
+    if isinstance(v, SearchedVariant):
+        chosen = res.chosen.get(v, {})
+        if chosen:
+            table.notes.append(
+                "Chosen on validation: "
+                + "; ".join(f"{dataset_name(d)}: {text}" for d, text in chosen.items())
+                + "."
+            )
+        table.notes += _searched_notes(res, v)
     return table
 
 
@@ -248,9 +305,13 @@ def b2n_panel(res: B2NResults, dataset: str) -> ReportTable:
         columns=_bnh_columns(best=True),
         show_std=True,
     )
-    for v in res.variants:
+    for v in res.rows():
         cells = _b2n_cells(res.cells[v].get(dataset), res.expected)
         table.rows.append(Row(v.label, cells, _meta(v, dataset=dataset)))
+    for sv in res.searched:
+        chosen = res.chosen.get(sv, {}).get(dataset)
+        if chosen is not None:
+            table.notes.append(f"{sv.label}: {chosen}, chosen on validation.")
     table.mark_best()
     return table
 

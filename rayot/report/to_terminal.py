@@ -44,12 +44,16 @@ def print_table(table: ReportTable, console: Console) -> None:
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    """The main table, and the published comparison when the report has one."""
+    """The main table, then the published comparison and the searches' table when the report has
+    them."""
     console = console or Console()
     if report.main is not None:
         print_table(report.main, console)
     for table in report.tables:
         if table.key == "published":
+            print_table(table, console)
+    for table in report.tables:
+        if table.key == "searches" and table is not report.main:
             print_table(table, console)
     if not report.failed.empty:
         console.print(f"[red]{len(report.failed)} failed trials[/] (listed in the report)")
