@@ -33,7 +33,10 @@ def sweep(
         help="Train up to K trials that share dataset, backbone, prompt shapes, batch, epochs and precision "
         "as one computation (one Ray Train run, one frozen CLIP); 1: one trial per run. Overrides the spec.",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table (and packs) and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table (and packs), the searches and "
+                                 "their epoch budget, and exit."),
+    search_only: bool = typer.Option(False, "--search-only", help="Run the spec's searches and print their "
+                                     "choices; no test trial (no grid trial, no retraining)."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
     report: bool = typer.Option(True, "--report/--no-report", help="Print the Base / Novel / HM table at the end."),
     log_to: list[str] = typer.Option(
@@ -63,6 +66,16 @@ def sweep(
     set_values = C.flatten(C.parse_overrides(sets or []))
     trials = expand(s, results=results_dir, checkpoints=checkpoints, sets=set_values)
     results_location = storage_of(s, trials).results
+    cells = []
+    if s.search is not None:
+        from rayot.sweep import search as S
+
+        S.check_sets(s, set_values)
+        cells = S.cells_of(s, trials)
+        previewed = S.preview(cells, s.search)  # every first-round sample checked before Ray starts
+        if not s.search.run_grid:
+            searched = S.searched_method(s, trials)
+            trials = [t for t in trials if C.method_of(t).name != searched]
     from rayot import trackers as T
 
     track = T.resolve(s.tracking.with_log(log_to or []), results=results_location, name=s.name)
@@ -90,22 +103,50 @@ def sweep(
                           f"{s.resources.pack} (pack column: which run trains the trial)", highlight=False)
         for line in T.where(track):
             console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
+        if cells:
+            from rayot.sweep.runner import search_plan
+
+            for part in search_plan(s.search, previewed, done):
+                console.print(part, highlight=False, soft_wrap=True)
         return
 
     from rayot.cli._common import ensure_synthetic
-    from rayot.sweep.runner import failures_table, run_sweep, summary_table
+    from rayot.sweep.runner import run_sweep
 
-    ensure_synthetic(c.data.root for c in trials if c.data.dataset == "synthetic")
+    ensure_synthetic(c.data.root for c in [*trials, *(c.config for c in cells)] if c.data.dataset == "synthetic")
     t0 = time.monotonic()
+    run = {"address": address, "console": console, "retry_failed": retry_failed,
+           "max_concurrent": max_concurrent, "tracking": track}
+    searched = None
     try:
-        summary = run_sweep(s, trials, address=address, console=console, retry_failed=retry_failed,
-                            max_concurrent=max_concurrent, tracking=track)
+        if cells:
+            from rayot.sweep.runner import run_search, search_table
+
+            searched = run_search(s, cells, **run)
+            console.print(search_table(searched, s.search))
+            if search_only:
+                _finish(console, [*searched.summaries], t0, results_location, track, report=False)
+                return
+            trials = list({C.trial_id(t): t for t in [*trials, *searched.retrain()]}.values())
+        summary = run_sweep(s, trials, **run)
     except KeyboardInterrupt:
         Console(stderr=True).print(
             f"interrupted after {time.monotonic() - t0:.0f}s: finished trials are kept in "
             f"{results_location}; run the same command again to go on (an interrupted trial "
             "resumes from its last epoch checkpoint)", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    summaries = [*(searched.summaries if searched else []), summary]
+    _finish(console, summaries, t0, results_location, track, report=report,
+            trial_ids=[st.trial_id for st in summary.states], search_ids=[c.search_id for c in cells])
+
+
+def _finish(console: Console, summaries: list, t0: float, results_location: str, track, *, report: bool,
+            trial_ids: list[str] | None = None, search_ids: list[str] = ()) -> None:
+    """The end of a sweep: its summary, failures, where everything is, the table; the exit status."""
+    from rayot import trackers as T
+    from rayot.sweep.runner import SweepSummary, failures_table, summary_table
+
+    summary = SweepSummary([st for sm in summaries for st in sm.states])
     console.print(summary_table(summary))
     if summary.failed and console.is_terminal:
         console.print(failures_table(summary))
@@ -118,16 +159,17 @@ def sweep(
     console.print(f"wall time {time.monotonic() - t0:.0f}s; results: {results_location}")
     for line in T.where(track):
         console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
-    if report:
-        _print_report(console, results_location, [st.trial_id for st in summary.states])
+    if report and trial_ids is not None:
+        _print_report(console, results_location, trial_ids, search_ids)
     if summary.failed:
         raise typer.Exit(1)
     if summary.busy:
         raise typer.Exit(3)
 
 
-def _print_report(console: Console, location: str, trial_ids: list[str]) -> None:
-    """The Base / Novel / HM table of this sweep's trials, whichever run finished them."""
+def _print_report(console: Console, location: str, trial_ids: list[str], search_ids: list[str] = ()) -> None:
+    """The Base / Novel / HM table of this sweep's trials, whichever run finished them, with the
+    rows of its searches' choices."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -139,4 +181,8 @@ def _print_report(console: Console, location: str, trial_ids: list[str]) -> None
     if "done" not in table.column("status").to_pylist():
         console.print("no trial of this sweep finished: no table to print")
         return
-    print_report(build_report(table, figures=False), console)
+    searches = None
+    if search_ids:
+        searches = results.read_search_records([location])
+        searches = searches.filter(pc.is_in(searches.column("search_id"), value_set=pa.array(list(search_ids), pa.string())))
+    print_report(build_report(table, figures=False, searches=searches), console)

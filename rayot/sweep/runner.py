@@ -21,7 +21,7 @@ from rich.table import Table
 from rayot import config as C
 from rayot import results
 from rayot.report.names import format_value, setting_label
-from rayot.sweep import cluster
+from rayot.sweep import cluster, search
 from rayot.sweep.packs import make_packs, pack_id
 from rayot.sweep.spec import SweepSpec, storage_of
 from rayot.sweep.tune_callbacks import callbacks as tracker_callbacks
@@ -226,12 +226,16 @@ def run_sweep(
     retry_failed: bool = True,
     max_concurrent: int | None = None,
     tracking: Tracking | None = None,
+    searches: dict[str, dict[str, Any]] | None = None,
+    phase: str = "",
 ) -> SweepSummary:
     """Run every trial that has no finished result; returns the final state of each trial.
 
     Everything that can be checked before Ray starts is checked first (storage is writable, the
     cluster answers, a trial fits on it), so a bad sweep ends in seconds with one message.
     ``tracking`` (resolved: :func:`rayot.trackers.resolve`) logs every trial to its trackers.
+    ``searches`` (:func:`rayot.sweep.search.rung_searches`): the searches whose trials these are,
+    for their early stopping (one coordinator actor for the run).
     """
     storage = storage_of(spec, trials)
     results_location = storage.results
@@ -262,6 +266,8 @@ def run_sweep(
     log.info("%d trials to run, %d at once", len(pending), concurrency)
     fault = os.environ.get(FAULT_ENV)
     owner = _owner(spec)
+    # the actor lives while its handle does: held here until every trial of the run ended
+    actor, coordinator = _start_coordinator(searches, results_location, owner["token"], done) if searches else (None, None)
     packs = make_packs([s.cfg for s in pending], spec.resources.pack)
     if len(packs) < len(pending):
         log.info("%d trials in %d packs", len(pending), len(packs))
@@ -275,6 +281,7 @@ def run_sweep(
                     "sweep": spec.name,
                     "owner": owner,
                     "fault": fault,
+                    "coordinator": coordinator,
                 }
                 for pack in packs
             ]
@@ -290,9 +297,10 @@ def run_sweep(
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name=f"tune-{spec.name}",
+            name=f"tune-{spec.name}{phase and '-' + phase}",
             storage_path=storage_path(storage.checkpoints),
-            callbacks=[view, *tracker_callbacks(tracking or Tracking(), spec.name)],
+            callbacks=[view, *tracker_callbacks(tracking or Tracking(), spec.name),
+                       *([EndOnError(coordinator)] if coordinator else [])],
             verbose=0,
             # a driver records its trial's failures itself and never raises for them: a Tune-level
             # retry only follows a crash of the driver process (its node lost, killed)
@@ -307,9 +315,38 @@ def run_sweep(
             live.update(view.render())
     else:
         grid = tuner.fit()
+    del actor  # every trial ended: the coordinator may go
     tune_errors = {m["trial_id"]: r.error for r in grid if r.error is not None for m in r.config["trial"]["members"]}
     _reconcile(states, results_location, tune_errors, spec.name)
     return SweepSummary(states)
+
+
+class EndOnError(tune.Callback):
+    """A Tune trial that died (its driver lost) tells the search coordinator that its members
+    report nothing more, so the samples after them wait no longer."""
+
+    def __init__(self, coordinator: str) -> None:
+        self.coordinator = coordinator
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        search.end_trials(self.coordinator, [m["trial_id"] for m in trial.config["trial"]["members"]])
+
+
+def _start_coordinator(searches: dict[str, dict[str, Any]], location: str, token: str,
+                       done: dict[str, str]) -> tuple[Any, str | None]:
+    """The searches' coordinator actor and its name (None without a scheduler), told what earlier
+    runs finished: their trials' every epoch's scores, and where they ended."""
+    if not any(info["search"]["scheduler"]["type"] != "none" for info in searches.values()):
+        return None, None
+    histories, ended = {}, {}
+    for info in searches.values():
+        for tid in info["order"]:
+            if tid not in done:
+                continue
+            outcome = search.outcome_of(location, tid, info["metric"])
+            histories[tid] = outcome.history
+            ended[tid] = outcome.stopped_at or outcome.epochs_trained or 0
+    return search.start_coordinator(searches, histories, ended, token)
 
 
 def _reconcile(states: list[TrialState], location: str, tune_errors: dict[str, BaseException],
@@ -361,3 +398,111 @@ def failures_table(summary: SweepSummary) -> Table:
         d = describe(s.cfg)
         table.add_row(s.trial_id, d["dataset"], d["method"], d["seed"], s.error, s.log)
     return table
+
+
+# ----------------------------------------------------------------------------- searches
+
+
+@dataclass
+class SearchRun:
+    """A sweep's searches after they ran: each sample's outcome, each search's choice."""
+
+    cells: list[search.Cell]
+    outcomes: dict[str, list[search.Outcome]] = field(default_factory=dict)
+    chosen: dict[str, int | None] = field(default_factory=dict)
+    summaries: list[SweepSummary] = field(default_factory=list)
+
+    def retrain(self) -> list[C.TrialConfig]:
+        """The chosen settings' test trials, every seed of each cell."""
+        return [t for c in self.cells if self.chosen.get(c.search_id) is not None
+                for t in search.retrain_trials(c, c.samples[self.chosen[c.search_id]])]
+
+
+def run_search(spec: SweepSpec, cells: list[search.Cell], **run: Any) -> SearchRun:
+    """Run the searches of a sweep (every cell's samples, in rounds for optuna), then choose and
+    keep each search's record (``<results>/searches/``). ``run``: :func:`run_sweep`'s options.
+
+    Finished search trials are not run again: a re-run draws the same samples (and, for optuna,
+    tells it the same scores), so the search resumes where it stopped.
+    """
+    s = spec.search
+    assert s is not None
+    location = cells[0].config.output.results
+    optuna = {c.search_id: search.OptunaRounds(s, c.metric) for c in cells} if s.algorithm == "optuna" else {}
+    out = SearchRun(cells)
+    for round_no in range(search.rounds(s)):
+        start = round_no * s.rounds_batch
+        new = search.draw_round(cells, s, round_no, optuna)
+        if not new:
+            break
+        unique = list({C.trial_id(t): t for t in new}.values())
+        log.info("search round %d: %d samples", round_no + 1, len(unique))
+        out.summaries.append(run_sweep(spec, unique, searches=search.rung_searches(cells, s),
+                                       phase=f"search{round_no + 1}", **run))
+        for c in cells if optuna else ():
+            scores = [search.outcome_of(location, C.trial_id(t), c.metric) for t in c.trials[start:]]
+            optuna[c.search_id].tell(start, [o.score if o.status == "done" else None for o in scores])
+    for c in cells:
+        outcomes = [search.outcome_of(location, C.trial_id(t), c.metric) for t in c.trials]
+        out.outcomes[c.search_id] = outcomes
+        out.chosen[c.search_id] = chosen = search.choose(c, outcomes)
+        try:
+            results.write_search_record(location, c.search_id,
+                                        search.record_rows(c, s, outcomes, chosen, spec.name))
+        except OSError as exc:
+            log.error("search %s: its record could not be written (%s); its trials' results are kept", c.search_id, exc)
+    return out
+
+
+def search_table(run: SearchRun, s: search.Search) -> Table:
+    """Each search's choice: the chosen values, their validation score, how much training it took."""
+    table = Table(title="search: the setting chosen on validation, per cell")
+    for col in ("dataset", "protocol", "method", "chosen", "score", "samples", "epochs trained"):
+        table.add_column(col)
+    for c in run.cells:
+        outcomes = run.outcomes[c.search_id]
+        i = run.chosen[c.search_id]
+        chosen = " ".join(f"{setting_label(k.split('.', 1)[-1])}={format_value(v)}"
+                          for k, v in c.samples[i].items()) if i is not None else "none (no sample finished)"
+        score = f"{outcomes[i].score:.2f} ({c.metric})" if i is not None else "-"
+        done = sum(o.status == "done" for o in outcomes)
+        stopped = sum(o.stopped_at is not None for o in outcomes)
+        trained = sum(o.epochs_trained or 0 for o in outcomes)
+        full = len(outcomes) * C.epochs_trained(c.config)
+        table.add_row(c.config.data.dataset, c.config.data.protocol, C.method_of(c.config).name, chosen, score,
+                      f"{done}/{len(outcomes)} done, {stopped} stopped early", f"{trained} of {full}")
+    return table
+
+
+def search_plan(s: search.Search, cells: list[search.Cell], done: dict[str, str]) -> list[Any]:
+    """``--dry-run``: each search, its first samples and their state, and the epoch budget with and
+    without early stopping."""
+    each = f"{s.num_samples} samples each" if s.algorithm == "optuna" else f"{len(cells[0].samples)} samples each"
+    table = Table(title=f"searches: {len(cells)} (one per cell), {s.algorithm}, {each}")
+    for col in ("search", "dataset", "protocol", "method", "metric", "samples", "done"):
+        table.add_column(col)
+    for c in cells:
+        shown = "; ".join(" ".join(f"{setting_label(k.split('.', 1)[-1])}={format_value(v)}" for k, v in p.items())
+                          for p in c.samples[:6]) + (" ..." if len(c.samples) > 6 else "")
+        if s.algorithm == "optuna":
+            shown = f"first round: {shown}"
+        finished = sum(done.get(t) == "done" for t in c.trial_ids())
+        table.add_row(c.search_id, c.config.data.dataset, c.config.data.protocol, C.method_of(c.config).name,
+                      c.metric, shown, f"{finished}/{len(c.trials)}")
+    epochs = C.epochs_trained(cells[0].config)
+    full, expected = search.epoch_budget(s, epochs)
+    sched = s.scheduler
+    held = (f"trained without {s.holdout:.0%} of the base classes (held out as pseudo-novel)"
+            if cells[0].config.data.protocol == "base2novel" and s.holdout > 0 else "trained on the few-shot subset")
+    lines = [table, f"search trials: seed {cells[0].config.seed}, {held}, scored on validation images only"]
+    if search.make_scheduler(s, epochs) is None:
+        lines.append(f"epoch budget: {len(cells)} x {full} = {len(cells) * full} epochs (no early stopping)")
+    else:
+        marks = ", ".join(map(str, search.milestones(s, epochs)))
+        lines.append(f"epoch budget: {len(cells) * full} epochs without early stopping; about "
+                     f"{len(cells) * expected:.0f} with {sched.type} (rungs after epochs {marks}, each keeping "
+                     f"1/{sched.reduction_factor:g}; {expected / full:.0%} of the full budget)")
+    seeds = sorted({n for c in cells for n in c.seeds})
+    lines.append(f"then: the chosen setting of each search trained and tested for seeds {seeds} "
+                 f"({len(cells) * len(seeds)} test trials)")
+    return lines

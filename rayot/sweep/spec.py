@@ -27,6 +27,7 @@ into trial configurations; it knows nothing about Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Mapping
@@ -40,7 +41,57 @@ from rayot.errors import ConfigError
 from rayot.trackers import Tracking, parse_tracking
 
 ALIASES = {"dataset": "data.dataset", "protocol": "data.protocol", "shots": "data.shots"}
-_TOP_KEYS = ("name", "description", "base", "grid", "grids", "resources", "storage", "tracking")
+_TOP_KEYS = ("name", "description", "base", "grid", "grids", "resources", "storage", "tracking", "search")
+#: Grid axes a search cannot search: each cell of them gets its own search (docs/search.md).
+CELL_AXES = ("data.dataset", "data.protocol", "data.shots", "seed", "method")
+#: Ray Tune's sampling functions a search space may use, with the arguments each takes.
+SAMPLERS: dict[str, str] = {
+    "choice": "[values...]", "grid_search": "[values...]", "uniform": "[low, high]",
+    "quniform": "[low, high, q]", "loguniform": "[low, high]", "qloguniform": "[low, high, q]",
+    "randint": "[low, high]", "qrandint": "[low, high, q]", "lograndint": "[low, high]",
+    "qlograndint": "[low, high, q]", "randn": "[mean, sd]", "qrandn": "[mean, sd, q]",
+}
+ALGORITHMS = ("random", "grid", "optuna")
+SCHEDULERS = ("none", "asha", "hyperband")
+METRICS = ("hm", "seen", "held_out", "accuracy")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """Early stopping of a search's trials on their validation score after each epoch: none, ASHA
+    (Ray Tune's asynchronous successive halving) or asynchronous HyperBand (ASHA over brackets)."""
+
+    type: str = "none"
+    grace_period: int = 1  # epochs every trial trains before it can be stopped
+    reduction_factor: float = 2.0  # each rung keeps the best 1/reduction_factor
+    brackets: int = 1  # hyperband: its brackets (default 3)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A sweep's ``search:`` section: a search per cell of the grid (dataset × protocol × shots ×
+    the searched method's other grid axes), on the validation objective, then the chosen setting
+    trained for every seed of the cell and tested (docs/search.md)."""
+
+    space: dict[str, dict[str, list[Any]]]  # dotted key -> {Ray Tune sampler: its arguments}
+    method: str = ""  # whose grid trials form the cells (default: the sweep's one trained method)
+    algorithm: str = "random"
+    num_samples: int = 8
+    seed: int = 0  # the search's own: the same seed draws the same samples
+    metric: str = ""  # hm | seen | held_out (base-to-novel), accuracy (the others); default hm / accuracy
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    trial_seed: int | None = None  # the training seed of the search's trials (default: the grid's first)
+    holdout: float = 0.5  # base-to-novel: the fraction of the base classes held out as pseudo-novel
+    holdout_seed: int = 0
+    batch: int = 0  # samples per round (optuna learns between rounds); 0: all at once, or 4 for optuna
+    run_grid: bool = True  # the searched method's own grid trials (the fixed settings) run too
+
+    @property
+    def rounds_batch(self) -> int:
+        """Samples drawn per round: optuna learns from each round's scores before the next."""
+        if self.batch:
+            return self.batch
+        return 4 if self.algorithm == "optuna" else self.num_samples
 
 
 @dataclass(frozen=True)
@@ -63,6 +114,7 @@ class SweepSpec:
     storage: C.OutputConfig = field(default_factory=C.OutputConfig)  # results, checkpoints
     description: str = ""
     tracking: Tracking = field(default_factory=Tracking)  # trackers on for every run of the sweep
+    search: Search | None = None  # a hyper-parameter search per cell of the grid (docs/search.md)
 
 
 def _axes(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
@@ -103,6 +155,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         resources = C.build_dataclass(Resources, raw.get("resources") or {}, "resources.")
         storage = C.build_dataclass(C.OutputConfig, raw.get("storage") or {}, "storage.")
         tracking = parse_tracking(raw.get("tracking"))
+        search = parse_search(raw.get("search"))
     except ConfigError as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
     spec = SweepSpec(
@@ -114,10 +167,13 @@ def load_spec(path: str | Path) -> SweepSpec:
         storage=storage,
         description=str(raw.get("description") or ""),
         tracking=tracking,
+        search=search,
     )
     _check_resources(spec.resources, path)
     try:
-        expand(spec)
+        trials = expand(spec)
+        if search is not None:
+            check_search(spec, trials)
     except ConfigError as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
     return spec
@@ -228,3 +284,150 @@ def _absolute_paths(cfg: C.TrialConfig) -> C.TrialConfig:
 def storage_of(spec: SweepSpec, trials: list[C.TrialConfig]) -> C.OutputConfig:
     """Where the sweep's results and checkpoints go: the expanded trials' (overrides applied)."""
     return trials[0].output if trials else spec.storage
+
+
+# ----------------------------------------------------------------------------- search: section
+
+
+def parse_search(raw: Any) -> Search | None:
+    """The ``search:`` section, checked for what needs no trial (its keys, algorithm, scheduler,
+    the shape of its space); :func:`check_search` checks it against the sweep's trials."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError("search: expected a mapping (space, algorithm, num_samples, ...)")
+    known = {f.name for f in dataclasses.fields(Search)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"search: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    space_raw = raw.get("space")
+    if not isinstance(space_raw, Mapping) or not space_raw:
+        raise ConfigError("search.space: empty; give at least one configuration key and its Ray Tune sampler, "
+                          "for example <method>.<setting>: {loguniform: [0.1, 100]}")
+    space = {}
+    for key, sampler in space_raw.items():
+        space[ALIASES.get(str(key), str(key))] = _sampler(str(key), sampler)
+    scheduler_raw = raw.get("scheduler", "none")
+    if isinstance(scheduler_raw, str):
+        scheduler_raw = {"type": scheduler_raw}
+    if not isinstance(scheduler_raw, Mapping):
+        raise ConfigError("search.scheduler: expected none, asha, hyperband or a mapping {type: asha, grace_period: ...}")
+    scheduler_raw = dict(scheduler_raw)
+    if scheduler_raw.get("type", "none") == "hyperband":
+        scheduler_raw.setdefault("brackets", 3)
+    rest = {k: v for k, v in raw.items() if k not in ("space", "scheduler")}
+    if rest.get("algorithm") == "grid":
+        rest.setdefault("num_samples", 1)  # each time over the grid draws the same trials again
+    search = C.build_dataclass(_SearchKeys, rest, "search.")
+    scheduler = C.build_dataclass(Scheduler, scheduler_raw, "search.scheduler.")
+    search = Search(space=space, scheduler=scheduler, **{f.name: getattr(search, f.name)
+                                                         for f in dataclasses.fields(_SearchKeys)})
+    if search.algorithm not in ALGORITHMS:
+        raise ConfigError(f"search.algorithm: unknown algorithm {search.algorithm!r} "
+                          f"(known: {', '.join(ALGORITHMS)}; optuna needs `pip install rayot[optuna]`)")
+    if scheduler.type not in SCHEDULERS:
+        raise ConfigError(f"search.scheduler.type: unknown scheduler {scheduler.type!r} (known: {', '.join(SCHEDULERS)})")
+    if scheduler.grace_period < 1 or scheduler.reduction_factor <= 1 or scheduler.brackets < 1:
+        raise ConfigError("search.scheduler: grace_period >= 1, reduction_factor > 1 and brackets >= 1 needed")
+    if scheduler.type == "asha" and scheduler.brackets != 1:
+        raise ConfigError("search.scheduler: asha has one bracket; several brackets is type: hyperband")
+    if search.num_samples < 1 or search.batch < 0:
+        raise ConfigError("search: num_samples must be >= 1 and batch >= 0")
+    if search.metric and search.metric not in METRICS:
+        raise ConfigError(f"search.metric: unknown metric {search.metric!r} (known: {', '.join(METRICS)}: the "
+                          "validation score's harmonic mean, its seen or held-out classes' accuracy, or the accuracy "
+                          "outside base-to-novel)")
+    if not 0 <= search.holdout < 1:
+        raise ConfigError(f"search.holdout: {search.holdout} is outside [0, 1)")
+    if search.algorithm == "optuna" and any("grid_search" in sampler for sampler in space.values()):
+        key = next(k for k, v in space.items() if "grid_search" in v)
+        raise ConfigError(f"search.space.{key}: algorithm optuna draws from distributions; use choice, not grid_search")
+    if search.algorithm == "grid":
+        for key, sampler in space.items():
+            name = next(iter(sampler))
+            if name not in ("choice", "grid_search"):
+                raise ConfigError(f"search.space.{key}: algorithm grid needs a finite list of values "
+                                  f"(choice or grid_search), not {name}")
+    return search
+
+
+@dataclass(frozen=True)
+class _SearchKeys:
+    """The plain keys of a ``search:`` section, typed and checked by rayot.typed."""
+
+    method: str = ""
+    algorithm: str = "random"
+    num_samples: int = 8
+    seed: int = 0
+    metric: str = ""
+    trial_seed: int | None = None
+    holdout: float = 0.5
+    holdout_seed: int = 0
+    batch: int = 0
+    run_grid: bool = True
+
+
+def _sampler(key: str, sampler: Any) -> dict[str, list[Any]]:
+    where = f"search.space.{key}"
+    if ALIASES.get(key, key) in CELL_AXES:
+        raise ConfigError(f"{where}: {key} is a grid axis; the grid's cells ({', '.join(CELL_AXES)}) each get "
+                          "their own search, so it cannot be searched: give its values in grid: instead")
+    if not isinstance(sampler, Mapping) or len(sampler) != 1:
+        raise ConfigError(f"{where}: expected one Ray Tune sampler, for example {{loguniform: [0.1, 100]}} "
+                          f"(samplers: {', '.join(SAMPLERS)})")
+    (name, args), = sampler.items()
+    if name not in SAMPLERS:
+        raise ConfigError(f"{where}: unknown sampler {name!r} (Ray Tune's: {', '.join(SAMPLERS)})")
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}: {name} takes a list {SAMPLERS[name]}, got {args!r}")
+    if name not in ("choice", "grid_search"):
+        wanted = SAMPLERS[name].count(",") + 1
+        if len(args) != wanted or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+            raise ConfigError(f"{where}: {name} takes {SAMPLERS[name]} (numbers), got {args!r}")
+        if name not in ("randn", "qrandn") and not args[0] < args[1]:
+            raise ConfigError(f"{where}: {name}: low must be below high, got {args!r}")
+        if "log" in name and args[0] <= 0:
+            raise ConfigError(f"{where}: {name} needs a positive low bound, got {args[0]!r}")
+    return {name: list(args)}
+
+
+def searched_method(spec: SweepSpec, trials: list[C.TrialConfig]) -> str:
+    """The method whose grid trials the search takes its cells from."""
+    assert spec.search is not None
+    names = list(dict.fromkeys(C.method_of(c).name for c in trials))
+    if spec.search.method:
+        name = methods.get(spec.search.method).name
+        if name not in names:
+            raise ConfigError(f"search.method: {spec.search.method!r} has no trial in the grid (its methods: "
+                              f"{', '.join(names)}); the search takes its cells from that method's grid trials")
+        return name
+    trained = [n for n in names if methods.get(n).trains]
+    if len(trained) != 1:
+        raise ConfigError(f"search.method: say which method to search (the grid's trained methods: "
+                          f"{', '.join(trained) or 'none'})")
+    return trained[0]
+
+
+def check_search(spec: SweepSpec, trials: list[C.TrialConfig]) -> None:
+    """Check the search against the sweep's trials: its method has trials, each space key is a
+    configuration key of that method's trials that changes a trial (one clear message each)."""
+    assert spec.search is not None
+    name = searched_method(spec, trials)
+    cfg = next(c for c in trials if C.method_of(c).name == name)
+    if not C.method_of(cfg).trains:
+        raise ConfigError(f"search.method: {name} does not train; there is nothing to search")
+    flat = C.flatten(cfg)
+    for key in spec.search.space:
+        if key not in flat:
+            raise ConfigError(f"search.space.{key}: unknown configuration key for method {name}'s trials "
+                              f"(a general key such as optim.lr, or one of its settings, {name}.<setting>)")
+        if key in ("world_size", "device") or any(key == k or key.startswith(k + ".") for k in C.NOT_IN_ID):
+            raise ConfigError(f"search.space.{key}: it does not change a trial's results; nothing to search")
+    metric = spec.search.metric
+    if metric:
+        wanted = "accuracy" if cfg.data.protocol != "base2novel" else None
+        if wanted and metric != wanted or not wanted and metric == "accuracy":
+            raise ConfigError(f"search.metric: {metric} does not apply to protocol {cfg.data.protocol} (use "
+                              f"{wanted or 'hm, seen or held_out'})")
+        if metric in ("hm", "held_out") and spec.search.holdout == 0:
+            raise ConfigError(f"search.metric: {metric} needs held-out classes (search.holdout > 0)")

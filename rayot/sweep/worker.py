@@ -28,7 +28,7 @@ from rayot import results, trackers
 from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
 from rayot.errors import RayotError
 from rayot.results import failure_row, result_rows
-from rayot.sweep import leases
+from rayot.sweep import leases, search
 from rayot.sweep.cluster import worker_resources
 from rayot.sweep.packs import pack_id
 from rayot.sweep.spec import Resources
@@ -45,10 +45,20 @@ class RayTrainHooks(DistributedHooks):
     """Rank, world size and device from Ray Train, the collectives over the process group it set
     up (gloo or NCCL), per-epoch checkpoints in the run's storage."""
 
-    def __init__(self, fault: str | None = None) -> None:
+    def __init__(self, fault: str | None = None, coordinator: str | None = None) -> None:
         ctx = ray.train.get_context()
         super().__init__(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
         self.fault = fault
+        self.coordinator = coordinator
+
+    def early_stop(self, epoch: int, histories: dict[str, list[dict[str, float]]]) -> set[str]:
+        """Ask the sweep's coordinator (rayot.sweep.search.Rungs, one actor): every rank asks and
+        gets its kept decision."""
+        if not self.coordinator:
+            return set()
+        ask, report = search.coordinator_hook(self.coordinator)
+        report(histories)
+        return search.wait_for_decision(ask, sorted(histories), epoch + 1)
 
     def resume_state(self) -> dict[str, Any] | None:
         checkpoint = ray.train.get_checkpoint()
@@ -123,7 +133,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     members of its pack go on.
     """
     cfgs = [C.from_dict(json.loads(c)) for c in loop_config["configs"]]
-    hooks = RayTrainHooks(loop_config.get("fault"))
+    hooks = RayTrainHooks(loop_config.get("fault"), loop_config.get("coordinator"))
     if hooks.world_size != cfgs[0].world_size:
         raise RuntimeError(f"trial {C.trial_id(cfgs[0])} is for {cfgs[0].world_size} workers, "
                            f"Ray Train gave {hooks.world_size}")
@@ -162,7 +172,7 @@ def _record_member(member: MemberResult, sweep: str, rank: int) -> bool:
     try:
         save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
         rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, sweep=sweep,
-                           history=outcome.history)
+                           history=outcome.history, stopped_at=outcome.stopped_at)
         results.write_trial_rows(cfg.output.results, tid, rows)
     except Exception as exc:  # noqa: BLE001 - storage refused the result: a retry cannot help
         record_failure(cfg, RayotError(f"trial {tid}: writing its result failed: {_error_text(exc)}"), sweep)
@@ -206,8 +216,11 @@ def tune_driver(param: dict[str, Any]) -> None:
                 continue
             run.append(cfg)
         with leases.Heartbeat(held) as heartbeat:
-            if run:
-                outcome.update(_fit(run, param))
+            try:
+                if run:
+                    outcome.update(_fit(run, param))
+            finally:  # the samples after these in their search wait no more for them
+                search.end_trials(param.get("coordinator"), [C.trial_id(c) for c in cfgs])
         if heartbeat.lost:  # renewals failed past the expiry and another sweep took a trial
             log.warning("trials %s: their leases were taken by another sweep while they ran; both may "
                         "have written the same results", ", ".join(lease.trial_id for lease in heartbeat.lost_leases))
@@ -229,7 +242,7 @@ def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"configs": [C.to_json(c) for c in cfgs], "sweep": param["sweep"],
-                           "fault": param.get("fault")},
+                           "fault": param.get("fault"), "coordinator": param.get("coordinator")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=r["num_workers"], use_gpu="GPU" in per_worker, resources_per_worker=per_worker
         ),
