@@ -118,7 +118,7 @@ def test_the_library_imports_neither_ray_nor_typer():
 
 
 def test_every_cited_design_document_is_in_the_repository():
-    cited = re.compile(r"(?:docs/)?(method|protocol|peers|ray-notes|methods|demo-world|cluster|reliability)\.md")
+    cited = re.compile(r"(?:docs/)?(method|protocol|peers|ray-notes|methods|demo-world|cluster|reliability|search)\.md")
     missing = set()
     for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*"),
                  *(ROOT / "scripts").glob("*.py"), *(ROOT / "sweeps").glob("*.yaml"), ROOT / "README.md"]:
