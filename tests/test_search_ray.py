@@ -75,7 +75,10 @@ def test_a_search_reads_no_test_image_and_the_same_seed_gives_the_same_choice_ev
     assert "chosen on validation" in out.stdout
     record = _record(a / "results")
     assert len(record) == 4 and sum(r["chosen"] for r in record) == 1
-    assert not list((a / "results").glob("*.parquet"))[0].name.startswith("x")  # search trial rows were written
+    for r in record:  # the search trials' rows: validation scores only
+        rows = pq.read_table(a / "results" / f"{r['trial_id']}.parquet").to_pylist()
+        assert {row["split"] for row in rows} == {"val_seen", "val_held_out"}
+        assert (r["stopped_at"] is None) == (r["epochs_trained"] == 6)
 
     # no test image, no novel-class image, no training image of a held-out class was read
     splits = read_dataset("synthetic", synth_root)
