@@ -304,3 +304,28 @@ def test_a_member_stopped_early_leaves_its_pack_and_the_others_are_as_alone(synt
     assert hooks.asked[0][1] == sorted(C.trial_id(c) for c in cfgs)
     assert all(victim not in ids for _, ids in hooks.asked[1:])
     assert hooks.saved[-1]["members"][victim]["stopped_at"] == 1  # a resumed pack keeps it stopped
+
+
+class _Resume(_StopOne):
+    """Resumes from a given pack checkpoint, and stops nobody."""
+
+    def __init__(self, state):
+        super().__init__("", 0)
+        self.state = state
+
+    def resume_state(self):
+        return copy.deepcopy(self.state)
+
+
+def test_a_resumed_pack_keeps_its_stopped_member_in_every_later_checkpoint(synth_root, tmp_path, tiny_weights):
+    cfgs = [_search_cfg(synth_root, tmp_path, tiny_weights, **{"prompt_ot.lambda_ot": lam}) for lam in (0.5, 4)]
+    victim = C.trial_id(cfgs[1])
+    first = _StopOne(victim, 1)
+    uninterrupted = run_pack(cfgs, hooks=first)
+    resumed_hooks = _Resume(first.saved[1])  # the checkpoint after epoch 2, the victim stopped after 1
+    resumed = run_pack(cfgs, hooks=resumed_hooks)
+    assert resumed[1].outcome.stopped_at == 1
+    for a, b in zip(uninterrupted, resumed, strict=True):
+        for key, value in a.outcome.prompt_state.items():
+            assert (b.outcome.prompt_state[key] - value).abs().max().item() < 1e-5, key
+    assert all(victim in s["members"] for s in resumed_hooks.saved)  # a second resume would find it

@@ -288,15 +288,17 @@ def train_pack(
     """
     start_epoch, seconds_before = 0, 0.0
     t0 = time.perf_counter()
+    states: dict[str, dict[str, Any]] = {}  # each member's state after its last trained epoch
     state = hooks.resume_state()
     if state is not None:
         start_epoch, seconds_before = resume_pack(members, state)
+        if len(members) > 1:  # a member stopped early is in every later checkpoint of its pack
+            states = dict(state["members"])
         log.info("resuming from the checkpoint of epoch %d", start_epoch)
     _text_references(members, hooks)
 
     alone = len(members) == 1
     stop = max(m.stop for m in members)
-    states: dict[str, dict[str, Any]] = {}  # each member's state after its last trained epoch
     amp = autocast_dtype(members[0].cfg.precision)
     for epoch in range(start_epoch, stop):
         active = [m for m in alive(members) if epoch < m.stop]
@@ -374,9 +376,9 @@ def train_pack(
         if validate is not None:
             for tid, scores in validate(done).items():
                 next(m for m in done if m.trial_id == tid).history[-1].update(scores)
-            stop = hooks.early_stop(epoch, {m.trial_id: [dict(h) for h in m.history] for m in done})
+            stopped = hooks.early_stop(epoch, {m.trial_id: [dict(h) for h in m.history] for m in done})
             for m in done:
-                if m.trial_id in stop and epoch + 1 < m.stop:
+                if m.trial_id in stopped and epoch + 1 < m.stop:
                     log.info("%s: stopped by its search's scheduler after epoch %d", m.trial_id, epoch + 1)
                     m.stopped_at = m.stop = epoch + 1
         for m in done:
