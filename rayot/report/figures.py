@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from rayot import methods
 from rayot.report.frame import SearchedVariant, Variant
@@ -272,7 +273,10 @@ def search_scores(groups: Mapping[SearchedVariant, Sequence[Search]]) -> Figure 
             positive = bool(values) and min(values) > 0
             on_log = any(s.is_log(k) for (_, k), s, _, _ in points)
             if positive and (on_log or max(values) / min(values) > 100):
-                ax.set_xscale("log")
+                ax.set_xscale("log")  # labels at 1, 2 and 5 of each decade, as plain numbers
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             shown: list[str] = []
         else:  # a categorical key (choice of names): one tick per value
             shown = sorted({format_value(v) for *_, v in points})
@@ -313,8 +317,9 @@ def search_scores(groups: Mapping[SearchedVariant, Sequence[Search]]) -> Figure 
     if stopped_any:
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
                               markeredgecolor="0.4", label="stopped early"))
-    fig.axes[0].legend(handles=handles, fontsize=7, loc="best")
-    fig.tight_layout()
+    # below the panels: inside one it would cover the samples that score best
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return Figure(
         "search_scores",
         "Validation score against the searched values (star: the sample chosen; hollow: stopped early)",
