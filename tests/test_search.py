@@ -329,3 +329,19 @@ def test_a_resumed_pack_keeps_its_stopped_member_in_every_later_checkpoint(synth
         for key, value in a.outcome.prompt_state.items():
             assert (b.outcome.prompt_state[key] - value).abs().max().item() < 1e-5, key
     assert all(victim in s["members"] for s in resumed_hooks.saved)  # a second resume would find it
+
+
+def test_the_cli_prints_a_bad_search_section_as_written_with_exit_status_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from rayot.cli import main
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "base": BASE, "search": {**SEARCH, "algorithm": "bayes"}}))
+    monkeypatch.setattr(sys, "argv", ["rayot", "sweep", str(path), "--dry-run"])
+    with pytest.raises(SystemExit) as end:
+        main()
+    assert end.value.code == 2
+    err = capsys.readouterr().err
+    # one message, brackets kept (they are text, not markup)
+    assert "unknown algorithm 'bayes'" in err and "pip install rayot[optuna]" in err and "Traceback" not in err

@@ -12,6 +12,7 @@ import sys
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from rayot import __version__
 from rayot.cli import data, methods, report, sweep, train
@@ -70,7 +71,8 @@ def main() -> None:
     try:
         app()
     except RayotError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # the message as written: "[low, high]" or "rayot[optuna]" is text, not Rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted: results written so far are kept; run the same command "
