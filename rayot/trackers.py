@@ -294,13 +294,17 @@ def final_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """The final accuracies (percent) of a trial's result rows.
 
     Base-to-novel: ``base``, ``novel`` and ``hm`` (the harmonic mean, the rule of
-    :func:`rayot.report.harmonic_mean`); any other evaluation: ``acc/<eval dataset>``.
+    :func:`rayot.report.harmonic_mean`); any other evaluation: ``acc/<eval dataset>``. A search
+    trial's validation scores: ``val/seen``, ``val/held_out`` and ``val/hm``, or ``val/accuracy``,
+    the names of its epoch metrics.
     """
     out: dict[str, float] = {}
     for r in rows:
         if r.get("status", "done") != "done" or r.get("accuracy") is None:
             continue
-        if r["protocol"] == "base2novel" and r["split"] in ("base", "novel"):
+        if r["split"] in _VALIDATION_NAMES:
+            out[_VALIDATION_NAMES[r["split"]]] = float(r["accuracy"])
+        elif r["protocol"] == "base2novel" and r["split"] in ("base", "novel"):
             out[r["split"]] = float(r["accuracy"])
         else:
             out[f"acc/{r['eval_dataset']}"] = float(r["accuracy"])
@@ -308,7 +312,15 @@ def final_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         from rayot.report.aggregate import harmonic_mean
 
         out["hm"] = harmonic_mean(out["base"], out["novel"])
+    if "val/seen" in out and "val/held_out" in out:
+        from rayot.report.aggregate import harmonic_mean
+
+        out["val/hm"] = harmonic_mean(out["val/seen"], out["val/held_out"])
     return out
+
+
+#: A search trial's result splits (rayot.config.VALIDATION_SPLITS) as its tracked metrics.
+_VALIDATION_NAMES = {"val_seen": "val/seen", "val_held_out": "val/held_out", "val": "val/accuracy"}
 
 
 def final_metrics_of(location: str, trial_id: str) -> dict[str, float]:

@@ -345,3 +345,12 @@ def test_the_cli_prints_a_bad_search_section_as_written_with_exit_status_2(tmp_p
     err = capsys.readouterr().err
     # one message, brackets kept (they are text, not markup)
     assert "unknown algorithm 'bayes'" in err and "pip install rayot[optuna]" in err and "Traceback" not in err
+
+
+def test_trackers_get_a_search_trials_validation_scores_under_their_own_names():
+    from rayot.trackers import final_metrics
+
+    rows = [{"protocol": "base2novel", "eval_dataset": "dtd", "split": "val_seen", "accuracy": 90.0},
+            {"protocol": "base2novel", "eval_dataset": "dtd", "split": "val_held_out", "accuracy": 60.0}]
+    assert final_metrics(rows) == {"val/seen": 90.0, "val/held_out": 60.0, "val/hm": pytest.approx(72.0)}
+    assert final_metrics([{**rows[0], "protocol": "few_shot", "split": "val"}]) == {"val/accuracy": 90.0}
