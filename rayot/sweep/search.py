@@ -92,10 +92,11 @@ def cells_of(spec: SweepSpec, trials: list[C.TrialConfig]) -> list[Cell]:
         seeds = tuple(sorted({c.seed for c in grid}))
         seed = search.trial_seed if search.trial_seed is not None else seeds[0]
         first = grid[0]
-        metric = search.metric or metrics_of(_search_trial(first, search, seed, {}))[0]
-        if metric not in metrics_of(_search_trial(first, search, seed, {})):
+        offered = metrics_of(_search_trial(first, search, seed, {}))
+        metric = search.metric or offered[0]
+        if metric not in offered:
             raise ConfigError(f"search.metric: {metric} does not apply to the cell {first.data.dataset} "
-                              f"{first.data.protocol} (its metrics: {', '.join(metrics_of(_search_trial(first, search, seed, {})))})")
+                              f"{first.data.protocol} (its metrics: {', '.join(offered)})")
         section = json.dumps({**asdict(search), "method": method, "metric": metric}, sort_keys=True, default=str)
         search_id = hashlib.sha256(f"{key}|{section}".encode()).hexdigest()[:12]
         cells.append(Cell(search_id, C.replace(first, seed=seed), grid, seeds, metric))
