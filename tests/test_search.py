@@ -160,13 +160,11 @@ def test_the_epoch_budget_of_asha(tmp_path):
 
 
 def _rungs(n=6, epochs=8, grace=2, rf=2, brackets=1, kind="asha"):
-    from dataclasses import asdict
-
     from rayot.sweep.spec import Scheduler, Search
 
     search = Search(space={"x": {"uniform": [0, 1]}}, scheduler=Scheduler(kind, grace, rf, brackets))
     order = [f"t{i}" for i in range(n)]
-    return S.Rungs({"s": {"order": order, "metric": "hm", "search": asdict(search), "epochs": epochs,
+    return S.Rungs({"s": {"order": order, "metric": "hm", "search": search, "epochs": epochs,
                           "seed": 0}}), order
 
 

@@ -336,7 +336,7 @@ def _start_coordinator(searches: dict[str, dict[str, Any]], location: str, token
                        done: dict[str, str]) -> tuple[Any, str | None]:
     """The searches' coordinator actor and its name (None without a scheduler), told what earlier
     runs finished: their trials' every epoch's scores, and where they ended."""
-    if not any(info["search"]["scheduler"]["type"] != "none" for info in searches.values()):
+    if not any(info["search"].scheduler.type != "none" for info in searches.values()):
         return None, None
     histories, ended = {}, {}
     for info in searches.values():
@@ -454,6 +454,11 @@ def run_search(spec: SweepSpec, cells: list[search.Cell], **run: Any) -> SearchR
     return out
 
 
+def _values(params: Mapping[str, Any]) -> str:
+    """A sample's values as the tables show settings: ``λ=4.43``."""
+    return " ".join(f"{setting_label(k.split('.', 1)[-1])}={format_value(v)}" for k, v in params.items())
+
+
 def search_table(run: SearchRun, s: search.Search) -> Table:
     """Each search's choice: the chosen values, their validation score, how much training it took."""
     table = Table(title="search: the setting chosen on validation, per cell")
@@ -462,8 +467,7 @@ def search_table(run: SearchRun, s: search.Search) -> Table:
     for c in run.cells:
         outcomes = run.outcomes[c.search_id]
         i = run.chosen[c.search_id]
-        chosen = " ".join(f"{setting_label(k.split('.', 1)[-1])}={format_value(v)}"
-                          for k, v in c.samples[i].items()) if i is not None else "none (no sample finished)"
+        chosen = _values(c.samples[i]) if i is not None else "none (no sample finished)"
         score = f"{outcomes[i].score:.2f} ({c.metric})" if i is not None else "-"
         done = sum(o.status == "done" for o in outcomes)
         stopped = sum(o.stopped_at is not None for o in outcomes)
@@ -482,8 +486,7 @@ def search_plan(s: search.Search, cells: list[search.Cell], done: dict[str, str]
     for col in ("search", "dataset", "protocol", "method", "metric", "samples", "done"):
         table.add_column(col)
     for c in cells:
-        shown = "; ".join(" ".join(f"{setting_label(k.split('.', 1)[-1])}={format_value(v)}" for k, v in p.items())
-                          for p in c.samples[:6]) + (" ..." if len(c.samples) > 6 else "")
+        shown = "; ".join(_values(p) for p in c.samples[:6]) + (" ..." if len(c.samples) > 6 else "")
         if s.algorithm == "optuna":
             shown = f"first round: {shown}"
         finished = sum(done.get(t) == "done" for t in c.trial_ids())

@@ -346,8 +346,8 @@ class Rungs:
     """
 
     def __init__(self, searches: dict[str, dict[str, Any]]) -> None:
-        """``searches``: search id -> {"order": [trial ids], "metric": name, "search": Search
-        fields, "epochs": E, "seed": the search's seed}."""
+        """``searches``: search id -> {"order": [trial ids], "metric": name, "search": the
+        :class:`Search`, "epochs": E, "seed": the search's seed}."""
         self.order: dict[str, list[str]] = {}
         self.search_of: dict[str, str] = {}
         self.metric: dict[str, str] = {}
@@ -357,8 +357,7 @@ class Rungs:
         self.ended: dict[str, int] = {}  # trial id -> the last epoch it will ever report
         self.decisions: dict[tuple[str, int], bool] = {}  # (trial id, epoch) -> stop
         for sid, info in searches.items():
-            search = Search(**{**info["search"], "scheduler": _scheduler(info["search"]["scheduler"])})
-            scheduler = make_scheduler(search, info["epochs"])
+            scheduler = make_scheduler(info["search"], info["epochs"])
             self.order[sid] = list(dict.fromkeys(info["order"]))
             self.metric[sid] = VALIDATION_PREFIX + info["metric"]
             if scheduler is None:
@@ -443,15 +442,9 @@ class Rungs:
                 self.fed[(sid, epoch)] = n
 
 
-def _scheduler(raw: Any) -> Any:
-    from rayot.sweep.spec import Scheduler
-
-    return raw if isinstance(raw, Scheduler) else Scheduler(**raw)
-
-
 def rung_searches(cells: list[Cell], search: Search) -> dict[str, dict[str, Any]]:
-    """What :class:`Rungs` needs of each search (plain data: it travels to a Ray actor)."""
-    return {c.search_id: {"order": c.trial_ids(), "metric": c.metric, "search": asdict(search),
+    """What :class:`Rungs` needs of each search (it travels to a Ray actor)."""
+    return {c.search_id: {"order": c.trial_ids(), "metric": c.metric, "search": search,
                           "epochs": C.epochs_trained(c.config), "seed": search.seed} for c in cells}
 
 

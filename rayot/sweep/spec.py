@@ -68,23 +68,30 @@ class Scheduler:
 
 
 @dataclass(frozen=True)
-class Search:
-    """A sweep's ``search:`` section: a search per cell of the grid (dataset × protocol × shots ×
-    the searched method's other grid axes), on the validation objective, then the chosen setting
-    trained for every seed of the cell and tested (docs/search.md)."""
+class _SearchKeys:
+    """The plain keys of a ``search:`` section, typed and checked by rayot.typed."""
 
-    space: dict[str, dict[str, list[Any]]]  # dotted key -> {Ray Tune sampler: its arguments}
     method: str = ""  # whose grid trials form the cells (default: the sweep's one trained method)
     algorithm: str = "random"
     num_samples: int = 8
     seed: int = 0  # the search's own: the same seed draws the same samples
     metric: str = ""  # hm | seen | held_out (base-to-novel), accuracy (the others); default hm / accuracy
-    scheduler: Scheduler = field(default_factory=Scheduler)
     trial_seed: int | None = None  # the training seed of the search's trials (default: the grid's first)
     holdout: float = 0.5  # base-to-novel: the fraction of the base classes held out as pseudo-novel
     holdout_seed: int = 0
     batch: int = 0  # samples per round (optuna learns between rounds); 0: all at once, or 4 for optuna
     run_grid: bool = True  # the searched method's own grid trials (the fixed settings) run too
+
+
+@dataclass(frozen=True)
+class Search(_SearchKeys):
+    """A sweep's ``search:`` section: a search per cell of the grid (dataset × protocol × shots ×
+    the searched method's other grid axes), on the validation objective, then the chosen setting
+    trained for every seed of the cell and tested (docs/search.md)."""
+
+    #: dotted key -> {Ray Tune sampler: its arguments}
+    space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    scheduler: Scheduler = field(default_factory=Scheduler)
 
     @property
     def rounds_batch(self) -> int:
@@ -320,8 +327,7 @@ def parse_search(raw: Any) -> Search | None:
         rest.setdefault("num_samples", 1)  # each time over the grid draws the same trials again
     search = C.build_dataclass(_SearchKeys, rest, "search.")
     scheduler = C.build_dataclass(Scheduler, scheduler_raw, "search.scheduler.")
-    search = Search(space=space, scheduler=scheduler, **{f.name: getattr(search, f.name)
-                                                         for f in dataclasses.fields(_SearchKeys)})
+    search = Search(**dataclasses.asdict(search), space=space, scheduler=scheduler)
     if search.algorithm not in ALGORITHMS:
         raise ConfigError(f"search.algorithm: unknown algorithm {search.algorithm!r} "
                           f"(known: {', '.join(ALGORITHMS)}; optuna needs `pip install rayot[optuna]`)")
@@ -349,22 +355,6 @@ def parse_search(raw: Any) -> Search | None:
                 raise ConfigError(f"search.space.{key}: algorithm grid needs a finite list of values "
                                   f"(choice or grid_search), not {name}")
     return search
-
-
-@dataclass(frozen=True)
-class _SearchKeys:
-    """The plain keys of a ``search:`` section, typed and checked by rayot.typed."""
-
-    method: str = ""
-    algorithm: str = "random"
-    num_samples: int = 8
-    seed: int = 0
-    metric: str = ""
-    trial_seed: int | None = None
-    holdout: float = 0.5
-    holdout_seed: int = 0
-    batch: int = 0
-    run_grid: bool = True
 
 
 def _sampler(key: str, sampler: Any) -> dict[str, list[Any]]:
