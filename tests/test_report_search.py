@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from rich.console import Console
+from test_report import _row, _table  # the report tests' lookups of a table and a row
 from typer.testing import CliRunner
 
 from rayot import config as C
@@ -19,7 +20,7 @@ from rayot.errors import RayotError
 from rayot.report import build_report, harmonic_mean, print_report, write_report
 from rayot.report import figures as F
 from rayot.report.frame import search_trial_ids
-from rayot.report.model import Report, ReportTable
+from rayot.report.model import Report
 from rayot.report.search import group_searches, read_searches
 from rayot.report.to_html import to_html
 from rayot.report.to_latex import to_latex
@@ -137,16 +138,6 @@ def _build(loc: Path, *, searches: bool = True, **kw: object) -> Report:
     return build_report(read_results([str(loc)]), searches=records, **kw)
 
 
-def _table(report: Report, key: str) -> ReportTable:
-    found = [t for t in report.tables if t.key == key]
-    assert found, f"no table {key}; have {[t.key for t in report.tables]}"
-    return found[0]
-
-
-def _row(table: ReportTable, label: str):
-    found = [r for r in table.rows if r.label == label]
-    assert found, f"no row {label}; have {[r.label for r in table.rows]}"
-    return found[0]
 
 
 def _rendered(report: Report, tmp_path: Path) -> dict[str, bytes]:
