@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rayot import __version__
+from rayot import __version__, storage
 from rayot.errors import RayotError
 
 log = logging.getLogger(__name__)
@@ -128,14 +128,9 @@ def make_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 
 def filesystem(location: str, what: str = "results") -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of a location and the path inside it (absolute for a local path)."""
-    try:
-        return pafs.FileSystem.from_uri(location)
-    except (pa.ArrowInvalid, ValueError):
-        # a plain relative path
-        return pafs.LocalFileSystem(), os.path.abspath(location)
-    except OSError as exc:  # unreachable bucket, missing credentials
-        raise RayotError(f"{what} location {location!r}: {exc}") from exc
+    """The pyarrow filesystem of a location and the path inside it (absolute for a local path);
+    see :func:`rayot.storage.filesystem` for object stores' endpoints."""
+    return storage.filesystem(location, what)
 
 
 def is_local(fs: pafs.FileSystem) -> bool:
@@ -206,16 +201,20 @@ def write_file(location: str, name: str, data: bytes) -> str:
         write_local_file(path, data)
         return path
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = _temporary_name(parent)
-    try:
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(tmp)
-        raise
+
+    def write() -> None:
+        fs.create_dir(parent, recursive=True)
+        tmp = _temporary_name(parent)
+        try:
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+            fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp)
+            raise
+
+    storage.retrying(write, location=location, what=f"writing {name} to the")
     return path
 
 
@@ -340,12 +339,10 @@ def write_failure_rows(location: str, trial_id: str, rows: Sequence[Mapping[str,
     steps, not one atomic operation: the trial's lease (:mod:`rayot.sweep.leases`) is what keeps two
     writers of one trial apart.
     """
-    fs, path = trial_path(location, trial_id)
-    if fs.get_file_info(path).type == pafs.FileType.File:
-        status, _ = _inspect(fs, path, trial_id)
-        if status == "done":
-            log.warning("trial %s: not recording a failure over its done result %s", trial_id, path)
-            return None
+    if trial_status(location, trial_id, warn=False) == "done":
+        log.warning("trial %s: not recording a failure over its done result %s", trial_id,
+                    trial_path(location, trial_id)[1])
+        return None
     return write_trial_rows(location, trial_id, rows)
 
 
@@ -362,6 +359,8 @@ def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tup
                 return None, f"not a rayot result file (missing columns {missing})"
             table = pf.read(columns=["trial_id", "status"])
     except (pa.ArrowException, OSError) as exc:
+        if storage.transient(exc):  # the store did not answer: not a verdict on the file
+            raise
         return None, f"not a readable Parquet file ({exc})"
     if table.num_rows == 0:
         return None, "holds no rows"
@@ -378,13 +377,19 @@ def _warn_unreadable(path: str, problem: str) -> None:
     log.warning("results file %s: %s; its trial counts as not done", path, problem)
 
 
-def trial_status(location: str, trial_id: str) -> str | None:
-    """``"done"``, ``"failed"`` or ``None`` (no result file, or an unreadable one: logged) for one trial."""
+def trial_status(location: str, trial_id: str, *, warn: bool = True) -> str | None:
+    """``"done"``, ``"failed"`` or ``None`` (no result file, or an unreadable one: logged unless
+    ``warn`` is False) for one trial. An object store that does not answer is retried
+    (:func:`rayot.storage.retrying`)."""
     fs, path = trial_path(location, trial_id)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    status, problem = _inspect(fs, path, trial_id)
-    if problem:
+
+    def look() -> tuple[str | None, str | None]:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None, None
+        return _inspect(fs, path, trial_id)
+
+    status, problem = storage.retrying(look, location=location, what="results")
+    if problem and warn:
         _warn_unreadable(path, problem)
     return status
 
@@ -402,10 +407,15 @@ def trial_error(location: str, trial_id: str) -> str | None:
 def _trial_files(location: str) -> list[tuple[pafs.FileSystem, str, str]]:
     """``(fs, path, trial id)`` of every ``<trial id>.parquet`` directly under ``location``."""
     fs, base = filesystem(location)
-    if fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
+
+    def listing() -> list[pafs.FileInfo]:
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        return fs.get_file_info(pafs.FileSelector(base, recursive=False))
+
+    infos = storage.retrying(listing, location=location, what="results")
     out = []
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=False)):
+    for info in infos:
         name = info.base_name
         if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith("."):
             out.append((fs, info.path, name[: -len(".parquet")]))
@@ -420,7 +430,8 @@ def finished_trials(location: str) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for fs, path, trial_id in _trial_files(location):
-        status, problem = _inspect(fs, path, trial_id)
+        status, problem = storage.retrying(lambda fs=fs, path=path, trial_id=trial_id: _inspect(fs, path, trial_id),
+                                           location=location, what="results")
         if problem:
             _warn_unreadable(path, problem)
         else:

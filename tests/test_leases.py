@@ -139,25 +139,26 @@ def test_without_hard_links_creation_falls_back_to_o_excl(tmp_path, monkeypatch)
 
 
 def test_object_store_path_reads_back(tmp_path, monkeypatch):
-    # a SubTreeFileSystem is not a LocalFileSystem: the write-and-read-back path runs
+    # a store without conditional writes (hdfs://, here a SubTreeFileSystem): the best-effort
+    # write-and-read-back path runs
     sub = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
     monkeypatch.setattr(leases, "filesystem", lambda loc, what="results": (sub, "res"))
     clock = FakeClock()
     a, b = Owner.new("a"), Owner.new("b")
-    lease_a = leases.acquire("s3://fake/res", "t1", a, ttl_s=60, clock=clock, settle_s=0)
+    lease_a = leases.acquire("hdfs://fake/res", "t1", a, ttl_s=60, clock=clock, settle_s=0)
     assert isinstance(lease_a, Lease)
     assert (tmp_path / "res" / ".leases" / "t1.json").is_file()
-    got = leases.acquire("s3://fake/res", "t1", b, ttl_s=60, clock=clock, settle_s=0)
+    got = leases.acquire("hdfs://fake/res", "t1", b, ttl_s=60, clock=clock, settle_s=0)
     assert isinstance(got, LeaseHolder) and got.owner == a
     clock.advance(30)
     assert lease_a.renew() is True and lease_a.expires_at == clock.now + 60
-    assert leases.holders("s3://fake/res", clock=clock)["t1"].owner == a
+    assert leases.holders("hdfs://fake/res", clock=clock)["t1"].owner == a
     clock.advance(61)
-    lease_b = leases.acquire("s3://fake/res", "t1", b, ttl_s=60, clock=clock, settle_s=0)
+    lease_b = leases.acquire("hdfs://fake/res", "t1", b, ttl_s=60, clock=clock, settle_s=0)
     assert isinstance(lease_b, Lease)
     assert lease_a.renew() is False and lease_a.lost
     assert lease_b.release() is True
-    assert leases.holder("s3://fake/res", "t1", clock=clock) is None
+    assert leases.holder("hdfs://fake/res", "t1", clock=clock) is None
 
 
 def test_leases_are_not_results(tmp_path):

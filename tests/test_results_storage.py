@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from rayot import results
+from rayot import results, storage
 from rayot.errors import RayotError
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -75,8 +75,10 @@ def test_write_file_object_store_path_removes_temporary_on_failure(tmp_path, mon
 
     broken = _BrokenMove(sub)
     monkeypatch.setattr(results, "filesystem", lambda loc, what="results": (broken, "res"))
-    with pytest.raises(OSError, match="network went away"):
+    monkeypatch.setenv(storage.RETRY_ENV, "0.3")  # a dropped connection is retried for 0.3 s
+    with pytest.raises(storage.StorageUnavailable, match="did not answer .* network went away"):
         results.write_file("s3://fake/res", "t.parquet", b"new")
+    assert broken.moves > 1
     assert (tmp_path / "res" / "t.parquet").read_bytes() == b"ok"
     assert _temporaries(tmp_path) == []
 
@@ -86,11 +88,13 @@ class _BrokenMove:
 
     def __init__(self, fs: pafs.FileSystem) -> None:
         self._fs = fs
+        self.moves = 0
 
     def __getattr__(self, name):
         return getattr(self._fs, name)
 
     def move(self, src, dst):
+        self.moves += 1
         raise OSError("network went away")
 
 

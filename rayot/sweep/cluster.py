@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ray
 
+from rayot import storage
 from rayot.errors import RayotError
 from rayot.sweep.spec import Resources
 
@@ -102,7 +103,10 @@ def connect(address: str | None) -> bool:
         _probe(address)
         log.info("joining the Ray cluster at %s", address)
         try:
-            ray.init(address=address, log_to_driver=False)
+            # the object stores' endpoints this process uses reach the sweep's workers too
+            env = storage.client_environment()
+            ray.init(address=address, log_to_driver=False,
+                     runtime_env={"env_vars": env} if env else None)
         except (ConnectionError, TimeoutError, ValueError) as exc:
             raise RayotError(f"Ray cluster at {address!r}: cannot connect ({exc})") from exc
         return False

@@ -7,17 +7,25 @@ lease live by renewing it (:class:`Heartbeat` does so from a thread), and gives 
 :meth:`Lease.release`. The lease of an owner that died expires after its time to live and is then
 taken over by the next owner that asks.
 
-Guarantees. On a local filesystem (a path or a ``file://`` URI, including a shared POSIX mount
-with atomic ``link``/``rename``, such as NFS) a lease is created atomically: its content is
-written to a temporary file that is then hard-linked to the lease's name, which fails when the
-name exists (``O_CREAT | O_EXCL`` where hard links are not supported). Every change to an
-existing lease (renewal, take-over of an expired one, release) is a compare-and-swap under a
-lock file created with ``O_EXCL``: the lease is replaced (or deleted) only if it still holds what
-was read, so of several owners racing for a trial exactly one wins. On
-an object store (``s3://``, ``gs://``) there is no create-if-absent through pyarrow: a lease is
-written, then read back after ``settle_s`` seconds and held only if it still carries this
-owner's token. That is best effort: two owners writing within the same instant can both believe
-they hold the trial.
+Guarantees. Every lease operation is a conditional write, so of several owners racing for a
+trial exactly one wins:
+
+- a local filesystem (a path or a ``file://`` URI, including a shared POSIX mount with atomic
+  ``link``/``rename``, such as NFS): a lease is created by hard-linking a fully written temporary
+  file to its name, which fails when the name exists (``O_CREAT | O_EXCL`` where hard links are
+  not supported); every change to an existing lease (renewal, take-over of an expired one,
+  release) is a compare-and-swap under a lock file created with ``O_EXCL``;
+- S3 (``s3://``, boto3 installed: ``rayot[s3]``): create with ``If-None-Match: *``, change and
+  delete with ``If-Match: <the ETag read>``;
+- GCS (``gs://``, google-cloud-storage installed: ``rayot[gcs]``): create with
+  ``ifGenerationMatch=0``, change and delete with ``ifGenerationMatch=<the generation read>``.
+
+Any other store (or an object store without its client) is best effort: a lease is written,
+then read back after ``settle_s`` seconds and held only if it still carries this owner's token,
+so two owners writing within the same instant can both believe they hold the trial;
+:func:`rayot.storage.lease_guarantee` gives the one-line warning a sweep prints then. On an
+object store every operation is retried while the store does not answer
+(:func:`rayot.storage.retrying`).
 
 Expiry compares wall clocks of different hosts: keep the time to live well above their skew.
 The ``.leases`` folder is a dot-folder, which :func:`rayot.results.finished_trials` and
@@ -37,11 +45,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from rayot import storage
 from rayot.errors import RayotError
 from rayot.results import filesystem, fsync_dir, is_local, write_local_file
+from rayot.storage import ConditionalStore, Stored
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ LEASES = ".leases"
 _ATTEMPTS = 200
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,10 @@ def _decode(raw: bytes, trial_id: str) -> LeaseHolder | None:
     return holder if holder.trial_id == trial_id and owner.token else None
 
 
+#: the holder of a lease that cannot be decoded, when only its token matters
+_NOBODY = LeaseHolder("", Owner("", "?", 0), 0.0)
+
+
 def _unreadable(trial_id: str, path: str, mtime: float | None, ttl_s: float) -> LeaseHolder:
     """An unreadable lease file (being written, or damaged) counts as held for ``ttl_s`` after its
     last change; an unknown owner holds it."""
@@ -133,7 +149,7 @@ def _unreadable(trial_id: str, path: str, mtime: float | None, ttl_s: float) -> 
                        (mtime or 0.0) + ttl_s)
 
 
-# --- the storage operations: local (atomic) and object store (best effort) -------------------------
+# --- the storage operations: local and object stores (conditional writes), others (best effort) 
 
 
 def _read(fs: pafs.FileSystem, path: str) -> tuple[bytes, float | None] | None:
@@ -242,6 +258,50 @@ def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         out.write(data)
 
 
+class _LocalStore(ConditionalStore):
+    """The local filesystem as a conditional store: a version is the lease file's bytes."""
+
+    how = "local create-if-absent and compare-and-swap"
+
+    def read(self, key: str) -> Stored | None:
+        try:
+            with open(key, "rb") as f:
+                raw = f.read()
+                return Stored(raw, raw.decode("latin-1"), os.fstat(f.fileno()).st_mtime)
+        except FileNotFoundError:
+            return None
+
+    def create(self, key: str, data: bytes) -> str | None:
+        return data.decode("latin-1") if _create_local(key, data) else None
+
+    def replace(self, key: str, data: bytes, version: str) -> str | None:
+        return data.decode("latin-1") if _replace_local_if(key, version.encode("latin-1"), data) else None
+
+    def delete(self, key: str, version: str) -> bool:
+        return _replace_local_if(key, version.encode("latin-1"), None)
+
+
+_LOCAL = _LocalStore()
+
+
+def _store(location: str, trial_id: str) -> tuple[ConditionalStore, str, str] | None:
+    """The conditional store of ``location``, the key of ``trial_id``'s lease in it and the
+    location to retry against; ``None`` where leases are best effort."""
+    fs, path = lease_path(location, trial_id)
+    if is_local(fs):
+        return _LOCAL, path, "file"
+    got = storage.conditional_store(location)
+    if got is None:
+        return None
+    store, prefix = got
+    return store, "/".join(p for p in (prefix, LEASES, f"{trial_id}.json") if p), location
+
+
+def _call(location: str, op: Callable[..., T], *args: object) -> T:
+    """``op(*args)``, retried while the store at ``location`` does not answer."""
+    return storage.retrying(lambda: op(*args), location=location, what="lease")
+
+
 # --- the API ----------------------------------------------------------------------------------------
 
 
@@ -288,14 +348,20 @@ class Lease:
     def release(self) -> bool:
         """Delete the lease file if it is still ours; whether it was deleted."""
         with self._lock:
-            fs, path = lease_path(self.location, self.trial_id)
-            current = _current(fs, path, self.trial_id, self.ttl_s)
-            if current is None or current[0].owner.token != self.owner.token:
-                log.debug("lease of trial %s: not ours any more, left in place", self.trial_id)
-                return False
-            if is_local(fs):
-                released = _replace_local_if(path, current[1], None)
+            conditional = _store(self.location, self.trial_id)
+            if conditional is not None:
+                store, key, where = conditional
+                current = _call(where, store.read, key)
+                if current is None or (_decode(current.data, self.trial_id) or _NOBODY).owner.token != self.owner.token:
+                    log.debug("lease of trial %s: not ours any more, left in place", self.trial_id)
+                    return False
+                released = _call(where, store.delete, key, current.version)
             else:
+                fs, path = lease_path(self.location, self.trial_id)
+                current = _current(fs, path, self.trial_id, self.ttl_s)
+                if current is None or current[0].owner.token != self.owner.token:
+                    log.debug("lease of trial %s: not ours any more, left in place", self.trial_id)
+                    return False
                 with contextlib.suppress(FileNotFoundError):
                     fs.delete_file(path)
                 released = True
@@ -322,35 +388,37 @@ def acquire(location: str, trial_id: str, owner: Owner, ttl_s: float = 120.0, *,
     A live lease of ``owner`` itself: it is renewed. ``clock`` gives epoch seconds (injectable for
     tests); ``settle_s`` is how long an object store is given before the read-back check.
     """
-    fs, path = lease_path(location, trial_id)
-    if not is_local(fs):
+    conditional = _store(location, trial_id)
+    if conditional is None:
+        fs, path = lease_path(location, trial_id)
         return _acquire_object_store(fs, path, location, trial_id, owner, ttl_s, clock, settle_s)
+    store, key, where = conditional
     for _ in range(_ATTEMPTS):
         expires_at = clock() + ttl_s
-        data = _encode(trial_id, owner, expires_at)
-        if _create_local(path, data):
+        if _call(where, store.create, key, _encode(trial_id, owner, expires_at)) is not None:
             log.debug("took the lease of trial %s until %.1f", trial_id, expires_at)
             return Lease(location, trial_id, owner, ttl_s, expires_at, clock=clock, settle_s=settle_s)
-        current = _current(fs, path, trial_id, ttl_s)
+        current = _call(where, store.read, key)
         if current is None:
             continue  # released meanwhile: create again
-        held, raw = current
+        held = _decode(current.data, trial_id) or _unreadable(trial_id, key, current.mtime, ttl_s)
         now = clock()
         if held.live(now) and held.owner.token != owner.token:
             return held
         # ours (a renewal), or expired (a take-over): swap it for ours if it is still what was read
         expires_at = now + ttl_s
-        if _replace_local_if(path, raw, _encode(trial_id, owner, expires_at)):
+        if _call(where, store.replace, key, _encode(trial_id, owner, expires_at), current.version) is not None:
             if held.owner.token != owner.token:
                 log.info("took over the expired lease of trial %s from %s", trial_id, held.owner.describe())
             return Lease(location, trial_id, owner, ttl_s, expires_at, clock=clock, settle_s=settle_s)
-        time.sleep(random.uniform(0.001, 0.01))  # another process changed it: read it again
-    raise RayotError(f"lease of trial {trial_id} at {path}: still contended after {_ATTEMPTS} attempts")
+        time.sleep(random.uniform(0.001, 0.01))  # another owner changed it: read it again
+    raise RayotError(f"lease of trial {trial_id} at {key}: still contended after {_ATTEMPTS} attempts")
 
 
 def _acquire_object_store(fs: pafs.FileSystem, path: str, location: str, trial_id: str, owner: Owner,
                           ttl_s: float, clock: Clock, settle_s: float) -> Lease | LeaseHolder:
-    """Best effort: write the lease unless another live one is there, then read it back."""
+    """Best effort (a store without conditional writes): write the lease unless another live one
+    is there, then read it back."""
     for _ in range(_ATTEMPTS):
         current = _current(fs, path, trial_id, ttl_s)
         if current is not None and current[0].live(clock()) and current[0].owner.token != owner.token:

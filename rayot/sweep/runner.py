@@ -16,16 +16,18 @@ from typing import Any
 from ray import tune
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from rayot import config as C
 from rayot import results
 from rayot.report.names import format_value, setting_label
+from rayot.storage import lease_guarantee
 from rayot.sweep import cluster, search
 from rayot.sweep.packs import make_packs, pack_id
 from rayot.sweep.spec import SweepSpec, storage_of
 from rayot.sweep.tune_callbacks import callbacks as tracker_callbacks
-from rayot.sweep.worker import FAULT_ENV, log_name, record_failure, storage_path, tune_driver
+from rayot.sweep.worker import FAULT_ENV, log_name, ray_storage, record_failure, tune_driver
 from rayot.trackers import Tracking
 from rayot.trackers import prepare as prepare_tracking
 from rayot.typed import plain
@@ -254,6 +256,10 @@ def run_sweep(
     for location, what in ((results_location, "results"), (storage.checkpoints, "checkpoint")):
         results.check_writable(location, what)
         results.clean_temporary_files(location)
+    best_effort = lease_guarantee(results_location)
+    if best_effort:  # two sweeps on this storage could both run a trial: say so, once
+        log.warning("%s", best_effort)
+        console.print(f"[yellow]warning:[/] {escape(best_effort)}")
     if tracking is not None and tracking.enabled:
         prepare_tracking(tracking)  # a missing package or a bad store: one message, before Ray
     cluster.check_storage(results_location, "results", embedded=not address)
@@ -298,7 +304,7 @@ def run_sweep(
         ),
         run_config=tune.RunConfig(
             name=f"tune-{spec.name}{phase and '-' + phase}",
-            storage_path=storage_path(storage.checkpoints),
+            **ray_storage(storage.checkpoints),
             callbacks=[view, *tracker_callbacks(tracking or Tracking(), spec.name),
                        *([EndOnError(coordinator)] if coordinator else [])],
             verbose=0,

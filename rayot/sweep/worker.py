@@ -24,7 +24,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 
 from rayot import config as C
-from rayot import results, trackers
+from rayot import results, storage, trackers
 from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
 from rayot.errors import RayotError
 from rayot.results import failure_row, result_rows
@@ -180,11 +180,16 @@ def _record_member(member: MemberResult, sweep: str, rank: int) -> bool:
     return False
 
 
-def storage_path(location: str) -> str:
-    """Ray wants an absolute local path or a URI."""
+def ray_storage(location: str) -> dict[str, Any]:
+    """Ray's ``storage_path`` (and ``storage_filesystem``) for a checkpoint location: an absolute
+    local path, a ``file://`` URI, or an object store's path with rayot's filesystem of it (its
+    endpoint from the environment, see rayot.storage, and its retries)."""
+    if storage.is_remote(location) and storage.scheme_of(location) in ("s3", "gs"):
+        fs, path = storage.filesystem(location, "checkpoint")
+        return {"storage_path": path, "storage_filesystem": fs}
     if "://" in location:
-        return location
-    return os.path.abspath(location)
+        return {"storage_path": location}
+    return {"storage_path": os.path.abspath(location)}
 
 
 def tune_driver(param: dict[str, Any]) -> None:
@@ -249,7 +254,7 @@ def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str
         run_config=ray.train.RunConfig(
             # deterministic: a re-run of the same trials resumes from this run's checkpoints
             name=name if name.startswith("pack-") else f"trial-{name}",
-            storage_path=storage_path(cfgs[0].output.checkpoints),
+            **ray_storage(cfgs[0].output.checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()],
