@@ -92,13 +92,20 @@ def _bucket_and_path(location: str) -> tuple[str, str]:
     return rest.split("/", 1)[0], rest
 
 
+#: The clients' own retries inside one operation (measured against a store that refuses
+#: connections: S3 standard retries with 6 attempts give up after about 18 s): long enough that
+#: Ray Train's checkpoint uploads, which :func:`retrying` does not wrap, ride out a short outage.
+_S3_ATTEMPTS = 6
+_GCS_RETRY_S = 20.0
+
+
 @functools.lru_cache(maxsize=64)
 def _object_filesystem(scheme: str, bucket: str, env: tuple[tuple[str, str], ...],
                        budget_s: float) -> pafs.FileSystem:
     settings = dict(env)
     if scheme == "gs":
         emulator = settings.get("STORAGE_EMULATOR_HOST")
-        limit = _dt.timedelta(seconds=max(budget_s, 1.0))
+        limit = _dt.timedelta(seconds=min(max(budget_s, 1.0), _GCS_RETRY_S))
         if emulator:
             endpoint = emulator if "://" in emulator else f"http://{emulator}"
             proto, host = endpoint.split("://", 1)
@@ -107,13 +114,12 @@ def _object_filesystem(scheme: str, bucket: str, env: tuple[tuple[str, str], ...
         return pafs.GcsFileSystem(retry_time_limit=limit)
     fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
     if isinstance(fs, pafs.S3FileSystem):
-        # the options from_uri resolved (region, endpoint), with retries spread over the budget
+        # the options from_uri resolved (region, endpoint), with more retries than pyarrow's 3
         try:
             options = dict(fs.__reduce__()[1][0])
             if not any(options.get("proxy_options", {}).values()):
                 options.pop("proxy_options", None)
-            attempts = max(3, int(budget_s // 10))
-            fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=attempts))
+            fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS))
         except (TypeError, ValueError, IndexError, KeyError) as exc:  # another pyarrow's options
             log.debug("S3 filesystem with pyarrow's default retries (%s)", exc)
     return fs
@@ -342,13 +348,19 @@ class GcsStore(ConditionalStore):
         self._missing = exceptions.NotFound
 
     def read(self, key: str) -> Stored | None:
-        blob = self.bucket.blob(key)
-        try:
-            data = blob.download_as_bytes()
-        except self._missing:
-            return None
-        updated = blob.updated
-        return Stored(data, str(blob.generation), updated.timestamp() if updated else None)
+        for _ in range(10):  # the metadata, then that generation's bytes (unless it changed meanwhile)
+            blob = self.bucket.get_blob(key)
+            if blob is None:
+                return None
+            generation, updated = blob.generation, blob.updated
+            try:
+                data = blob.download_as_bytes(if_generation_match=generation)
+            except self._missing:
+                return None
+            except self._failed:
+                continue  # replaced between the two requests: read again
+            return Stored(data, str(generation), updated.timestamp() if updated else None)
+        raise RayotError(f"gs://{self.bucket.name}/{key}: changed at every read")
 
     def _upload(self, key: str, data: bytes, generation: int) -> str | None:
         blob = self.bucket.blob(key)
