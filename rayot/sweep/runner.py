@@ -27,7 +27,15 @@ from rayot.sweep import cluster, search
 from rayot.sweep.packs import make_packs, pack_id
 from rayot.sweep.spec import SweepSpec, storage_of
 from rayot.sweep.tune_callbacks import callbacks as tracker_callbacks
-from rayot.sweep.worker import FAULT_ENV, log_name, ray_storage, record_failure, tune_driver
+from rayot.sweep.worker import (
+    FAULT_ENV,
+    RUN_LOG_ENV,
+    lease_ttl_s,
+    log_name,
+    ray_storage,
+    record_failure,
+    tune_driver,
+)
 from rayot.trackers import Tracking
 from rayot.trackers import prepare as prepare_tracking
 from rayot.typed import plain
@@ -253,6 +261,7 @@ def run_sweep(
         console.print(f"all {len(states)} trials already have results: nothing to run")
         return SweepSummary(states)
 
+    lease_ttl = lease_ttl_s()  # a bad value: one message before anything starts
     for location, what in ((results_location, "results"), (storage.checkpoints, "checkpoint")):
         results.check_writable(location, what)
         results.clean_temporary_files(location)
@@ -287,6 +296,8 @@ def run_sweep(
                     "sweep": spec.name,
                     "owner": owner,
                     "fault": fault,
+                    "run_log": os.environ.get(RUN_LOG_ENV),
+                    "lease_ttl_s": lease_ttl,
                     "coordinator": coordinator,
                 }
                 for pack in packs

@@ -39,6 +39,23 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 #: Test-only fault injection: "EPOCH:MARKER" kills rank 0 once, right after checkpointing EPOCH.
 FAULT_ENV = "RAYOT_INJECT_FAULT"
+#: Test-only: a local file to which each Tune driver appends ``<trial id> <pid>`` for every trial
+#: it is about to train (not the ones it skips), to count how often a trial was run.
+RUN_LOG_ENV = "RAYOT_RUN_LOG"
+#: How long a trial's lease lives without a renewal (seconds, default 120): how long a sweep that
+#: died on another host keeps its trials from the others.
+LEASE_TTL_ENV = "RAYOT_LEASE_TTL_S"
+
+
+def lease_ttl_s() -> float:
+    value = os.environ.get(LEASE_TTL_ENV, "120")
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = -1.0
+    if ttl <= 0:
+        raise RayotError(f"{LEASE_TTL_ENV}={value!r}: not a positive number of seconds")
+    return ttl
 
 
 class RayTrainHooks(DistributedHooks):
@@ -208,7 +225,7 @@ def tune_driver(param: dict[str, Any]) -> None:
         for cfg in cfgs:
             tid = C.trial_id(cfg)
             try:  # two sweeps on one storage: the second skips what the first runs
-                lease = leases.acquire(cfg.output.results, tid, owner)
+                lease = leases.acquire(cfg.output.results, tid, owner, ttl_s=param.get("lease_ttl_s", 120.0))
             except Exception as exc:  # noqa: BLE001 - storage problem: recorded like any failure
                 outcome[tid] = {"status": "failed", "error": _error_text(exc), "log": record_failure(cfg, exc, sweep) or ""}
                 continue
@@ -222,6 +239,9 @@ def tune_driver(param: dict[str, Any]) -> None:
             run.append(cfg)
         with leases.Heartbeat(held) as heartbeat:
             try:
+                if run and param.get("run_log"):
+                    with open(param["run_log"], "a") as f:
+                        f.writelines(f"{C.trial_id(c)} {os.getpid()}\n" for c in run)
                 if run:
                     outcome.update(_fit(run, param))
             finally:  # the samples after these in their search wait no more for them
