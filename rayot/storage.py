@@ -95,6 +95,7 @@ def _bucket_and_path(location: str) -> tuple[str, str]:
 #: The clients' own retries inside one operation (measured against a store that refuses
 #: connections: S3 standard retries with 6 attempts give up after about 18 s): long enough that
 #: Ray Train's checkpoint uploads, which :func:`retrying` does not wrap, ride out a short outage.
+#: A retry budget under a minute (``RAYOT_STORAGE_RETRY_S``) asks to fail fast: 2 attempts.
 _S3_ATTEMPTS = 6
 _GCS_RETRY_S = 20.0
 
@@ -119,7 +120,8 @@ def _object_filesystem(scheme: str, bucket: str, env: tuple[tuple[str, str], ...
             options = dict(fs.__reduce__()[1][0])
             if not any(options.get("proxy_options", {}).values()):
                 options.pop("proxy_options", None)
-            fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS))
+            attempts = _S3_ATTEMPTS if budget_s >= 60 else 2  # a short budget asks to fail fast
+            fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
         except (TypeError, ValueError, IndexError, KeyError) as exc:  # another pyarrow's options
             log.debug("S3 filesystem with pyarrow's default retries (%s)", exc)
     return fs
@@ -170,10 +172,21 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, OSError):  # pyarrow's: "When reading ...: AWS Error NETWORK_CONNECTION ..."
-        text = str(exc).lower()
-        return any(w in text for w in ("network", "connect", "timed out", "timeout", "couldn't",
-                                       "unavailable", "reset", "refused", "curl", "503", "500"))
+        return transient_text(str(exc), loose=True)
     return False
+
+
+def transient_text(text: str, *, loose: bool = False) -> bool:
+    """Whether an error's text says a store did not answer. Strict (default): the S3 and GCS
+    clients' own words, for an error that another layer wrapped (Ray's); ``loose``: any mention of
+    a connection, a timeout or a 5xx, for an error known to come from a storage client."""
+    text = text.lower()
+    words = ("network_connection", "could not connect to server", "failed to connect to",
+             "connection refused", "service unavailable", "curlcode")
+    if loose:
+        words += ("network", "connect", "timed out", "timeout", "couldn't", "unavailable", "reset",
+                  "refused", "curl", "503", "500")
+    return any(w in text for w in words)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from rich.table import Table
 from rayot import config as C
 from rayot import results
 from rayot.report.names import format_value, setting_label
-from rayot.storage import lease_guarantee
+from rayot.storage import lease_guarantee, transient, transient_text
 from rayot.sweep import cluster, search
 from rayot.sweep.packs import make_packs, pack_id
 from rayot.sweep.spec import SweepSpec, storage_of
@@ -327,15 +327,29 @@ def run_sweep(
     if console.is_terminal:
         with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
             view.live = live
-            grid = tuner.fit()
+            grid = _fit_tuner(tuner, storage.checkpoints)
             view.live = None
             live.update(view.render())
     else:
-        grid = tuner.fit()
+        grid = _fit_tuner(tuner, storage.checkpoints)
     del actor  # every trial ended: the coordinator may go
-    tune_errors = {m["trial_id"]: r.error for r in grid if r.error is not None for m in r.config["trial"]["members"]}
+    tune_errors = {m["trial_id"]: r.error for r in grid or () if r.error is not None
+                   for m in r.config["trial"]["members"]}
     _reconcile(states, results_location, tune_errors, spec.name)
     return SweepSummary(states)
+
+
+def _fit_tuner(tuner: tune.Tuner, checkpoints: str):
+    """``tuner.fit()``; ``None`` when Tune could not read its own state back from an object store
+    that stopped answering (the trials' outcomes are then read from the results, which retries)."""
+    try:
+        return tuner.fit()
+    except Exception as exc:
+        if not (transient(exc) or transient_text(str(exc))):
+            raise
+        log.warning("Ray Tune could not read its state at %s (%s); the trials' outcomes come from "
+                    "the results", checkpoints, exc)
+        return None
 
 
 class EndOnError(tune.Callback):

@@ -257,6 +257,45 @@ def tune_driver(param: dict[str, Any]) -> None:
     tune.report({"status": overall, "members": outcome})
 
 
+#: How many times a pack's run is started again after it failed because the object store stopped
+#: answering (each time once the store answers again, within rayot.storage's retry budget).
+_OUTAGE_REFITS = 3
+
+
+def _outage_over(location: str, exc: BaseException) -> bool:
+    """Whether a failed run failed because the object store at ``location`` stopped answering;
+    if so, wait until it answers again (:func:`rayot.storage.retrying`, which raises
+    :class:`rayot.storage.StorageUnavailable` past its budget) and return True."""
+    if not storage.is_remote(location):
+        return False
+    fs, path = storage.filesystem(location, "checkpoint")
+
+    def probe() -> None:
+        fs.get_file_info(path)
+
+    try:
+        probe()
+        down = False
+    except Exception as probe_exc:  # noqa: BLE001 - sorted by transient()
+        if not storage.transient(probe_exc):
+            return False
+        down = True
+    if not (down or storage.transient(exc) or storage.transient_text(str(exc))):
+        return False
+    storage.retrying(probe, location=location, what="checkpoint")
+    return True
+
+
+def _run_failed(cfgs: list[C.TrialConfig], exc: BaseException, param: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Record a failed run's failure for each member that has no ``done`` result."""
+    outcome = {}
+    for cfg in cfgs:
+        if results.trial_status(cfg.output.results, C.trial_id(cfg)) != "done":
+            outcome[C.trial_id(cfg)] = {"status": "failed", "error": _error_text(exc),
+                                        "log": record_failure(cfg, exc, param["sweep"]) or ""}
+    return outcome
+
+
 def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Fit one TorchTrainer for the pack ``cfgs``; each member's outcome by trial id."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -264,30 +303,42 @@ def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str
     r = param["resources"]
     per_worker = worker_resources(Resources(**r))
     name = pack_id(cfgs)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"configs": [C.to_json(c) for c in cfgs], "sweep": param["sweep"],
-                           "fault": param.get("fault"), "coordinator": param.get("coordinator")},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=r["num_workers"], use_gpu="GPU" in per_worker, resources_per_worker=per_worker
-        ),
-        run_config=ray.train.RunConfig(
-            # deterministic: a re-run of the same trials resumes from this run's checkpoints
-            name=name if name.startswith("pack-") else f"trial-{name}",
-            **ray_storage(cfgs[0].output.checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
+
+    def trainer() -> TorchTrainer:
+        return TorchTrainer(
+            train_worker,
+            train_loop_config={"configs": [C.to_json(c) for c in cfgs], "sweep": param["sweep"],
+                               "fault": param.get("fault"), "coordinator": param.get("coordinator")},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=r["num_workers"], use_gpu="GPU" in per_worker, resources_per_worker=per_worker
+            ),
+            run_config=ray.train.RunConfig(
+                # deterministic: a re-run of the same trials resumes from this run's checkpoints
+                name=name if name.startswith("pack-") else f"trial-{name}",
+                **ray_storage(cfgs[0].output.checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=r["max_failures"]),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                callbacks=[TuneReportCallback()],
+            ),
+        )
+
     outcome = {}
-    try:
-        trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
-        for cfg in cfgs:
-            if results.trial_status(cfg.output.results, C.trial_id(cfg)) != "done":
-                outcome[C.trial_id(cfg)] = {"status": "failed", "error": _error_text(exc),
-                                            "log": record_failure(cfg, exc, param["sweep"]) or ""}
+    checkpoints = cfgs[0].output.checkpoints
+    for attempt in range(_OUTAGE_REFITS + 1):
+        try:
+            trainer().fit()
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure of the run is recorded, the sweep goes on
+            try:
+                again = attempt < _OUTAGE_REFITS and _outage_over(checkpoints, exc)
+            except storage.StorageUnavailable as down:
+                exc, again = down, False
+            if again:  # the run failed because the store stopped answering: it is back, resume
+                log.warning("trials %s: the run failed while %s did not answer; it answers again: "
+                            "resuming from the last epoch checkpoint", ", ".join(map(C.trial_id, cfgs)), checkpoints)
+                continue
+            outcome.update(_run_failed(cfgs, exc, param))
+            break
     for cfg in cfgs:
         tid = C.trial_id(cfg)
         if tid in outcome:
