@@ -159,24 +159,30 @@ def test_racing_processes_end_with_exactly_one_holder_per_round(store):
 # --- a store that stops answering -------------------------------------------------------------------
 
 
-@pytest.fixture
-def flaky_s3(monkeypatch):
-    """An S3 server behind a proxy that the test takes off the network and brings back."""
+@pytest.fixture(scope="module")
+def _flaky_server():
     with emulators.start_s3(buckets=(BUCKET,), proxy=True) as s:
-        for k, v in s.env.items():
-            monkeypatch.setenv(k, v)
         yield s
+
+
+@pytest.fixture
+def flaky_s3(_flaky_server, monkeypatch):
+    """An S3 server behind a proxy that the test takes off the network and brings back."""
+    for k, v in _flaky_server.env.items():
+        monkeypatch.setenv(k, v)
+    yield _flaky_server
+    _flaky_server.proxy.up()
 
 
 def test_a_short_outage_is_ridden_out(flaky_s3, monkeypatch):
     location = flaky_s3.uri(BUCKET, "outage")
     results.write_trial_rows(location, "t1", [_row("t1")])
     flaky_s3.proxy.down()
-    threading.Timer(3.0, flaky_s3.proxy.up).start()
+    threading.Timer(1.5, flaky_s3.proxy.up).start()
     start = time.monotonic()
     results.write_trial_rows(location, "t2", [_row("t2")])
     lease = leases.acquire(location, "t2", Owner.new("a"))
-    assert time.monotonic() - start >= 3.0
+    assert time.monotonic() - start >= 1.5
     assert isinstance(lease, Lease)
     assert results.finished_trials(location) == {"t1": "done", "t2": "done"}
 
@@ -234,3 +240,46 @@ def test_best_effort_stores_are_named_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)  # boto3 not installed
     line = storage.lease_guarantee("s3://b/x")
     assert line and "pip install 'rayot[s3]'" in line and "\n" not in line
+
+
+# --- the sweep's side -------------------------------------------------------------------------------
+
+
+def test_ray_gets_rayots_filesystem_of_an_object_store(store, tmp_path):
+    from rayot.sweep.worker import ray_storage
+
+    got = ray_storage(f"{store}/ckpt")
+    assert got["storage_path"].endswith("/ckpt") and "://" not in got["storage_path"]
+    fs = got["storage_filesystem"]
+    with fs.open_output_stream(f"{got['storage_path']}/probe") as out:  # Ray writes through it
+        out.write(b"x")
+    assert storage.filesystem(f"{store}/ckpt/probe")[0].get_file_info(
+        storage.filesystem(f"{store}/ckpt/probe")[1]).type == pafs.FileType.File
+    assert ray_storage(str(tmp_path)) == {"storage_path": str(tmp_path)}
+    assert ray_storage("file:///mnt/shared") == {"storage_path": "file:///mnt/shared"}
+
+
+def test_lease_time_to_live_from_the_environment(monkeypatch):
+    from rayot.errors import RayotError
+    from rayot.sweep.worker import LEASE_TTL_ENV, lease_ttl_s
+
+    assert lease_ttl_s() == 120.0
+    monkeypatch.setenv(LEASE_TTL_ENV, "45")
+    assert lease_ttl_s() == 45.0
+    for bad in ("0", "-3", "soon"):
+        monkeypatch.setenv(LEASE_TTL_ENV, bad)
+        with pytest.raises(RayotError, match=f"RAYOT_LEASE_TTL_S='{bad}': not a positive number"):
+            lease_ttl_s()
+
+
+def test_a_run_that_failed_in_an_outage_waits_for_the_store(flaky_s3, monkeypatch):
+    from rayot.sweep.worker import _outage_over
+
+    location = flaky_s3.uri(BUCKET, "ckpt")
+    assert _outage_over(location, RuntimeError("a bug in the training code")) is False
+    assert _outage_over("/tmp/local", OSError("Could not connect to server")) is False
+    flaky_s3.proxy.down()
+    threading.Timer(1.5, flaky_s3.proxy.up).start()
+    start = time.monotonic()
+    assert _outage_over(location, RuntimeError("ActorDiedError: ... curlCode: 7, Could not connect to server")) is True
+    assert time.monotonic() - start >= 1.4  # it returned once the store answered again
