@@ -254,9 +254,7 @@ def start_s3(*, buckets: tuple[str, ...] = (), proxy: bool = False, log_path: st
     port = free_port()
     server = _start("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                     "/moto-api/", port, proxy, log_path)
-    for b in buckets:
-        server.make_bucket(b)
-    return server
+    return _with_buckets(server, buckets)
 
 
 def start_gcs(*, buckets: tuple[str, ...] = (), proxy: bool = False, log_path: str | None = None) -> StoreServer:
@@ -269,8 +267,17 @@ def start_gcs(*, buckets: tuple[str, ...] = (), proxy: bool = False, log_path: s
     port = free_port()
     server = _start("gcs", [sys.executable, "-m", "rayot.emulators", "gcs", "--port", str(port)],
                     "/storage/v1/b?project=rayot", port, proxy, log_path)
-    for b in buckets:
-        server.make_bucket(b)
+    return _with_buckets(server, buckets)
+
+
+def _with_buckets(server: StoreServer, buckets: tuple[str, ...]) -> StoreServer:
+    """``server`` with ``buckets`` made; stopped when one cannot be made (a bad name)."""
+    try:
+        for b in buckets:
+            server.make_bucket(b)
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 

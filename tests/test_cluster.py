@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib.abc
+import importlib.util
 import json
 import re
 import shlex
@@ -43,6 +44,8 @@ CLUSTER = ROOT / "cluster"
 DOCS = ROOT / "docs" / "cluster.md"
 SUBSET_SCHEMA = ROOT / "tests" / "fixtures" / "kuberay" / "ray.io_v1_subset.schema.json"
 LAUNCHERS = {"aws": CLUSTER / "aws.yaml", "gcp": CLUSTER / "gcp.yaml"}
+#: the local autoscaling cluster (Ray's fake multi-node provider), scripts/local_cluster.py
+LOCAL = CLUSTER / "local-fake.yaml"
 MANIFESTS = [CLUSTER / "kuberay" / "raycluster.yaml", CLUSTER / "kuberay" / "rayjob.yaml"]
 
 RAY_VERSION = ray.__version__
@@ -97,6 +100,53 @@ def test_validator_catches_a_misspelt_key() -> None:
     cfg["idle_timeout_minute"] = cfg.pop("idle_timeout_minutes")
     with pytest.raises(jsonschema.ValidationError, match="idle_timeout_minute"):
         validate_config(cfg)
+
+
+def _local_cluster_script():
+    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("local_cluster", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_local_cluster_config_passes_rays_validator() -> None:
+    # What the autoscaler runs on it when `ray start --head --autoscaling-config` starts the
+    # monitor (StandardAutoscaler.reset). `prepare_config` is `ray up`'s step, which a fake
+    # cluster does not take (and the wheel lacks the fake provider's defaults file it would merge).
+    cfg = _load(LOCAL)
+    validate_config(copy.deepcopy(cfg))
+    typo = copy.deepcopy(cfg)
+    typo["idle_timeout_minute"] = typo.pop("idle_timeout_minutes")
+    with pytest.raises(jsonschema.ValidationError, match="idle_timeout_minute"):
+        validate_config(typo)
+
+
+def test_local_cluster_config_scales_one_cpu_workers_from_zero(tmp_path: Path) -> None:
+    cfg = _load(LOCAL)
+    assert cfg["provider"]["type"] == "fake_multinode"
+    head_type = cfg["head_node_type"]
+    head = cfg["available_node_types"][head_type]["resources"]
+    # trials' workers never land on the head; the sweep's Tune drivers take driver slots there
+    assert head.get("CPU", 0) == 0 and head.get("GPU", 0) == 0 and head["driver_slot"] >= 2
+    workers = {k: v for k, v in cfg["available_node_types"].items() if k != head_type}
+    assert workers
+    for name, node_type in workers.items():
+        assert node_type["min_workers"] == 0, name
+        assert node_type["resources"]["CPU"] == 1 and not node_type["resources"].get("GPU"), name
+        assert 2 <= node_type["max_workers"] <= cfg["max_workers"] <= 3, name
+    assert 0 < cfg["idle_timeout_minutes"] <= 1  # back to the head alone within a minute or two
+    # the script starts the head with what its node type declares (the fake provider cannot)
+    script = _local_cluster_script()
+    assert script.head_arguments(cfg) == [
+        "--num-cpus=0", "--num-gpus=0", f"--object-store-memory={int(head['object_store_memory'])}",
+        f'--resources={{"driver_slot":{head["driver_slot"]}}}']
+    assert script.load_config(LOCAL) == cfg
+    for broken, message in (({"provider": {"type": "aws"}}, "provider.type must be fake_multinode"),
+                            ({"head_node_type": "head"}, "head node type is 'ray.head.default'")):
+        (path := tmp_path / "broken.yaml").write_text(yaml.safe_dump({**cfg, **broken}))
+        with pytest.raises(script.ClusterError, match=message):
+            script.load_config(path)
 
 
 class _BlockImports(importlib.abc.MetaPathFinder):
@@ -534,7 +584,7 @@ def test_placeholders_are_all_explained_in_the_docs() -> None:
 def test_docs_name_every_cluster_file() -> None:
     docs = DOCS.read_text()
     files = [p for p in CLUSTER.rglob("*") if p.suffix == ".yaml" or p.name == "Dockerfile"]
-    assert len(files) == 5
+    assert len(files) == 6
     for path in files:
         assert f"`{path.relative_to(ROOT).as_posix()}`" in docs, path
 

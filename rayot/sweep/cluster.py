@@ -132,6 +132,10 @@ class Capacity:
     total: dict[str, float]
     largest: dict[str, float]  # per resource, the most any one node has (or can have)
     maximum: dict[str, float] | None  # the autoscaler's limit; None for a fixed cluster
+    #: an autoscaler may add nodes: with ``maximum`` None, of sizes not known here (Ray's v1
+    #: autoscaler, which `ray up` and `ray start --autoscaling-config` run, does not publish its
+    #: node types), so a trial larger than today's nodes is not refused
+    autoscaling: bool = False
 
     @classmethod
     def of_cluster(cls) -> Capacity:
@@ -149,7 +153,31 @@ class Capacity:
                         largest[k] = max(largest.get(k, 0.0), float(group.resources.get(k, 0)))
         except Exception:  # noqa: BLE001 - private API; without it the cluster counts as fixed
             log.debug("no autoscaler configuration found", exc_info=True)
-        return cls(dict(ray.cluster_resources()), largest, maximum)
+        autoscaling = maximum is not None or _autoscaler_adds_nodes()
+        return cls(dict(ray.cluster_resources()), largest, maximum, autoscaling)
+
+
+def _autoscaler_adds_nodes() -> bool:
+    """Whether the cluster's autoscaler has node types of its own, i.e. was started with an
+    autoscaling config (`ray up`, `ray start --autoscaling-config`). Read from the status it
+    publishes in the GCS (what `ray status` shows); a cluster started without a config reports
+    one read-only type per node (``node_<node id>``), and can only grow by hand."""
+    try:
+        import json
+
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = json.loads(raw).get("autoscaler_report") if raw else None
+    except Exception:  # noqa: BLE001 - private API; without it the cluster counts as fixed
+        log.debug("no autoscaler status found", exc_info=True)
+        return False
+    if not report:
+        return False
+    types = {*report.get("active_nodes", {}), *report.get("pending_launches", {}),
+             *(report.get("node_type_mapping") or {}).values()}
+    return any(not t.startswith("node_") for t in types)
 
 
 def worker_resources(r: Resources) -> dict[str, float]:
@@ -159,6 +187,14 @@ def worker_resources(r: Resources) -> dict[str, float]:
 def check_fits(r: Resources, capacity: Capacity, *, embedded: bool) -> None:
     """Refuse a trial that could never be scheduled (Ray Train would wait for it for ever)."""
     per_worker = worker_resources(r)
+    if not embedded and capacity.autoscaling and capacity.maximum is None:
+        short = {k: v for k, v in per_worker.items() if v > capacity.largest.get(k, 0.0)}
+        if short:  # the autoscaler adds nodes, of sizes rayot cannot see: let Ray wait for them
+            log.warning("no node has %s for a trial's worker yet; the cluster's autoscaler adds "
+                        "nodes when trials wait, but rayot cannot see their sizes: a trial that no "
+                        "node type fits waits for ever (see `ray status`)",
+                        " and ".join(f"{v:g} {k}" for k, v in short.items()))
+        return
     for key, need in per_worker.items():
         most = capacity.largest.get(key, 0.0)
         if need > most:
