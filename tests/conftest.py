@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,64 @@ def assert_a_step_trains_only_the_learned_tensors(m, loss_of) -> None:
         assert torch.equal(after[key], value), key
     for key, value in m.prompt_state_dict().items():
         assert not torch.equal(value, learned_before[key]), key
+
+
+# --- no process of the test session outlives it ---------------------------------------------------
+#
+# Every process the tests start (sweeps, their embedded or joined Ray, Ray's workers and agents,
+# Train controllers, object-store servers, local clusters) inherits this variable. When the session
+# ends, whatever still carries it is given a grace period to exit and is then killed, and named in
+# the summary: a leftover is seen and stopped at once, not found running an hour later.
+
+SESSION_VARIABLE = "RAYOT_TEST_SESSION"
+#: how long leftovers may take to exit on their own (Ray's agents outlive a killed Ray by a minute)
+_GRACE_S = 10.0
+_stopped: list[str] = []
+
+
+def processes_marked(variable: str, value: str) -> dict[int, str]:
+    """Live processes of this user whose environment holds ``variable=value`` (Linux /proc), by
+    pid, with their command names; this process excluded."""
+    want = f"{variable}={value}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if want in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def stop_marked(variable: str, value: str, grace_s: float) -> dict[int, str]:
+    """Wait up to ``grace_s`` for the marked processes to exit, SIGKILL those left; returns them."""
+    deadline = time.monotonic() + grace_s
+    left = processes_marked(variable, value)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = processes_marked(variable, value)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return left
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ.setdefault(SESSION_VARIABLE, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if Path("/proc/self/environ").exists() and os.environ.get(SESSION_VARIABLE):
+        left = stop_marked(SESSION_VARIABLE, os.environ[SESSION_VARIABLE], _GRACE_S)
+        _stopped.extend(f"{name} (pid {pid})" for pid, name in sorted(left.items()))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _stopped:
+        terminalreporter.write_line(
+            f"stopped {len(_stopped)} process(es) that outlived the tests by {_GRACE_S:g} s: "
+            + ", ".join(_stopped), yellow=True)

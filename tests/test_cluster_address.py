@@ -3,15 +3,18 @@ with results and checkpoints behind `file://` URIs (the code path of s3:// and g
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import uuid
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import tiny_overrides
+from conftest import processes_marked, stop_marked, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +36,20 @@ def head():
     port = _free_port()
     start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
              "--disable-usage-stats"]
-    started = subprocess.run(start, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
+    # every process of this cluster carries the mark: stopping it kills them and nothing else
+    # (`ray stop --force` would kill every Ray of this user on the machine)
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "RAYOT_TEST_CLUSTER": mark}
+    started = subprocess.run(start, capture_output=True, text=True, timeout=120, env=env)
     try:
-        yield "auto", dict(os.environ)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield "auto", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        for _ in range(2):  # a raylet may start an agent while it is being killed: look twice
+            for pid in processes_marked("RAYOT_TEST_CLUSTER", mark):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            stop_marked("RAYOT_TEST_CLUSTER", mark, grace_s=5)
 
 
 def test_sweep_joins_a_running_cluster_with_uri_storage(head, tmp_path, synth_root):
