@@ -75,8 +75,9 @@ def assert_a_step_trains_only_the_learned_tensors(m, loss_of) -> None:
 #
 # Every process the tests start (sweeps, their embedded or joined Ray, Ray's workers and agents,
 # Train controllers, object-store servers, local clusters) inherits this variable. When the session
-# ends, whatever still carries it is given a grace period to exit and is then killed, and named in
-# the summary: a leftover is seen and stopped at once, not found running an hour later.
+# ends, whatever still carries it and no longer descends from this process (an orphan: its parent
+# died or let it go) is given a grace period to exit and is then killed, and named in the summary:
+# a leftover is seen and stopped at once, not found running an hour later.
 
 SESSION_VARIABLE = "RAYOT_TEST_SESSION"
 #: how long leftovers may take to exit on their own (Ray's agents outlive a killed Ray by a minute)
@@ -84,9 +85,28 @@ _GRACE_S = 10.0
 _stopped: list[str] = []
 
 
-def processes_marked(variable: str, value: str) -> dict[int, str]:
+def _parent(pid: int) -> int:
+    try:  # the field after the command name, which may itself hold spaces and parentheses
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descends_from_me(pid: int) -> bool:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+    return False
+
+
+def processes_marked(variable: str, value: str, *, orphans_only: bool = False) -> dict[int, str]:
     """Live processes of this user whose environment holds ``variable=value`` (Linux /proc), by
-    pid, with their command names; this process excluded."""
+    pid, with their command names; this process excluded, and with ``orphans_only`` its
+    descendants too (what it started and still owns, such as an in-process Ray or wandb's service,
+    is stopped by its own exit handlers)."""
     want = f"{variable}={value}".encode()
     found = {}
     for entry in Path("/proc").iterdir():
@@ -97,16 +117,18 @@ def processes_marked(variable: str, value: str) -> dict[int, str]:
                 found[int(entry.name)] = (entry / "comm").read_text().strip()
         except OSError:  # gone, or another user's
             continue
+    if orphans_only:
+        found = {pid: name for pid, name in found.items() if not _descends_from_me(pid)}
     return found
 
 
-def stop_marked(variable: str, value: str, grace_s: float) -> dict[int, str]:
+def stop_marked(variable: str, value: str, grace_s: float, *, orphans_only: bool = False) -> dict[int, str]:
     """Wait up to ``grace_s`` for the marked processes to exit, SIGKILL those left; returns them."""
     deadline = time.monotonic() + grace_s
-    left = processes_marked(variable, value)
+    left = processes_marked(variable, value, orphans_only=orphans_only)
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = processes_marked(variable, value)
+        left = processes_marked(variable, value, orphans_only=orphans_only)
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -121,7 +143,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if Path("/proc/self/environ").exists() and os.environ.get(SESSION_VARIABLE):
-        left = stop_marked(SESSION_VARIABLE, os.environ[SESSION_VARIABLE], _GRACE_S)
+        left = stop_marked(SESSION_VARIABLE, os.environ[SESSION_VARIABLE], _GRACE_S, orphans_only=True)
         _stopped.extend(f"{name} (pid {pid})" for pid, name in sorted(left.items()))
 
 
