@@ -35,9 +35,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -404,11 +405,42 @@ def trial_error(location: str, trial_id: str) -> str | None:
     return next((e for e in errors if e), None)
 
 
-def _trial_files(location: str) -> list[tuple[pafs.FileSystem, str, str]]:
-    """``(fs, path, trial id)`` of every ``<trial id>.parquet`` directly under ``location``."""
+#: How many files a scan of an object store reads at once (:func:`scan_results`,
+#: :func:`rayot.sweep.leases.holders`): a scan of N files takes about N round trips to the store
+#: divided by this. 10 is the connection pool of the botocore and google-cloud-storage clients
+#: that read them (:func:`rayot.storage.conditional_store`); more threads would overflow it.
+SCAN_THREADS = 10
+#: A result file up to this size is fetched whole, in one request, and judged in memory; a larger
+#: one (rayot writes none: a trial's rows are kilobytes) is judged in place with ranged reads.
+_FETCH_WHOLE_BYTES = 16 << 20
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+def scan_map(location: str, fn: Callable[[_In], _Out], items: Sequence[_In]) -> list[_Out]:
+    """``[fn(x) for x in items]``, in order; on an object store :data:`SCAN_THREADS` at a time (a
+    read there waits on the network, not on this machine). The first error is raised, once the
+    calls under way have ended; the calls not yet started are cancelled."""
+    if len(items) < 2 or SCAN_THREADS < 2 or not storage.is_remote(location):
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(SCAN_THREADS, len(items)), thread_name_prefix="rayot-scan") as pool:
+        try:
+            return list(pool.map(fn, items))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _trial_files(location: str) -> list[tuple[pafs.FileSystem, str, str, int | None]]:
+    """``(fs, path, trial id, size)`` of every ``<trial id>.parquet`` directly under ``location``,
+    from one listing (on an object store: one request per 1,000 files)."""
     fs, base = filesystem(location)
+    remote = storage.is_remote(location)
 
     def listing() -> list[pafs.FileInfo]:
+        if remote:  # a prefix that holds nothing lists as empty: no existence check first
+            return fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             return []
         return fs.get_file_info(pafs.FileSelector(base, recursive=False))
@@ -418,8 +450,79 @@ def _trial_files(location: str) -> list[tuple[pafs.FileSystem, str, str]]:
     for info in infos:
         name = info.base_name
         if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith("."):
-            out.append((fs, info.path, name[: -len(".parquet")]))
+            out.append((fs, info.path, name[: -len(".parquet")], info.size))
     return sorted(out, key=lambda t: t[1])
+
+
+def _judge(source: pa.NativeFile, trial_id: str) -> tuple[str | None, str | None]:
+    """:func:`_inspect` of a file already read (the same rules and the same problems)."""
+    try:
+        with pq.ParquetFile(source) as pf:
+            missing = [c for c in _REQUIRED if c not in pf.schema_arrow.names]
+            if missing:
+                return None, f"not a rayot result file (missing columns {missing})"
+            table = pf.read(columns=["trial_id", "status"])
+    except (pa.ArrowException, OSError) as exc:
+        return None, f"not a readable Parquet file ({exc})"
+    if table.num_rows == 0:
+        return None, "holds no rows"
+    ids = set(table.column("trial_id").to_pylist())
+    if ids != {trial_id}:
+        return None, f"rows of trial(s) {sorted(map(str, ids))}, not {trial_id}"
+    statuses = set(table.column("status").to_pylist())
+    if not statuses <= {"done", "failed"}:
+        return None, f"unknown status {sorted(map(str, statuses - {'done', 'failed'}))}"
+    return ("done" if statuses == {"done"} else "failed"), None
+
+
+@dataclass(frozen=True)
+class ResultScan:
+    """One scan of a results location: the status of every trial with a readable result file, and
+    the problem of every unreadable one (by path)."""
+
+    statuses: dict[str, str]
+    problems: dict[str, str]
+
+
+def scan_results(location: str) -> ResultScan:
+    """Read every result file directly under ``location`` once; nothing is logged.
+
+    One listing, then one read per file. On S3 and GCS (with their clients installed) a file is
+    fetched whole in one GET and judged in memory, :data:`SCAN_THREADS` files at a time, so a scan
+    of N trials costs N / 1000 listing requests and N GETs, and takes about N / SCAN_THREADS round
+    trips; elsewhere each file is judged in place (:func:`_inspect`). A store that does not answer
+    is retried (:func:`rayot.storage.retrying`); a file removed since the listing is left out.
+    """
+    files = _trial_files(location)
+    got = storage.conditional_store(location) if files and storage.is_remote(location) else None
+
+    def look(entry: tuple[pafs.FileSystem, str, str, int | None]) -> tuple[str | None, str | None] | None:
+        fs, path, trial_id, size = entry
+        if got is None or (size or 0) > _FETCH_WHOLE_BYTES:
+            return _inspect(fs, path, trial_id)
+        store, prefix = got
+        try:
+            fetched = store.read("/".join(p for p in (prefix, f"{trial_id}.parquet") if p))
+        except Exception as exc:  # noqa: BLE001 - an answer (denied, ...) is a verdict on the file
+            if storage.transient(exc):
+                raise
+            return None, f"not a readable Parquet file ({exc})"
+        return None if fetched is None else _judge(pa.BufferReader(fetched.data), trial_id)
+
+    verdicts = scan_map(location, lambda e: storage.retrying(lambda: look(e), location=location, what="results"),
+                        files)
+    statuses: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for (_, path, trial_id, _), verdict in zip(files, verdicts, strict=True):
+        if verdict is None:
+            log.debug("results file %s: removed during the scan", path)
+            continue
+        status, problem = verdict
+        if problem:
+            problems[path] = problem
+        elif status is not None:
+            statuses[trial_id] = status
+    return ResultScan(statuses, problems)
 
 
 def finished_trials(location: str) -> dict[str, str]:
@@ -427,30 +530,22 @@ def finished_trials(location: str) -> dict[str, str]:
 
     An unreadable file (see :func:`unreadable_results`) is logged as a warning naming the file
     and its problem, and its trial is left out: it counts as not done, so a sweep runs it again.
+    One scan (:func:`scan_results`): one listing, one read per file, concurrent on an object store.
     """
-    out: dict[str, str] = {}
-    for fs, path, trial_id in _trial_files(location):
-        status, problem = storage.retrying(lambda fs=fs, path=path, trial_id=trial_id: _inspect(fs, path, trial_id),
-                                           location=location, what="results")
-        if problem:
-            _warn_unreadable(path, problem)
-        else:
-            out[trial_id] = status
-    return out
+    scan = scan_results(location)
+    for path, problem in scan.problems.items():
+        _warn_unreadable(path, problem)
+    return scan.statuses
 
 
 def unreadable_results(location: str) -> dict[str, str]:
     """Map every unreadable result file directly under ``location`` to its problem.
 
     Unreadable: empty, truncated, not Parquet, not of :data:`SCHEMA`, without rows, rows of
-    another trial than the file's name, or an unknown status. Nothing is logged.
+    another trial than the file's name, or an unknown status. Nothing is logged. A caller that
+    also needs :func:`finished_trials` gets both from one :func:`scan_results`.
     """
-    out: dict[str, str] = {}
-    for fs, path, trial_id in _trial_files(location):
-        _, problem = _inspect(fs, path, trial_id)
-        if problem:
-            out[path] = problem
-    return out
+    return scan_results(location).problems
 
 
 def _result_paths(fs: pafs.FileSystem, base: str) -> list[str]:

@@ -81,14 +81,15 @@ def sweep(
     track = T.resolve(s.tracking.with_log(log_to or []), results=results_location, name=s.name)
     for note in replaced_axes(s, set_values):
         console.print(f"note: {note}", highlight=False)
-    for path, problem in results.unreadable_results(results_location).items():
+    scan = results.scan_results(results_location)  # one read of every result file
+    for path, problem in scan.problems.items():
         console.print(f"warning: results file {path} is unreadable ({problem}); its trial counts "
                       "as not done and runs again", highlight=False, soft_wrap=True)
     if dry_run:
         from rayot.sweep.packs import make_packs
         from rayot.sweep.runner import TrialState, plan_table
 
-        done = results.finished_trials(results_location)
+        done = scan.statuses
         states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]
         to_run = [st.cfg for st in states if st.status != "done"]
         packs = make_packs(to_run, s.resources.pack)

@@ -51,7 +51,7 @@ import pyarrow.fs as pafs
 
 from rayot import storage
 from rayot.errors import RayotError
-from rayot.results import filesystem, fsync_dir, is_local, write_local_file
+from rayot.results import filesystem, fsync_dir, is_local, scan_map, write_local_file
 from rayot.storage import ConditionalStore, Stored
 
 log = logging.getLogger(__name__)
@@ -440,30 +440,59 @@ def _acquire_object_store(fs: pafs.FileSystem, path: str, location: str, trial_i
     raise RayotError(f"lease of trial {trial_id} at {path}: still contended after {_ATTEMPTS} attempts")
 
 
+def _look_up(location: str, trial_id: str, ttl_s: float) -> LeaseHolder | None:
+    """The lease file of ``trial_id`` as it is now (live or not), ``None`` when there is none.
+
+    With a conditional store (a local folder, S3, GCS) one read: one GET on an object store
+    (the path through pyarrow costs a HEAD, another HEAD and a GET). An unreadable lease file is
+    held by an unknown owner until ``ttl_s`` after its last change (:func:`_unreadable`).
+    """
+    conditional = _store(location, trial_id)
+    if conditional is None:
+        fs, path = lease_path(location, trial_id)
+        current = _current(fs, path, trial_id, ttl_s)
+        return None if current is None else current[0]
+    store, key, where = conditional
+    got = _call(where, store.read, key)
+    if got is None:
+        return None
+    decoded = _decode(got.data, trial_id)
+    if decoded is not None:
+        return decoded
+    fs, path = lease_path(location, trial_id)
+    mtime = got.mtime
+    if mtime is None:  # a GCS read does not say when the object changed: ask (only for a damaged lease)
+        info = _call(where, fs.get_file_info, path)
+        mtime = info.mtime.timestamp() if info.mtime else None
+    return _unreadable(trial_id, path, mtime, ttl_s)
+
+
 def holder(location: str, trial_id: str, *, clock: Clock = time.time) -> LeaseHolder | None:
     """The live lease of ``trial_id``, or ``None`` when nobody holds it (no lease, or expired).
 
     An unreadable lease file counts as live for 120 s after its last change.
     """
-    fs, path = lease_path(location, trial_id)
-    current = _current(fs, path, trial_id, 120.0)
-    if current is None or not current[0].live(clock()):
+    found = _look_up(location, trial_id, 120.0)
+    if found is None or not found.live(clock()):
         return None
-    return current[0]
+    return found
 
 
 def holders(location: str, *, clock: Clock = time.time) -> dict[str, LeaseHolder]:
-    """Every live lease under ``location``, by trial id."""
+    """Every live lease under ``location``, by trial id.
+
+    One listing of ``<location>/.leases``, then one read per lease file (:func:`holder`), on an
+    object store :data:`rayot.results.SCAN_THREADS` at a time (:func:`rayot.results.scan_map`).
+    """
     fs, base = filesystem(location)
     folder = f"{base.rstrip('/')}/{LEASES}"
-    out: dict[str, LeaseHolder] = {}
-    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-        name = info.base_name
-        if info.type == pafs.FileType.File and name.endswith(".json") and not name.startswith("."):
-            found = holder(location, name[: -len(".json")], clock=clock)
-            if found is not None:
-                out[found.trial_id] = found
-    return out
+    infos = storage.retrying(lambda: fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)),
+                             location=location, what="lease")
+    trial_ids = sorted(info.base_name[: -len(".json")] for info in infos
+                       if info.type == pafs.FileType.File and info.base_name.endswith(".json")
+                       and not info.base_name.startswith("."))
+    found = scan_map(location, lambda trial_id: holder(location, trial_id, clock=clock), trial_ids)
+    return {h.trial_id: h for h in found if h is not None}
 
 
 class Heartbeat:
