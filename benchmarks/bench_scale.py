@@ -43,12 +43,10 @@ import json
 import logging
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -179,56 +177,9 @@ class RequestLog:
         return kinds
 
 
-class LatencyProxy:
-    """A TCP forwarder to the server that holds every chunk a client sends for ``delay_s``.
-
-    moto's server answers HTTP/1.0-style (a connection per request), so each request is one held
-    chunk: ``delay_s`` is the round trip added to every request; concurrent requests wait side by
-    side, as on a network.
-    """
-
-    def __init__(self, target_port: int, delay_s: float) -> None:
-        self.target_port, self.delay_s = target_port, delay_s
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-        self.port = self.sock.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="latency-proxy").start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            for src, dst, delay in ((client, server, self.delay_s), (server, client, 0.0)):
-                src.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                threading.Thread(target=self._pipe, args=(src, dst, delay), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
-        try:
-            while data := src.recv(65536):
-                if delay:
-                    time.sleep(delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._closed = True
-        self.sock.close()
+def latency_proxy(target_port: int, delay_s: float) -> emulators.Proxy:
+    """A TCP forwarder to the server that holds every request ``delay_s`` (rayot.emulators.Proxy)."""
+    return emulators.Proxy(target_port, delay_s=delay_s)
 
 
 @contextlib.contextmanager
@@ -394,7 +345,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         request_log = RequestLog(tmp_path / "moto.log")
         server = emulators.start_s3(buckets=(BUCKET,), log_path=str(request_log.path))
-        proxy = LatencyProxy(server.port, args.latency_ms / 1000)
+        proxy = latency_proxy(server.port, args.latency_ms / 1000)
         try:
             os.environ.update(server.env)
             plan(write_spec(tmp_path, len(LAMBDAS)))  # warm up (methods loaded, caches filled): not counted
@@ -402,7 +353,7 @@ def main() -> None:
                 figures["sizes"][n] = run_size(n, server, proxy, request_log, tmp_path, args)
                 print(json.dumps({n: _printable(figures["sizes"][n])}, indent=1), flush=True)
         finally:
-            proxy.close()
+            proxy.down()
             server.stop()
     figures["load after"] = os.getloadavg()
     report(figures, args)
@@ -410,7 +361,7 @@ def main() -> None:
         args.json.write_text(json.dumps(_printable(figures), indent=1))
 
 
-def run_size(n: int, server: emulators.StoreServer, proxy: LatencyProxy, log: RequestLog, tmp: Path,
+def run_size(n: int, server: emulators.StoreServer, proxy: emulators.Proxy, log: RequestLog, tmp: Path,
              args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     spec_path = write_spec(tmp, n)

@@ -66,10 +66,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 class Proxy:
     """A TCP forwarder from a port of 127.0.0.1 to ``target``; :meth:`down` closes its listening
     socket and every open connection (clients get "connection refused"), :meth:`up` listens again
-    on the same port."""
+    on the same port. ``delay_s`` holds every chunk a client sends that long: with a server that
+    answers a request per connection (moto), a round trip added to every request, concurrent
+    requests waiting side by side as on a network."""
 
-    def __init__(self, target_port: int, port: int | None = None) -> None:
+    def __init__(self, target_port: int, port: int | None = None, *, delay_s: float = 0.0) -> None:
         self.target_port = target_port
+        self.delay_s = delay_s
         self.port = port or free_port()
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
@@ -121,12 +124,15 @@ class Proxy:
                     upstream.close()
                     return
                 self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, delay in ((client, upstream, self.delay_s), (upstream, client, 0.0)):
+                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                threading.Thread(target=self._pipe, args=(a, b, delay), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, delay: float = 0.0) -> None:
         try:
             while data := src.recv(65536):
+                if delay:
+                    time.sleep(delay)
                 dst.sendall(data)
         except OSError:
             pass
