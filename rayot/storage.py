@@ -134,7 +134,7 @@ def filesystem(location: str, what: str = "results") -> tuple[pafs.FileSystem, s
     """
     scheme = scheme_of(location)
     try:
-        if scheme in ("s3", "gs"):
+        if scheme in ("s3", "gs") and "?" not in location:  # (options in a query: pyarrow's own)
             bucket, path = _bucket_and_path(location)
             env = tuple(sorted((k, v) for k, v in os.environ.items() if k in ENDPOINT_VARIABLES or k.startswith("AWS_")))
             return _object_filesystem(scheme, bucket, env, retry_budget_s()), path.rstrip("/") or bucket
@@ -183,9 +183,9 @@ def transient_text(text: str, *, loose: bool = False) -> bool:
     text = text.lower()
     words = ("network_connection", "could not connect to server", "failed to connect to",
              "connection refused", "service unavailable", "curlcode")
-    if loose:
-        words += ("network", "connect", "timed out", "timeout", "couldn't", "unavailable", "reset",
-                  "refused", "curl", "503", "500")
+    if loose:  # (not "couldn't", nor bare numbers: a damaged Parquet file's errors use them)
+        words += ("network", "connection", "connect to", "timed out", "timeout", "unavailable",
+                  "refused", "curl", "response code: 50", "status code: 50", "slowdown", "internalerror")
     return any(w in text for w in words)
 
 

@@ -283,3 +283,13 @@ def test_a_run_that_failed_in_an_outage_waits_for_the_store(flaky_s3, monkeypatc
     start = time.monotonic()
     assert _outage_over(location, RuntimeError("ActorDiedError: ... curlCode: 7, Could not connect to server")) is True
     assert time.monotonic() - start >= 1.4  # it returned once the store answered again
+
+
+def test_a_damaged_file_is_not_mistaken_for_a_store_that_does_not_answer():
+    for text in ("Couldn't deserialize thrift: TProtocolException: Invalid data",
+                 "Parquet magic bytes not found in footer", "Parquet file size is 0 bytes",
+                 "Unexpected end of stream: expected 500 bytes"):
+        assert not storage.transient(OSError(text)), text
+    for text in ("When reading 'x': AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7",
+                 "Connection refused", "HTTP response code: 503; SlowDown"):
+        assert storage.transient(OSError(text)), text
