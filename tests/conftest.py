@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` of the repository imported as the module ``name`` (scripts/ is not a
+    package); registered in ``sys.modules``, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 # One intra-op thread: the tiny models gain nothing from more, and on a 2-core machine shared
 # with Ray workers, two threads per process oversubscribe the cores (100x slower steps).

@@ -13,7 +13,6 @@ another node, each trial's result written once.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from test_smoke import PINNED, _table, embedded_smoke
 
 slow = pytest.mark.slow  # the sweep's tests; the check of rayot's fit rule below is fast
@@ -42,15 +42,7 @@ SCALE_DOWN_BOUND_S = 150
 CHECKPOINT = re.compile(r"checkpoints/((?:pack|trial)-[0-9a-f]+)/epoch_(\d{4})/state\.pt$")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-LOCAL = _load_script()
+LOCAL = load_script("local_cluster")
 
 
 @dataclass

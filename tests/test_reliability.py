@@ -5,24 +5,15 @@ and run in CI; the fast loop keeps the check that the document lists them."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("reliability", REPO / "scripts" / "reliability.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reliability"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-RELIABILITY = _script()
+RELIABILITY = load_script("reliability")
 
 
 @pytest.mark.parametrize(
