@@ -118,8 +118,6 @@ def _object_filesystem(scheme: str, bucket: str, env: tuple[tuple[str, str], ...
         # the options from_uri resolved (region, endpoint), with more retries than pyarrow's 3
         try:
             options = dict(fs.__reduce__()[1][0])
-            if not any(options.get("proxy_options", {}).values()):
-                options.pop("proxy_options", None)
             attempts = _S3_ATTEMPTS if budget_s >= 60 else 2  # a short budget asks to fail fast
             fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
         except (TypeError, ValueError, IndexError, KeyError) as exc:  # another pyarrow's options
