@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from data_trees import (
     balanced_split,
     make_fgvc,
@@ -16,6 +17,8 @@ from typer.testing import CliRunner
 
 from rayot.cli import app
 from rayot.data.check import check_dataset
+from rayot.data.task import build_task
+from rayot.errors import DataError
 
 
 def _run(*args: str):
@@ -138,3 +141,21 @@ def test_malformed_split_file_is_reported_with_its_path(tmp_path: Path) -> None:
     assert str(folder / "split_rayot_Synthetic.json") in report.problems[0].message
     result = _run("--root", str(tmp_path), "synthetic")
     assert result.exit_code == 1 and "train[0] label must be an integer" in result.output
+
+
+def test_class_missing_from_a_split_is_an_error_not_a_new_split(tmp_path: Path) -> None:
+    # Without the check the halves come from the train labels {0, 2, 3}: novel class "blue"
+    # (label 2) would become a base class under the same trial id.
+    split = balanced_split(["red", "green", "blue", "grey"])
+    split["train"] = [entry for entry in split["train"] if entry[2] != "green"]
+    folder = make_split_dataset(tmp_path, "synthetic", split)
+    report = check_dataset("synthetic", tmp_path)
+    assert [p.kind for p in report.problems] == ["malformed"]
+    message = report.problems[0].message
+    assert "train split has no image of class 'green' (label 1)" in message
+    assert str(folder / "split_rayot_Synthetic.json") in message
+    result = _run("--root", str(tmp_path), "synthetic")
+    assert result.exit_code == 1 and "no image of class 'green'" in result.output
+    # The same error before any training: the task a trial builds first.
+    with pytest.raises(DataError, match="train split has no image of class 'green'"):
+        build_task("synthetic", tmp_path, shots=1, seed=1, subsample="base")

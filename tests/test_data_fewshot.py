@@ -114,6 +114,18 @@ def test_relabelling_uses_first_list_and_sorted_order() -> None:
         subsample_classes(train, subsample="half")
 
 
+def test_halves_cut_the_datasets_labels_when_given() -> None:
+    # A list that lacks label 1 must not move the cut: base stays {0, 1, 2}, novel {3, 4}.
+    items = _items([0, 2, 3, 4])
+    names = [f"class_{y}" for y in range(5)]
+    (base,), base_names = subsample_classes(items, subsample="base", classnames=names)
+    (novel,), novel_names = subsample_classes(items, subsample="novel", classnames=names)
+    assert base_names == ["class_0", "class_1", "class_2"]
+    assert novel_names == ["class_3", "class_4"]
+    assert [(it.label, it.classname) for it in base] == [(0, "class_0"), (2, "class_2")]
+    assert [(it.label, it.classname) for it in novel] == [(0, "class_3"), (1, "class_4")]
+
+
 def _odd_dataset(tmp_path: Path) -> None:
     # 5 classes whose groups are not in ascending order; 6 train images each.
     order = [3, 1, 4, 0, 2]

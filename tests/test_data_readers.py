@@ -70,14 +70,15 @@ def test_stanford_cars_image_root_is_the_folder(tmp_path: Path) -> None:
 
 def test_fgvc_reader_labels_follow_variants_file(tmp_path: Path) -> None:
     variants = ["737-300", "A340-500", "Cessna 172", "DHC-1"]  # file order, not sorted
-    lists = {"train": [("0001", "DHC-1"), ("0002", "737-300"), ("0003", "Cessna 172")],
-             "val": [("0004", "A340-500")], "test": [("0005", "Cessna 172")]}
+    order = ["DHC-1", "737-300", "Cessna 172", "A340-500"]  # every variant in every list
+    lists = {split: [(f"{k}{i:03d}", v) for i, v in enumerate(order)]
+             for k, split in enumerate(("train", "val", "test"))}
     make_fgvc(tmp_path, variants, lists, images=False)
     splits = read_dataset("fgvc_aircraft", tmp_path)
     assert splits.classnames == variants
-    assert splits.train == [Item("0001.jpg", 3, "DHC-1"), Item("0002.jpg", 0, "737-300"),
-                            Item("0003.jpg", 2, "Cessna 172")]
-    assert splits.test == [Item("0005.jpg", 2, "Cessna 172")]
+    assert splits.train == [Item("0000.jpg", 3, "DHC-1"), Item("0001.jpg", 0, "737-300"),
+                            Item("0002.jpg", 2, "Cessna 172"), Item("0003.jpg", 1, "A340-500")]
+    assert splits.test[2] == Item("2002.jpg", 2, "Cessna 172")
     assert splits.image_root == tmp_path / "fgvc_aircraft" / "images"
 
 

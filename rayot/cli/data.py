@@ -52,7 +52,8 @@ def fewshot(
         raise DataError(f"{dataset}: has no train split (it is evaluation only); "
                         "few-shot subsets exist only for datasets with a train split")
     train, val = sample_fewshot(splits, shots, seed)
-    (train, val), classnames = subsample_classes(train, val, subsample=subsample.value)
+    (train, val), classnames = subsample_classes(train, val, subsample=subsample.value,
+                                                 classnames=splits.classnames)
     write_subset(out, train, val)
     Console(stderr=True).print(
         f"{escape(dataset)}: {len(train)} train and {len(val)} val items over "

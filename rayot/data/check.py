@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from rayot.data.items import DatasetSplits, Item
-from rayot.data.readers import SPLITS, read_classnames_file, read_dataset
+from rayot.data.readers import SPLITS, check_classes_in_splits, read_classnames_file, read_dataset
 from rayot.data.specs import (
     CLASSNAMES_FILE,
     DATASETS,
@@ -98,10 +98,14 @@ def check_dataset(name: str, root: str | Path, *, decode: bool = True, workers: 
     if needed:
         return report
     try:
-        splits = read_dataset(name, root)
+        splits = read_dataset(name, root, check_classes=False)
     except DataError as exc:
         report.add("malformed", str(exc))
         return report
+    try:
+        check_classes_in_splits(spec, folder, splits)
+    except DataError as exc:  # reported, and the images are still counted and decoded
+        report.add("malformed", str(exc))
 
     report.num_classes = len(splits.classnames)
     if spec.num_classes is not None and report.num_classes != spec.num_classes:

@@ -49,18 +49,25 @@ def sample_fewshot(splits: DatasetSplits, shots: int, seed: int) -> tuple[list[I
     return train, val
 
 
-def subsample_classes(*item_lists: list[Item], subsample: str) -> tuple[list[list[Item]], list[str]]:
+def subsample_classes(*item_lists: list[Item], subsample: str,
+                      classnames: Sequence[str] | None = None) -> tuple[list[list[Item]], list[str]]:
     """Keep the base or novel half of the classes in every list and relabel it 0..m-1.
 
-    The halves come from the labels of the FIRST list (sorted; base gets the extra class when the
-    count is odd). Returns the filtered, relabelled lists and the half's class names in new-label
-    order. ``subsample="all"`` returns copies of the lists unchanged and the names of all labels.
+    The halves cut the sorted labels in two (base gets the extra class when the count is odd):
+    the dataset's labels ``0..len(classnames)-1`` when ``classnames`` is given, which is how rayot
+    itself calls it, so that the cut never depends on which labels a list happens to hold;
+    otherwise the labels of the FIRST list. Returns the filtered, relabelled lists and the half's
+    class names in new-label order. ``subsample="all"`` returns copies of the lists unchanged and
+    the names of all labels.
     """
     if subsample not in SUBSAMPLES:
         raise ConfigError(f"subsample must be one of {', '.join(SUBSAMPLES)}, got {subsample!r}")
     if not item_lists:
         raise ValueError("subsample_classes needs at least one item list")
-    name_of = {item.label: item.classname for item in item_lists[0]}
+    if classnames is not None:
+        name_of = dict(enumerate(classnames))
+    else:
+        name_of = {item.label: item.classname for item in item_lists[0]}
     labels = sorted(name_of)
     if subsample == "all":
         return [list(items) for items in item_lists], [name_of[y] for y in labels]

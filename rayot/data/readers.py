@@ -44,11 +44,12 @@ def image_root(spec: DatasetSpec, root: str | Path) -> Path:
     return Path(root) / spec.folder / spec.image_root if spec.image_root else Path(root) / spec.folder
 
 
-def read_dataset(name: str, root: str | Path) -> DatasetSplits:
+def read_dataset(name: str, root: str | Path, *, check_classes: bool = True) -> DatasetSplits:
     """Read all train/val/test items of dataset ``name`` under data root ``root``.
 
     Raises DataError naming the dataset and file for a missing root, folder or list file and for
-    malformed contents.
+    malformed contents, including a class absent from one of the splits (``check_classes``;
+    ``rayot data check`` reports that one next to its other findings).
     """
     spec = get_spec(name)
     folder = dataset_folder(spec, root)
@@ -56,7 +57,36 @@ def read_dataset(name: str, root: str | Path) -> DatasetSplits:
     train, val, test, classnames = reader(spec, folder)
     log.debug("%s: %d train, %d val, %d test items, %d classes", name, len(train), len(val),
               len(test), len(classnames))
-    return DatasetSplits(name, image_root(spec, root), train, val, test, classnames)
+    splits = DatasetSplits(name, image_root(spec, root), train, val, test, classnames)
+    if check_classes:
+        check_classes_in_splits(spec, folder, splits)
+    return splits
+
+
+def check_classes_in_splits(spec: DatasetSpec, folder: Path, splits: DatasetSplits) -> None:
+    """A DataError unless every class of a listed dataset (split file, FGVC lists) has an image
+    in each of its splits: the lists define the experiment, so a class absent from one of them is
+    a damaged file, not a smaller experiment. (Before this check, the base/novel cut followed the
+    labels present in the train split, and a class missing there silently turned a novel class
+    into a base one under the same trial id.) Scanned datasets take their classes from folders;
+    ``rayot data check`` names a missing class folder there.
+    """
+    if spec.kind not in ("split_file", "fgvc_lists"):
+        return
+    source = folder / spec.split_file if spec.split_file else folder
+    classnames = splits.classnames
+    for split in SPLITS:
+        items: list[Item] = getattr(splits, split)
+        if not items:
+            continue
+        present = {item.label for item in items}
+        missing = [label for label in range(len(classnames)) if label not in present]
+        if missing:
+            named = ", ".join(f"{classnames[y]!r} (label {y})" for y in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"{spec.name}: {source}: the {split} split has no image of class "
+                            f"{named}{more}; every class must appear in every split, or the "
+                            f"base/novel halves would shift")
 
 
 # ----------------------------------------------------------------------------- split files

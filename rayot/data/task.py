@@ -28,18 +28,15 @@ def build_task(name: str, root: str | Path, *, shots: int, seed: int, subsample:
     """Read ``name``, draw the few-shot subset and keep the requested half of the classes.
 
     ``shots <= 0`` skips sampling (train and val empty): the evaluation-only use, e.g. the test
-    split of a cross-dataset target. The base/novel halves always come from the labels of the
-    full train split (the few-shot train set holds every label, so this is the same split §3
-    describes, with or without sampling); test-only datasets split their test labels.
+    split of a cross-dataset target. The base/novel halves always cut the dataset's own labels
+    (every class is in every split, :func:`~rayot.data.readers.read_dataset` checks it), so the
+    split is §3's with or without sampling, for test-only datasets too.
     """
     splits = read_dataset(name, root)
     if shots > 0:
         train, val = sample_fewshot(splits, shots, seed)
     else:
         train, val = [], []
-    reference = splits.train or splits.test
-    (_, train, val, test), classnames = subsample_classes(
-        reference, train, val, splits.test, subsample=subsample)
-    if subsample == "all":
-        classnames = list(splits.classnames)
+    (train, val, test), classnames = subsample_classes(
+        train, val, splits.test, subsample=subsample, classnames=splits.classnames)
     return Task(name, splits.image_root, train, val, test, classnames, template_for(name))

@@ -127,9 +127,8 @@ def search_data(name: str, root: str | Path, *, shots: int, seed: int, subsample
                         "cannot be searched on")
     train, _ = sample_fewshot(splits, shots, seed)
     val = validation_items(splits, shots, seed, train)
-    (_, train, val), classnames = subsample_classes(splits.train, train, val, subsample=subsample)
-    if subsample == "all":
-        classnames = list(splits.classnames)
+    (train, val), classnames = subsample_classes(train, val, subsample=subsample,
+                                                 classnames=splits.classnames)
     held = held_out_labels(len(classnames), holdout, holdout_seed, name) if subsample == "base" else []
     trained = sorted(set(range(len(classnames))) - set(held))
 
