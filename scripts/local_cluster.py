@@ -6,6 +6,10 @@ docs/cluster.md ("Try the cluster path on one machine") without a cloud.
     rayot sweep sweeps/smoke.yaml --address auto --max-concurrent 2 \\
         --results s3://rayot-local/results --checkpoints s3://rayot-local/checkpoints
     eval "$(python scripts/local_cluster.py down)"   # stops all of it; unsets the exports
+    python scripts/local_cluster.py check            # only checks that what `up` needs is installed
+
+It needs ``pip install -e ".[local-cluster]"`` (:data:`INSTALL`): `up` and `check` say in one line
+which package is missing, and exit with status 2, before anything starts.
 
 What `up` starts, in a background process of its own (``serve``) that `down` stops:
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import json
 import os
 import re
@@ -51,6 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +80,44 @@ RUN_NAME = re.compile(r"(?:trial|pack)-[0-9a-f]+")
 STOP_GRACE_S = 3.0
 #: the autoscaler's update interval (seconds): Ray's fake-cluster tests use 1 (default 5)
 AUTOSCALER_UPDATE_INTERVAL_S = "1"
+#: what brings everything the local cluster needs (pyproject.toml's `local-cluster` extra); the
+#: line docs/cluster.md gives, and tests/test_install_docs.py runs in a fresh virtual environment
+INSTALL = 'pip install -e ".[local-cluster]"'
+#: what the local cluster imports beyond the script's own (the module, the package that brings
+#: it), checked before anything starts. grpcio is Ray Client's: `ray start --head` refuses the
+#: client server port `start` gives it without it, and ray[tune,train] does not bring it
+REQUIREMENTS = (("ray", "ray"), ("boto3", "boto3"), ("moto.server", "moto[server]"),
+                ("grpc", "ray[client]"))
 
 
 class ClusterError(RuntimeError):
     pass
+
+
+class MissingRequirement(ClusterError):
+    """A package the local cluster needs is not installed (the message: one line)."""
+
+
+def missing_requirements() -> list[str]:
+    """The packages of :data:`REQUIREMENTS` that do not import here, each with the module that
+    is missing (a package's own dependency, such as moto[server]'s flask, is named as such)."""
+    missing = []
+    for module, package in REQUIREMENTS:
+        try:
+            with warnings.catch_warnings():  # moto warns, then fails, without flask: one line
+                warnings.simplefilter("ignore")
+                importlib.import_module(module)
+        except ImportError as exc:
+            missing.append(f"{package} (no module {exc.name or module!r})")
+    return missing
+
+
+def check_requirements() -> None:
+    """Raise :class:`MissingRequirement` naming every missing package and :data:`INSTALL`."""
+    missing = missing_requirements()
+    if missing:
+        raise MissingRequirement(f"the local cluster needs {', '.join(missing)}, not installed "
+                                 f"here; install with: {INSTALL}")
 
 
 def _ray_cli() -> str:
@@ -296,6 +336,7 @@ def start(config_path: Path = CONFIG, *, bucket: str = BUCKET, log_dir: str | No
     """Start the S3 server and the local cluster (its head only; the autoscaler adds workers);
     a :class:`LocalCluster` to stop, or to use as a context manager. Whatever started is stopped
     again if the start fails."""
+    check_requirements()
     from rayot.emulators import start_s3
 
     config = load_config(config_path)
@@ -426,7 +467,14 @@ def _exports(state: dict) -> str:
     return "\n".join(lines)
 
 
+def _check(args: argparse.Namespace) -> int:
+    check_requirements()
+    print(f"the local cluster's requirements import: {', '.join(p for _, p in REQUIREMENTS)}")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
+    check_requirements()  # before anything starts, in one line (main) rather than Ray's traceback
     state_dir = Path(args.state)
     state = _read_state(state_dir)
     if state and "pid" in state and _alive(state["pid"]):
@@ -516,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("up", "start the S3 server and the cluster, print the exports"),
                        ("down", "stop every process `up` started"),
                        ("status", "the cluster's nodes, alive and gone"),
+                       ("check", "check that what `up` needs is installed; start nothing"),
                        ("serve", "(internal) the background process of `up`")):
         s = sub.add_parser(name, help=what)
         s.add_argument("--state", default=str(STATE_DIR), help="where `up` keeps its state")
@@ -525,7 +574,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "status":
             s.add_argument("--json", action="store_true", help="as JSON, with Ray Train's workers")
     args = p.parse_args(argv)
-    return {"up": _up, "serve": _serve, "down": _down, "status": _status}[args.command](args)
+    command = {"up": _up, "serve": _serve, "down": _down, "status": _status, "check": _check}
+    try:
+        return command[args.command](args)
+    except MissingRequirement as exc:  # bad setup, as argparse's bad usage: status 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
