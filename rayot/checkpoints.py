@@ -27,16 +27,18 @@ import logging
 import pickle
 import types
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow.fs as pafs
 import torch
 from torch import Tensor, nn
 
 from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError, ModelError
+from rayot.model.loading import torch_load_problem
 from rayot.typed import dotted_tree
 
 logger = logging.getLogger(__name__)
@@ -229,9 +231,46 @@ def prompt_checkpoint_name(trial_id: str) -> str:
     return f"{trial_id}/prompt.pt"
 
 
+def trials_without_prompts(location: str, trial_ids: Iterable[str]) -> list[str]:
+    """The trials of ``trial_ids`` whose final prompts are not under the checkpoint ``location``
+    (no ``<location>/<trial id>/prompt.pt``), sorted.
+
+    A ``done`` result promises saved prompts: rayot saves them before it writes a trial's done
+    rows. Rows of earlier versions may break the promise (they were written first, and a checkpoint
+    folder that refused the prompts left them alone); a sweep runs such a trial again and a report
+    names it. One look per trial, :data:`rayot.results.SCAN_THREADS` at a time on an object store.
+    """
+    from rayot import results, storage
+
+    ids = sorted(set(trial_ids))
+    if not ids:
+        return []
+    fs, base = results.filesystem(location, "checkpoint")
+
+    def saved(tid: str) -> bool:
+        path = f"{base.rstrip('/')}/{prompt_checkpoint_name(tid)}"
+        return storage.retrying(lambda: fs.get_file_info(path).type == pafs.FileType.File,
+                                location=location, what="checkpoint")
+
+    found = results.scan_map(location, saved, ids)
+    return [tid for tid, ok in zip(ids, found, strict=True) if not ok]
+
+
+def without_prompts_line(location: str, trial_ids: Sequence[str], consequence: str) -> str:
+    """One line naming the ``done`` trials whose prompts are not saved, and what follows from it."""
+    shown = ", ".join(trial_ids[:5]) + (f" (+{len(trial_ids) - 5} more)" if len(trial_ids) > 5 else "")
+    return (f"{len(trial_ids)} trial(s) have a done result but no saved prompts under {location} "
+            f"(rows written before rayot saved the prompts first): {shown}; {consequence}")
+
+
 def checkpoint_payload(cfg: C.TrialConfig, prompt_state: dict[str, Tensor]) -> dict[str, Any]:
-    """What a final checkpoint holds: the prompt parameters and the resolved configuration only."""
-    return {"prompt": {k: v.detach().cpu() for k, v in prompt_state.items()}, "config": C.to_json(cfg)}
+    """What a final checkpoint holds: the prompt parameters and the resolved configuration only.
+
+    The configuration names its method by the registry's name (``plot``, not the dotted path
+    ``rayot_plot:PLOT`` a configuration may give), which a reader compares as text."""
+    tree = {**C.to_dict(cfg), "method": C.method_of(cfg).name}
+    return {"prompt": {k: v.detach().cpu() for k, v in prompt_state.items()},
+            "config": json.dumps(tree, sort_keys=True)}
 
 
 def save_checkpoint(location: str, name: str, cfg: C.TrialConfig, prompt_state: dict[str, Tensor]) -> str:
@@ -244,17 +283,22 @@ def save_checkpoint(location: str, name: str, cfg: C.TrialConfig, prompt_state: 
 
 
 def load_checkpoint(path: str | Path) -> tuple[C.TrialConfig, dict[str, Tensor]]:
-    """Read a final checkpoint (``weights_only=True``): its configuration and prompt state."""
+    """Read a final checkpoint (``weights_only=True``): its configuration and prompt state.
+
+    The method the configuration names must be installed (or already loaded by this process): it
+    is compared as text (:func:`saved_method`), never imported from the file's say-so."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path}: not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ModelError(f"checkpoint {path}: not a rayot checkpoint ({exc})") from exc
+        raise ModelError(f"checkpoint {path}: not a rayot checkpoint ({torch_load_problem(exc)})") from exc
     if not isinstance(payload, dict) or "prompt" not in payload or "config" not in payload:
         raise ModelError(f"checkpoint {path}: expected keys 'prompt' and 'config'")
-    return C.from_dict(json.loads(payload["config"])), payload["prompt"]
+    tree = _config_tree(path, payload["config"])
+    tree["method"] = saved_method(path, tree)
+    return C.from_dict(tree), payload["prompt"]
 
 
 # ----- a method's reference checkpoints -----
@@ -316,31 +360,63 @@ def load_reference_into(model: nn.Module, method: str, path: str | Path, setting
 def init_prompts(model: nn.Module, cfg: C.TrialConfig, path: str) -> None:
     """Start from saved prompts (``model.init_from``): a rayot ``prompt.pt`` of the same method,
     or a checkpoint written by the method's reference code."""
-    payload = load_reference_file(path)
-    method = methods.get(cfg.method)
-    if "prompt" in payload and "config" in payload:  # a rayot prompt.pt
-        saved = _saved_method(payload["config"])
-        if saved != method.name:
-            raise ModelError(f"checkpoint {path}: its prompts are of method {saved!r}, not {method.name!r}")
+    payload, ours = _init_source(cfg, path)
+    if ours:
         model.load_prompt_state_dict(payload["prompt"])
     else:
-        if method.reference_format is None:
-            raise ModelError(f"checkpoint {path}: not a rayot prompt.pt, and method {method.name!r} "
-                             "declares no reference checkpoint format to read it as")
-        method.import_reference(model, reference_state_dict(payload), cfg.settings)
+        methods.get(cfg.method).import_reference(model, reference_state_dict(payload), cfg.settings)
     logger.info("prompts initialised from %s", path)
 
 
-def _saved_method(config_json: Any) -> str:
-    """The name of the method a rayot checkpoint's configuration names (its reference otherwise)."""
+def check_init_from(cfg: C.TrialConfig) -> None:
+    """Refuse the trial's ``model.init_from`` now, before a model loads, where :func:`init_prompts`
+    would refuse it later (a missing or unreadable file, another method's prompts)."""
+    if cfg.model.init_from:
+        _init_source(cfg, cfg.model.init_from)
+
+
+def _init_source(cfg: C.TrialConfig, path: str) -> tuple[dict[str, Any], bool]:
+    """The checkpoint ``path`` read for a trial of ``cfg`` to start from, and whether it is a rayot
+    ``prompt.pt`` (else the method's reference format); ModelError where it cannot serve."""
+    payload = load_reference_file(path)
+    method = methods.get(cfg.method)  # the user's own configuration: a dotted path there is imported
+    if "prompt" in payload and "config" in payload:  # a rayot prompt.pt
+        saved = saved_method(path, _config_tree(path, payload["config"]))
+        if saved != method.name:
+            raise ModelError(f"checkpoint {path}: its prompts are of method {saved!r}, not {method.name!r}")
+        return payload, True
+    if method.reference_format is None:
+        raise ModelError(f"checkpoint {path}: not a rayot prompt.pt, and method {method.name!r} "
+                         "declares no reference checkpoint format to read it as")
+    return payload, False
+
+
+def _config_tree(path: str | Path, config_json: Any) -> dict[str, Any]:
+    """The configuration a rayot checkpoint holds (JSON text), as a dict; ModelError otherwise."""
     try:
-        ref = str(json.loads(config_json).get("method"))
-    except (ValueError, AttributeError):
-        return "?"
-    try:
-        return methods.get(ref).name
-    except ConfigError:
-        return ref
+        tree = json.loads(config_json)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"checkpoint {path}: its 'config' is not JSON ({exc})") from exc
+    if not isinstance(tree, dict):
+        raise ModelError(f"checkpoint {path}: its 'config' is not a configuration (a JSON object)")
+    return tree
+
+
+def saved_method(path: str | Path, tree: Mapping[str, Any]) -> str:
+    """The registry's name of the method a checkpoint's configuration ``tree`` names.
+
+    Compared as text (:func:`rayot.methods.canonical`): a file never makes rayot import a module,
+    so a checkpoint that names a method not installed here (a dotted path among them) is refused
+    by that name with a ModelError, whatever import-time code that module holds. Files written
+    before checkpoints recorded the registry's name (a built-in's ``module:Class``) still read.
+    """
+    ref = tree.get("method", methods.DEFAULT)
+    name = methods.canonical(ref) if isinstance(ref, str) else None
+    if name is None:
+        raise ModelError(f"checkpoint {path}: its prompts are of method {ref!r}, which is not installed "
+                         "here (a method named in a file is compared by name, never imported; install "
+                         "it, or name its dotted path as 'method' in your configuration)")
+    return name
 
 
 def _require_format(m: methods.Method) -> None:

@@ -329,6 +329,10 @@ def validate(cfg: TrialConfig) -> None:
     if not 0 <= v.holdout < 1:
         raise ConfigError(f"config key 'validation.holdout': {v.holdout} is outside [0, 1): the fraction of "
                           "the base classes held out of a search trial's training as pseudo-novel")
+    if cfg.model.checkpoint and cfg.model.checkpoint.startswith("rayot:"):
+        from rayot.train.runtime import resolve_weights_path
+
+        resolve_weights_path(cfg.model.checkpoint)  # an asset name that leads out of the assets
     method_of(cfg).check(cfg)
 
 

@@ -308,7 +308,9 @@ def check_writable(location: str, what: str, *, timeout_s: float = 5.0) -> None:
         raise exc
     if isinstance(exc, OSError):
         problem = str(exc)
-        if exc.strerror:
+        if isinstance(exc, FileExistsError):  # os.makedirs of a path that holds a file
+            problem = f"it is a file, not a folder ({exc.filename})"
+        elif exc.strerror:
             problem = exc.strerror + (f" ({exc.filename})" if exc.filename else "")
         raise RayotError(f"{what} location {location!r} is not writable: {problem}") from exc
     raise exc

@@ -30,7 +30,7 @@ def train(
     from rayot import config as C
     from rayot import results
     from rayot import trackers as T
-    from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
+    from rayot.checkpoints import check_init_from
     from rayot.cli._common import ensure_synthetic
     from rayot.errors import ConfigError, RayotError
     from rayot.results import result_rows
@@ -47,12 +47,15 @@ def train(
     if cfg.world_size != 1:
         raise ConfigError(f"config key 'world_size': rayot train runs one process, got {cfg.world_size} "
                           "(a sweep trains on several workers: resources.num_workers)")
+    device = resolve_device(cfg.device)  # a device this machine lacks: one line, before any work
+    for location, what in ((cfg.output.results, "results"), (cfg.output.checkpoints, "checkpoint")):
+        results.check_writable(location, what)  # as rayot sweep: before the model loads, not after training
+    check_init_from(cfg)  # the prompts to start from, read before the model loads
     if cfg.data.dataset == "synthetic":
         ensure_synthetic([cfg.data.root])
     tid = C.trial_id(cfg)
     track = T.resolve(T.Tracking().with_log(log_to or []), results=cfg.output.results, name="rayot-train")
     T.prepare(track)  # a missing package or a bad store: one message, before the model loads
-    device = resolve_device(cfg.device)
     console = Console()
     console.print(
         f"trial [bold]{tid}[/]: {cfg.method} on {cfg.data.dataset} ({cfg.data.protocol}), "
@@ -86,10 +89,34 @@ def train(
         bar.stop()
     rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, history=outcome.history)
     trackers.finish(T.final_metrics(rows))
+    ckpt = _save_prompts(cfg, tid, outcome.prompt_state)  # first: a done row promises saved prompts
     path = results.write_trial_rows(cfg.output.results, tid, rows)
-    ckpt = save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
     for r in outcome.evals:
         console.print(f"{r.protocol:>22} {r.eval_dataset:>16} {r.split:>6}: {r.accuracy:6.2f}% of {r.n_test}")
     console.print(f"results: {path}\ncheckpoint: {ckpt}")
     for line in T.where(track):
         console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
+
+
+def _save_prompts(cfg, tid: str, prompt_state) -> str:
+    """Save a trained trial's prompts, or record the trial as failed and raise one RayotError.
+
+    The prompts go before the result rows: a ``done`` row is written only once its prompts are
+    saved, so a later sweep never counts as done a trial whose prompts are lost.
+    """
+    from rayot import results
+    from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
+    from rayot.errors import RayotError
+
+    try:
+        return save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, prompt_state)
+    except Exception as exc:  # noqa: BLE001 - storage refused the prompts: the trial failed
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        error = f"trial {tid}: saving its prompts to {cfg.output.checkpoints} failed ({problem})"
+        try:
+            results.write_failure_rows(cfg.output.results, tid, [results.failure_row(cfg, error)])
+            recorded = "recorded as failed, not done"
+        except Exception as write_error:  # noqa: BLE001 - the error below is what the user needs
+            log.debug("trial %s: recording its failure failed too: %s", tid, write_error)
+            recorded = "no result written"
+        raise RayotError(f"{error}; {recorded}") from exc

@@ -122,6 +122,33 @@ def known(name: str) -> Method | None:
     return None
 
 
+def canonical(ref: str) -> str | None:
+    """The registry's name of the method that a data file (a checkpoint, a results file) names,
+    found by comparing text: never imports anything, so a file cannot run code by naming a module.
+
+    ``ref`` may be a built-in's or an installed plug-in's name, what earlier files recorded for
+    them (a built-in's ``module:Class`` path, an entry point's value), or a name or dotted path of
+    a method this process has already loaded (the user's own configuration named it). ``None``
+    when it is none of these: a method that is not installed here.
+    """
+    if not isinstance(ref, str) or not ref:
+        return None
+    if ref in _loaded:
+        return _loaded[ref].name
+    if ref in BUILTINS:
+        return ref
+    points = _entry_points()
+    if ref in points:
+        return ref
+    for name, target in BUILTINS.items():
+        if ref == target:
+            return name
+    for name, point in points.items():
+        if ref == point.value:
+            return name
+    return None
+
+
 def display_name(name: str) -> str:
     """A method's display name; an unknown method as it is spelled."""
     method = known(name)
@@ -207,6 +234,7 @@ __all__ = [
     "References",
     "StepHooks",
     "available",
+    "canonical",
     "class_rows",
     "cross_entropy",
     "display_name",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -251,15 +252,39 @@ def _quiet_random_init_warning(active: bool) -> Iterator[None]:
             root.removeFilter(_filter)
 
 
+# torch's refusal of a pickled object names it so ("Unsupported global: GLOBAL module.Name ...").
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# and any other refusal of its weights-only reader gives its detail after "WeightsUnpickler error:"
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+
+
+def torch_load_problem(err: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in one line.
+
+    torch explains a refusal over some eight lines, with advice to load the file with
+    ``weights_only=False``, which would run any code the file holds: rayot never does. A file that
+    pickles an object says which one; a damaged file gives torch's own detail, first line only.
+    """
+    text = str(err)
+    unsafe = _UNSAFE_GLOBAL.search(text)
+    if unsafe:
+        return (f"it holds a pickled object ({unsafe.group(1)}), not only tensors, and rayot never loads "
+                "a file with torch.load(weights_only=False), which could run code; save the tensors "
+                "alone (torch.save(model.state_dict(), PATH))")
+    detail = _UNPICKLER_DETAIL.search(text)
+    if detail:
+        return f"not a file of tensors that torch can read ({detail.group(1).strip()})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"checkpoint {path}: file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ModelError(
-            f"checkpoint {path} cannot be read with torch.load(weights_only=True): {err}"
-        ) from err
+    except Exception as err:  # noqa: BLE001 - any refusal is a file that cannot be read
+        raise ModelError(f"checkpoint {path} cannot be read: {torch_load_problem(err)}") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

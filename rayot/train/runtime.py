@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from rayot.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,12 +22,19 @@ ASSET_PREFIX = "rayot:"
 
 def resolve_weights_path(checkpoint: str | None) -> str | None:
     """``rayot:NAME`` names a file shipped in the package (``rayot/assets/NAME``), e.g. the
-    demo model; it keeps a configuration, and so its trial id, the same on every machine."""
+    demo model; it keeps a configuration, and so its trial id, the same on every machine. A name
+    that leads out of the assets folder (``rayot:../../x``, an absolute path) is a ConfigError."""
     if checkpoint is None or not checkpoint.startswith(ASSET_PREFIX):
         return checkpoint
     from importlib.resources import files
 
-    return str(files("rayot") / "assets" / checkpoint[len(ASSET_PREFIX):])
+    assets = Path(str(files("rayot") / "assets")).resolve()
+    path = (assets / checkpoint[len(ASSET_PREFIX):]).resolve()
+    if not path.is_relative_to(assets) or path == assets:
+        raise ConfigError(f"config key 'model.checkpoint': {checkpoint!r} names no file inside rayot's "
+                          f"assets folder ({ASSET_PREFIX}NAME is a file shipped there, such as "
+                          f"{ASSET_PREFIX}demo-clip.pt; give any other file by its own path)")
+    return str(path)
 
 
 def seed_everything(seed: int) -> None:
