@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rayot.terminal import print_table
+
 #: the protocols whose presets `rayot methods NAME` shows, with a dataset for dataset-dependent ones
 PRESET_CASES = (("base2novel", "caltech101", 16), ("base2novel", "imagenet", 16), ("transfer", "imagenet", 16),
                 ("few_shot", "caltech101", 16), ("few_shot", "dtd", 16), ("few_shot", "caltech101", 1))
@@ -31,7 +33,7 @@ def _all(console: Console) -> None:
 
     table = Table(title="methods (rayot methods NAME: settings and presets)")
     for col in ("name", "shown as", "from", "settings", "base-to-novel preset", "reference format", "what"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col)
     names = [*methods.BUILTINS, *methods.plugin_names()]
     broken = []
     found = []
@@ -46,7 +48,8 @@ def _all(console: Console) -> None:
         shown = f"{m.display} ({m.label})" if m.label else m.display
         table.add_row(m.name, shown, m.origin, settings, _schedule(m), "yes" if m.reference_format else "-",
                       m.summary)
-    console.print(table)
+    # a method's names never wrap; its settings and the descriptions wrap between words
+    print_table(console, table, wrap=("settings", "base-to-novel preset", "what"))
     console.print("a method of your own: an entry point of the group rayot.methods, or a dotted path in "
                   "the configuration (method: package.module:Class); docs/methods.md", highlight=False)
     if broken:
@@ -85,16 +88,16 @@ def _one(console: Console, ref: str) -> None:
                   f"{m.reference_format or 'none declared'}", highlight=False)
     settings = Table(title=f"settings (in a configuration: {m.name}: {{...}}; override: {m.name}.KEY=VALUE)")
     for col in ("setting", "default", "allowed", "meaning"):
-        settings.add_column(col, overflow="fold")
+        settings.add_column(col)
     for f in dataclasses.fields(m.Settings):
         meta = f.metadata
         allowed = ", ".join(map(str, meta["choices"])) if meta.get("choices") else (
             f">= {meta['minimum']:g}" if meta.get("minimum") is not None else "> 0" if meta.get("positive") else "")
         settings.add_row(f.name, repr(plain(f.default)), allowed, meta.get("help", ""))
-    console.print(settings)
+    print_table(console, settings, wrap=("allowed", "meaning"))
     presets = Table(title="reference presets (under the configuration file; defines: over it)")
     for col in ("protocol", "dataset", "shots", "reference", "settings", "defines"):
-        presets.add_column(col, overflow="fold")
+        presets.add_column(col)
     seen = {}
     for protocol, dataset, shots in PRESET_CASES:
         p = m.preset(protocol, dataset, shots)
@@ -103,7 +106,7 @@ def _one(console: Console, ref: str) -> None:
             continue  # the same as the case shown before it
         seen[protocol] = row
         presets.add_row(protocol, dataset, str(shots), *row)
-    console.print(presets)
+    print_table(console, presets, wrap=("reference", "settings", "defines"))
     sources = {m.preset(p, d, k).source for p, d, k in PRESET_CASES} - {""}
     for source in sorted(sources):
         console.print(f"source: {source}", highlight=False, soft_wrap=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from rayot.terminal import print_table
+
 log = logging.getLogger(__name__)
 
 
@@ -95,8 +97,8 @@ def sweep(
         packs = make_packs(to_run, s.resources.pack)
         pack_of = {C.trial_id(c): f"{n}/{len(packs)}" for n, p in enumerate(packs, 1) for c in p}
         n_done = len(states) - len(to_run)
-        console.print(plan_table(states, f"sweep {s.name}: {len(states)} trials",
-                                 pack_of if s.resources.pack > 1 else None))
+        print_table(console, plan_table(states, f"sweep {s.name}: {len(states)} trials",
+                                        pack_of if s.resources.pack > 1 else None))
         console.print(f"{len(states)} trials, {n_done} already done, {len(to_run)} to run; "
                       f"results: {results_location}")
         if s.resources.pack > 1:
@@ -124,7 +126,7 @@ def sweep(
             from rayot.sweep.runner import run_search, search_table
 
             searched = run_search(s, cells, **run)
-            console.print(search_table(searched, s.search))
+            print_table(console, search_table(searched, s.search))
             if search_only:
                 _finish(console, [*searched.summaries], t0, results_location, track, report=False)
                 return
@@ -148,9 +150,9 @@ def _finish(console: Console, summaries: list, t0: float, results_location: str,
     from rayot.sweep.runner import SweepSummary, failures_table, summary_table
 
     summary = SweepSummary([st for sm in summaries for st in sm.states])
-    console.print(summary_table(summary))
+    print_table(console, summary_table(summary))
     if summary.failed and console.is_terminal:
-        console.print(failures_table(summary))
+        print_table(console, failures_table(summary))
     for st in summary.failed if not console.is_terminal else ():  # whole lines, for logs and grep
         console.print(f"failed: {st.trial_id} ({st.cfg.data.dataset} {st.cfg.method} seed {st.cfg.seed}): "
                       f"{st.error} (log: {st.log})", highlight=False, soft_wrap=True)

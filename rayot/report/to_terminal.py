@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rayot import terminal
 from rayot.report.cells import render_cell
 from rayot.report.model import Report, ReportTable
 
@@ -38,7 +39,8 @@ def rich_table(table: ReportTable) -> Table:
 
 
 def print_table(table: ReportTable, console: Console) -> None:
-    console.print(rich_table(table))
+    """The table as drawn where it fits the console, else one block per row (rayot.terminal)."""
+    terminal.print_table(console, rich_table(table))
     for note in table.notes:
         console.print(f"[dim]• {escape(note)}[/]", soft_wrap=True)
 

@@ -36,6 +36,7 @@ from rayot.sweep.worker import (
     record_failure,
     tune_driver,
 )
+from rayot.terminal import fit
 from rayot.trackers import Tracking
 from rayot.trackers import prepare as prepare_tracking
 from rayot.typed import plain
@@ -528,7 +529,7 @@ def search_plan(s: search.Search, cells: list[search.Cell], done: dict[str, str]
     sched = s.scheduler
     held = (f"trained without {s.holdout:.0%} of the base classes (held out as pseudo-novel)"
             if cells[0].config.data.protocol == "base2novel" and s.holdout > 0 else "trained on the few-shot subset")
-    lines = [table, f"search trials: seed {cells[0].config.seed}, {held}, scored on validation images only"]
+    lines = [fit(table), f"search trials: seed {cells[0].config.seed}, {held}, scored on validation images only"]
     if search.make_scheduler(s, epochs) is None:
         lines.append(f"epoch budget: {len(cells)} x {full} = {len(cells) * full} epochs (no early stopping)")
     else:
