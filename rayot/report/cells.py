@@ -10,8 +10,14 @@ MISSING = "—"
 
 
 def number(value: float, signed: bool = False) -> str:
-    """Two decimals, the precision of the papers; differences carry their sign (a true minus)."""
-    return f"{value:+.2f}".replace("-", "\u2212") if signed else f"{value:.2f}"
+    """Two decimals, the precision of the papers; differences carry their sign (a true minus).
+
+    A value that rounds to zero reads ``0.00`` (``+0.00`` signed), never ``-0.00``: Python keeps the
+    sign of a tiny negative number through rounding, which would show a difference of nothing as a
+    loss.
+    """
+    shown = round(value, 2) + 0.0  # -0.0 + 0.0 is 0.0: the sign of a zero goes
+    return f"{shown:+.2f}".replace("-", "\u2212") if signed else f"{shown:.2f}"
 
 
 def render_cell(
