@@ -40,13 +40,17 @@ def report(
     """Aggregate finished trials into tables (Markdown, LaTeX, HTML, CSV) and figures (PNG)."""
     from rayot.report import build_report, parse_formats, print_report, write_report
     from rayot.report.frame import split_method_specs
-    from rayot.results import read_results, read_search_records
+    from rayot.results import check_writable, read_results, read_search_records
 
     wanted = parse_formats(formats)  # fail on a bad format before reading anything
     dataset_list = [d.strip() for item in datasets or [] for d in item.split(",") if d.strip()]
     method_list = split_method_specs(methods or [])
     out_dir = out if out is not None else Path("reports") / name
+    check_writable(str(out_dir), "--out")  # a file, a folder under one, read-only: before any work
     table = read_results(results)
+    unsaved = _unsaved_prompts(table)
+    if unsaved:  # one whole line on stderr, as rayot sweep's warnings: the report goes to stdout
+        Console(stderr=True).print(f"warning: {unsaved}", highlight=False, soft_wrap=True, markup=False)
     rep = build_report(
         table,
         searches=read_search_records(results),
@@ -63,3 +67,31 @@ def report(
     for note in rep.skipped_figures:
         log.info("figure skipped: %s", note)
     console.print(f"wrote {len(paths)} files to [bold]{out_dir}[/] ({', '.join(wanted)})")
+
+
+def _unsaved_prompts(table) -> str | None:
+    """One line naming the ``done`` trials whose prompts are not saved where their configuration
+    put them (rows of earlier versions: :func:`rayot.checkpoints.trials_without_prompts`); None when
+    every one is. Only local checkpoint folders that exist are looked at: results copied here
+    without their checkpoints are not judged."""
+    import json
+    import os
+
+    from rayot.checkpoints import trials_without_prompts, without_prompts_line
+
+    by_location: dict[str, list[str]] = {}
+    for row in table.select(["trial_id", "status", "config"]).to_pylist():
+        if row["status"] != "done":
+            continue
+        try:
+            location = json.loads(row["config"])["output"]["checkpoints"]
+        except (TypeError, ValueError, KeyError):
+            continue
+        if isinstance(location, str) and "://" not in location and os.path.isdir(location):
+            by_location.setdefault(location, []).append(row["trial_id"])
+    unsaved = {loc: trials_without_prompts(loc, ids) for loc, ids in sorted(by_location.items())}
+    unsaved = {loc: ids for loc, ids in unsaved.items() if ids}
+    if not unsaved:
+        return None
+    return without_prompts_line(", ".join(unsaved), [t for ids in unsaved.values() for t in ids],
+                                "their rows are reported, their prompts are not there to load")

@@ -89,9 +89,9 @@ def sweep(
                       "as not done and runs again", highlight=False, soft_wrap=True)
     if dry_run:
         from rayot.sweep.packs import make_packs
-        from rayot.sweep.runner import TrialState, plan_table
+        from rayot.sweep.runner import TrialState, plan_table, unsaved_as_pending
 
-        done = scan.statuses
+        done = unsaved_as_pending(scan.statuses, trials, storage_of(s, trials).checkpoints, console)
         states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]
         to_run = [st.cfg for st in states if st.status != "done"]
         packs = make_packs(to_run, s.resources.pack)

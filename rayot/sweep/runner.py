@@ -228,6 +228,24 @@ def _owner(spec: SweepSpec) -> dict[str, Any]:
             "label": f"sweep {spec.name}"}
 
 
+def unsaved_as_pending(done: dict[str, str], trials: list[C.TrialConfig], checkpoints: str,
+                       console: Console) -> dict[str, str]:
+    """``done`` without this sweep's ``done`` trials whose prompts are not saved under
+    ``checkpoints`` (rows of earlier versions: :func:`rayot.checkpoints.trials_without_prompts`),
+    so that they run again; one warning line names them."""
+    from rayot.checkpoints import trials_without_prompts, without_prompts_line
+
+    ids = [C.trial_id(c) for c in trials if done.get(C.trial_id(c)) == "done"]
+    unsaved = trials_without_prompts(checkpoints, ids)
+    if not unsaved:
+        return done
+    line = without_prompts_line(checkpoints, unsaved, "they count as not done and run again")
+    log.debug("%s", line)
+    console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    again = set(unsaved)
+    return {tid: status for tid, status in done.items() if tid not in again}
+
+
 def run_sweep(
     spec: SweepSpec,
     trials: list[C.TrialConfig],
@@ -251,6 +269,7 @@ def run_sweep(
     storage = storage_of(spec, trials)
     results_location = storage.results
     done = results.finished_trials(results_location)
+    done = unsaved_as_pending(done, trials, storage.checkpoints, console)
     states = []
     for cfg in trials:
         tid = C.trial_id(cfg)

@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 
 from rayot import config as C
 from rayot import results, storage, trackers
-from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
+from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint, trials_without_prompts
 from rayot.errors import RayotError
 from rayot.results import failure_row, result_rows
 from rayot.sweep import leases, search
@@ -233,7 +233,8 @@ def tune_driver(param: dict[str, Any]) -> None:
                 outcome[tid] = {"status": "busy", "error": lease.describe()}
                 continue
             held.append(stack.enter_context(lease))
-            if results.trial_status(cfg.output.results, tid) == "done":  # finished by another sweep
+            if (results.trial_status(cfg.output.results, tid) == "done"  # finished by another sweep
+                    and not trials_without_prompts(cfg.output.checkpoints, [tid])):  # (not an old row)
                 outcome[tid] = {"status": "done"}
                 continue
             run.append(cfg)
