@@ -28,9 +28,11 @@ id, the evaluation targets) come from functions, never from mutating the configu
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ import yaml
 
 from rayot import methods
 from rayot.data import protocols as _protocols
+from rayot.data.specs import DATASETS
 from rayot.errors import ConfigError
 from rayot.typed import (
     build_dataclass,
@@ -58,16 +61,40 @@ METHODS = tuple(methods.BUILTINS)
 PROTOCOLS = _protocols.PROTOCOLS
 CROSS_DATASET_TARGETS = _protocols.CROSS_DATASET_TARGETS
 DG_TARGETS = _protocols.DOMAIN_GENERALIZATION_TARGETS
+#: Short names of configuration keys, accepted wherever a dotted key is (``key=value`` overrides,
+#: ``--set``, a sweep's grid and search space).
+ALIASES = {"dataset": "data.dataset", "protocol": "data.protocol", "shots": "data.shots"}
+#: What ``device`` may say; whether the machine has it is checked where the trial runs
+#: (:func:`rayot.train.resolve_device`).
+DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def _known_dataset(name: str, key: str) -> None:
+    """A dataset name of the registry (rayot.data.specs): a typo fails at load, not in every trial."""
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, DATASETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config key {key!r}: unknown dataset {name!r} (known: {', '.join(DATASETS)}){hint}")
+
+
+def _known_datasets(names: tuple[str, ...], key: str) -> None:
+    for i, name in enumerate(names):
+        _known_dataset(name, f"{key}[{i}]")
+
+
+def _device(value: str, key: str) -> None:
+    if not DEVICE_SYNTAX.fullmatch(value):
+        raise ConfigError(f"config key {key!r}: {value!r} is not a device (auto, cpu, cuda, cuda:N or mps)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"
+    dataset: str = setting("synthetic", check=_known_dataset)
     root: str = "data"
     protocol: str = setting("base2novel", choices=PROTOCOLS)
     shots: int = setting(16, minimum=0)
     #: evaluation targets besides the training dataset; empty = the protocol's own (docs/protocol.md §4)
-    targets: tuple[str, ...] = ()
+    targets: tuple[str, ...] = setting((), check=_known_datasets)
     num_workers: int = setting(2, minimum=0)
 
 
@@ -140,7 +167,7 @@ class TrialConfig:
     method: str = methods.DEFAULT
     seed: int = 1
     precision: str = setting("fp32", choices=("fp32", "bf16", "fp16"))
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = setting("auto", check=_device)  # auto | cpu | cuda | cuda:N | mps
     #: data-parallel workers the trial trains on; a sweep sets it from resources.num_workers.
     #: N workers run the one-worker experiment divided up (each takes 1/N of every global batch
     #: of optim.batch_size, of the classes and of the test set), so it is not part of the trial id.
@@ -170,30 +197,99 @@ _warned: set[str] = set()
 # ----------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping key written twice in one YAML mapping."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        where = (f"lines {first.line + 1} and {second.line + 1}" if first.line != second.line
+                 else f"line {first.line + 1}, columns {first.column + 1} and {second.column + 1}")
+        super().__init__(problem=f"key {key!r} is written twice ({where})", problem_mark=second)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error: PyYAML
+    keeps the last value without a word, and a sweep or configuration would silently lose one.
+    Keys that a merge (``<<: *anchor``) brings in may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where (line, column). Its own text spans
+    several lines and quotes the source."""
+    if isinstance(exc, DuplicateKeyError):
+        return f"{exc.problem}; YAML would keep only the last, so keep one"
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    out = f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+    context, at = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and at is not None:
+        out += f" ({context} at line {at.line + 1}, column {at.column + 1})"
+    elif context:
+        out += f" ({context})"
+    return out
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML by :class:`StrictLoader` (safe; no key written twice)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
+def canonical_key(key: str) -> str:
+    """The dotted key of a configuration key or its short name (``shots`` -> ``data.shots``)."""
+    return ALIASES.get(key, key)
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["optim.lr=0.01", "seed=2"]`` → a nested dict; values are parsed as YAML."""
+    """``["optim.lr=0.01", "seed=2"]`` → a nested dict; values are parsed as YAML. A key may be
+    a short name (``shots=4`` is ``data.shots=4``), as in a sweep's grid; the two spellings of one
+    key in one command line are refused, not one silently dropped."""
     tree: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
-        set_dotted(tree, key.strip(), value)
+            raise ConfigError(f"override {item!r}: its value: {yaml_problem(exc)}") from exc
+        dotted = canonical_key(key)
+        if spelled.setdefault(dotted, key) != key:
+            raise ConfigError(f"override {item!r}: {spelled[dotted]!r} and {key!r} are the same key ({dotted}); "
+                              "give it once")
+        set_dotted(tree, dotted, value)
     return tree
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """Read a YAML mapping, naming the file in every error."""
+    """Read a YAML mapping, naming the file in every error (one line, with the line and column)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path}: not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{what} {path}: {yaml_problem(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

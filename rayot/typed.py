@@ -10,6 +10,7 @@ lower bound, what it means. This module knows nothing of trials, methods or Ray.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -41,7 +42,14 @@ def _type_name(tp: Any) -> str:
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats.
+
+    A non-finite number (YAML's ``.nan``, ``.inf``) is refused whatever the annotation: no setting
+    means anything by it, a range check lets NaN through (every comparison with it is false), and
+    a plan holding it is not valid JSON.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

@@ -23,10 +23,10 @@ def test_defaults_reproduce_the_reference_settings():
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("seed: 3\nprompt_ot:\n  lambda_ot: 2\ndata:\n  dataset: dtd\n")
-    cfg = C.load_config(path, ["prompt_ot.eta=0.25", "data.targets=[a, b]", "model.pretrained=null"])
+    cfg = C.load_config(path, ["prompt_ot.eta=0.25", "data.targets=[dtd, eurosat]", "model.pretrained=null"])
     s = cfg.settings
     assert cfg.seed == 3 and s.lambda_ot == 2.0 and isinstance(s.lambda_ot, float)
-    assert s.eta == 0.25 and cfg.data.dataset == "dtd" and cfg.data.targets == ("a", "b")
+    assert s.eta == 0.25 and cfg.data.dataset == "dtd" and cfg.data.targets == ("dtd", "eurosat")
     assert cfg.model.pretrained is None
     assert C.to_dict(cfg)["prompt_ot"]["lambda_ot"] == 2.0  # the method's settings under its name
 
@@ -224,3 +224,113 @@ def test_a_configuration_of_an_earlier_version_loads(tmp_path):
     old["data"]["template"] = "default"
     old["optim"].update(gpa_mean=0.0, gpa_std=0.0)
     assert C.trial_id(C.from_dict(old)) == C.trial_id(C.load_config(None, ["method=coop"]))
+
+
+# ----------------------------------------------------------------------------- refused at load
+
+
+def _refused(overrides: list[str], path=None) -> str:
+    """The one-line message of a configuration refused at load."""
+    with pytest.raises(ConfigError) as err:
+        C.load_config(path, overrides)
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_dataset_names_are_checked_against_the_registry():
+    message = _refused(["data.dataset=dtdd"])
+    assert "'data.dataset': unknown dataset 'dtdd'" in message and "did you mean 'dtd'?" in message
+    assert "eurosat" in message  # the known names are listed
+    assert "'data.targets[1]': unknown dataset 'nowhere'" in _refused(["data.targets=[dtd, nowhere]"])
+    assert C.load_config(None, ["data.targets=[dtd, imagenet_r]"]).data.targets == ("dtd", "imagenet_r")
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda 0", ""])
+def test_a_device_that_is_not_spelled_as_one_is_refused_at_load(device):
+    assert f"'device': {device!r} is not a device" in _refused([f"device={device!r}"])
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3", "mps"])
+def test_every_device_spelling_loads_whatever_this_machine_has(device):
+    # whether the machine has it is checked where the trial runs (resolve_device), not by a plan
+    assert C.load_config(None, [f"device={device}"]).device == device
+
+
+def test_a_device_this_machine_lacks_is_one_line_where_the_trial_runs():
+    import torch
+
+    from rayot.train import resolve_device
+
+    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or the first of none
+    with pytest.raises(ConfigError, match=f"config key 'device': '{absent}', but this machine has") as err:
+        resolve_device(absent)
+    assert "\n" not in str(err.value)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=.nan", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.momentum=-.inf", "optim.momentum"),
+        ("validation.holdout=.nan", "validation.holdout"),
+        ("prompt_ot.eta=.NaN", "prompt_ot.eta"),  # a method's setting: the same loader
+        ("prompt_ot.lambda_ot=.inf", "prompt_ot.lambda_ot"),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_every_float_setting(override, key):
+    assert f"config key '{key}': expected a finite number, got" in _refused([override])
+
+
+def test_the_typed_loader_refuses_non_finite_numbers_in_optional_and_list_fields():
+    import dataclasses
+
+    from rayot.typed import build_dataclass
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        scale: float | None = None
+        weights: tuple[float, ...] = ()
+
+    assert build_dataclass(Settings, {"scale": 2, "weights": [1, 0.5]}) == Settings(2.0, (1.0, 0.5))
+    with pytest.raises(ConfigError, match="'x.scale': expected a finite number, got nan"):
+        build_dataclass(Settings, {"scale": float("nan")}, "x.")
+    with pytest.raises(ConfigError, match=r"'x.weights\[1\]': expected a finite number, got inf"):
+        build_dataclass(Settings, {"weights": [1, float("inf")]}, "x.")
+
+
+def test_short_names_work_as_overrides_as_in_a_grid():
+    short = C.load_config(None, ["shots=4", "dataset=dtd", "protocol=few_shot"])
+    assert short == C.load_config(None, ["data.shots=4", "data.dataset=dtd", "data.protocol=few_shot"])
+    assert C.parse_overrides(["shots=4"]) == {"data": {"shots": 4}}
+    message = _refused(["shots=4", "data.shots=8"])
+    assert "'shots' and 'data.shots' are the same key (data.shots)" in message
+
+
+def test_a_yaml_key_written_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("seed: 1\ndata:\n  dataset: dtd\n  shots: 4\n  shots: 8\n")
+    message = _refused([], path)
+    assert str(path) in message and "key 'shots' is written twice (lines 4 and 5)" in message
+    path.write_text("data: {shots: 4, shots: 8}\n")
+    assert "key 'shots' is written twice (line 1, columns 8 and 18)" in _refused([], path)
+    assert "key 'name' is written twice" in _refused(["model={name: a, name: b}"])
+    # a key a merge brings in may be overridden: that is what a merge is for
+    path.write_text("x: &shared {shots: 4, dataset: dtd}\n")
+    assert C.read_yaml(path) == {"x": {"shots": 4, "dataset": "dtd"}}
+    path.write_text("data:\n  <<: {shots: 4, dataset: dtd}\n  shots: 8\n")
+    assert C.load_config(path).data.shots == 8
+
+
+def test_malformed_yaml_is_one_line_with_its_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: 1\ndata:\n  dataset: dtd\n  shots 4\noptim: {lr: 0.1}\n")
+    message = _refused([], path)
+    assert message.startswith(f"config file {path}: not valid YAML at line 5, column 1: could not find expected ':'")
+    assert "while scanning a simple key at line 4, column 3" in message
+    message = _refused(["data.targets=[dtd,"])
+    assert message.startswith("override 'data.targets=[dtd,': its value: not valid YAML at line 1, column 6")
+    path.write_bytes(b"seed: \xff\n")
+    assert "not UTF-8 text" in _refused([], path)

@@ -12,9 +12,24 @@ from rayot.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device a configuration's ``device`` names (its spelling was checked at load), or
+    one line saying this machine has no such device, before the model loads: torch itself fails
+    only later, at the first tensor moved there, with an error of its own."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"config key 'device': {name!r}, but this machine has no CUDA device; "
+                              "device=auto uses a GPU where there is one, the CPU elsewhere")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"config key 'device': {name!r}, but this machine has {count} CUDA "
+                              f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"config key 'device': {name!r}, but this machine has no MPS (Apple GPU) device; "
+                          "device=auto or device=cpu")
+    return device
 
 
 ASSET_PREFIX = "rayot:"
