@@ -59,7 +59,7 @@ def sweep(
     # one exit status a line, each under 76 characters, reads whole on an 80-column terminal.
     from rayot import config as C
     from rayot import results
-    from rayot.sweep.spec import expand, load_spec, replaced_axes, storage_of
+    from rayot.sweep.spec import expand, load_spec, plan_notes, storage_of
 
     console = Console()
     s = load_spec(spec)
@@ -81,7 +81,7 @@ def sweep(
     from rayot import trackers as T
 
     track = T.resolve(s.tracking.with_log(log_to or []), results=results_location, name=s.name)
-    for note in replaced_axes(s, set_values):
+    for note in plan_notes(s, set_values):
         console.print(f"note: {note}", highlight=False)
     scan = results.scan_results(results_location)  # one read of every result file
     for path, problem in scan.problems.items():

@@ -40,7 +40,7 @@ from rayot import methods
 from rayot.errors import ConfigError
 from rayot.trackers import Tracking, parse_tracking
 
-ALIASES = {"dataset": "data.dataset", "protocol": "data.protocol", "shots": "data.shots"}
+ALIASES = C.ALIASES
 _TOP_KEYS = ("name", "description", "base", "grid", "grids", "resources", "storage", "tracking", "search")
 #: Grid axes a search cannot search: each cell of them gets its own search (docs/search.md).
 CELL_AXES = ("data.dataset", "data.protocol", "data.shots", "seed", "method")
@@ -129,15 +129,33 @@ def _axes(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
         return {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of config keys to lists of values")
-    axes = {}
+    axes: dict[str, tuple[Any, ...]] = {}
+    spelled: dict[str, str] = {}
     for key, values in raw.items():
         if not isinstance(key, str):
             raise ConfigError(f"{where}: key {key!r} is not a string")
         values = tuple(values) if isinstance(values, list) else (values,)
         if not values:
             raise ConfigError(f"{where}: key {key!r} has an empty list of values")
-        axes[ALIASES.get(key, key)] = values
+        dotted = C.canonical_key(key)
+        if spelled.setdefault(dotted, key) != key:  # else one axis would silently replace the other
+            raise ConfigError(f"{where}: {spelled[dotted]!r} and {key!r} are the same key ({dotted}); "
+                              "give its values once")
+        axes[dotted] = values
     return axes
+
+
+def _name(raw: Any, path: Path) -> str:
+    """The sweep's name (default: the file's stem). Ray Tune keeps its experiment state in a folder
+    named after it, so it must be one plain folder name: a ``/`` or ``..`` would put that state
+    outside the checkpoint location."""
+    if raw is None:
+        return path.stem
+    name = str(raw)
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        raise ConfigError(f"sweep spec {path}: name {name!r}: must be a plain folder name (no '/', '\\', "
+                          "not empty, '.' or '..'); Ray Tune keeps the sweep's state in a folder named after it")
+    return name
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -166,7 +184,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     except ConfigError as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
     spec = SweepSpec(
-        name=str(raw.get("name") or path.stem),
+        name=_name(raw.get("name"), path),
         base=dict(base),
         grid=_axes(raw.get("grid"), f"sweep spec {path}: grid"),
         grids=tuple(_axes(b, f"sweep spec {path}: grids[{i}]") for i, b in enumerate(blocks)),
@@ -216,6 +234,15 @@ def _output(key: str, flag: str | None, sets: Mapping[str, Any], default: str) -
     return default
 
 
+def plan_notes(spec: SweepSpec, sets: Mapping[str, Any] | None) -> list[str]:
+    """What the plan should say about the grid: that there is none (the base configuration's one
+    trial), and the axes ``--set`` replaces (:func:`replaced_axes`)."""
+    notes = replaced_axes(spec, sets)
+    if not spec.grid and not any(spec.grids):
+        notes.insert(0, "the sweep has no grid axis: it runs the base configuration's one trial")
+    return notes
+
+
 def replaced_axes(spec: SweepSpec, sets: Mapping[str, Any] | None) -> list[str]:
     """Grid axes that a ``--set`` override replaces by its one value, said in the plan."""
     notes = []
@@ -236,7 +263,11 @@ def expand(spec: SweepSpec, *, results: str | None = None, checkpoints: str | No
     grid axis replaces the axis by its one value (:func:`replaced_axes` says so). Each trial's
     ``world_size`` is ``resources.num_workers``.
     """
-    sets = dict(sets or {})
+    given, sets = sets or {}, {}
+    for key, value in given.items():  # a short name, as in the grid (dataset, shots, ...)
+        if C.canonical_key(key) in sets:
+            raise ConfigError(f"override {key}={value!r}: {C.canonical_key(key)} is set twice")
+        sets[C.canonical_key(key)] = value
     _load_methods(spec, sets)
     if "world_size" in sets or "world_size" in spec.base:
         raise ConfigError("config key 'world_size' is set by the sweep from resources.num_workers")
