@@ -37,6 +37,8 @@ def sweep(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial table (and packs), the searches and "
                                  "their epoch budget, and exit."),
+    full: bool = typer.Option(False, "--full", help="With --dry-run: the table of every trial and every search, "
+                              "even above 200 (else a row per dataset, protocol and method)."),
     search_only: bool = typer.Option(False, "--search-only", help="Run the spec's searches and print their "
                                      "choices; no test trial (no grid trial, no retraining)."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Re-run trials that failed before."),
@@ -59,6 +61,7 @@ def sweep(
     # one exit status a line, each under 76 characters, reads whole on an 80-column terminal.
     from rayot import config as C
     from rayot import results
+    from rayot.errors import ConfigError
     from rayot.sweep.spec import expand, load_spec, plan_notes, storage_of
 
     console = Console()
@@ -75,6 +78,9 @@ def sweep(
         S.check_sets(s, set_values)
         cells = S.cells_of(s, trials)
         previewed = S.preview(cells, s.search)  # every first-round sample checked before Ray starts
+        unsafe = S.validation_only(s.search, S.searched_method(s, trials), [t for c in previewed for t in c.trials])
+        if unsafe:  # the space check of load_spec refuses this first; kept as the run's own guard
+            raise ConfigError(f"{unsafe}: the search would not be scored on validation images only")
         if not s.search.run_grid:
             searched = S.searched_method(s, trials)
             trials = [t for t in trials if C.method_of(t).name != searched]
@@ -89,7 +95,13 @@ def sweep(
                       "as not done and runs again", highlight=False, soft_wrap=True)
     if dry_run:
         from rayot.sweep.packs import make_packs
-        from rayot.sweep.runner import TrialState, plan_table, unsaved_as_pending
+        from rayot.sweep.runner import (
+            PLAN_ROWS,
+            TrialState,
+            plan_summary,
+            plan_table,
+            unsaved_as_pending,
+        )
 
         done = unsaved_as_pending(scan.statuses, trials, storage_of(s, trials).checkpoints, console)
         states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]
@@ -97,19 +109,25 @@ def sweep(
         packs = make_packs(to_run, s.resources.pack)
         pack_of = {C.trial_id(c): f"{n}/{len(packs)}" for n, p in enumerate(packs, 1) for c in p}
         n_done = len(states) - len(to_run)
-        print_table(console, plan_table(states, f"sweep {s.name}: {len(states)} trials",
-                                        pack_of if s.resources.pack > 1 else None))
+        whole = full or len(states) <= PLAN_ROWS
+        title = f"sweep {s.name}: {len(states)} trials"
+        print_table(console, plan_table(states, title, pack_of if s.resources.pack > 1 else None) if whole
+                    else plan_summary(states, title))
+        if not whole:
+            console.print(f"{len(states)} trials, above {PLAN_ROWS}: a row per dataset, protocol and method; "
+                          "--full lists every trial", highlight=False, soft_wrap=True)
         console.print(f"{len(states)} trials, {n_done} already done, {len(to_run)} to run; "
                       f"results: {results_location}")
         if s.resources.pack > 1:
             console.print(f"packing: {len(to_run)} trials to run in {len(packs)} runs of at most "
-                          f"{s.resources.pack} (pack column: which run trains the trial)", highlight=False)
+                          f"{s.resources.pack}" + (" (pack column: which run trains the trial)" if whole else ""),
+                          highlight=False)
         for line in T.where(track):
             console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
         if cells:
             from rayot.sweep.runner import search_plan
 
-            for part in search_plan(s.search, previewed, done):
+            for part in search_plan(s.search, previewed, done, full=full):
                 console.print(part, highlight=False, soft_wrap=True)
         return
 

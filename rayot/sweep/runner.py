@@ -21,6 +21,7 @@ from rich.table import Table
 
 from rayot import config as C
 from rayot import results
+from rayot.errors import ConfigError
 from rayot.report.names import format_value, setting_label
 from rayot.storage import lease_guarantee, transient, transient_text
 from rayot.sweep import cluster, search
@@ -96,6 +97,32 @@ def plan_table(states: list[TrialState], title: str, packs: dict[str, str] | Non
         d = describe(s.cfg, varying)
         pack = (packs.get(s.trial_id, "-"),) if packs else ()
         table.add_row(s.trial_id, d["dataset"], d["protocol"], d["method"], d["seed"], d["settings"], s.status, *pack)
+    return table
+
+
+#: Above this many trials (or searches), ``--dry-run`` prints a summary, a row per dataset, protocol
+#: and method, and the table of every trial only with ``--full``: a 100,000-trial table is 100,000
+#: lines, about 11 MB, that nobody reads, while a few hundred rows still fit a scroll back.
+PLAN_ROWS = 200
+
+
+def plan_summary(states: list[TrialState], title: str) -> Table:
+    """The trials of a large sweep, a row per dataset, protocol and method: how many, of how many
+    seeds and settings, done and to run."""
+    table = Table(title=title)
+    for col in ("dataset", "protocol", "method", "trials", "seeds", "settings", "done", "to run"):
+        table.add_column(col)
+    varying = varying_settings([s.cfg for s in states])
+    groups: dict[tuple[str, str, str], list[TrialState]] = {}
+    for s in states:
+        d = describe(s.cfg, varying)
+        groups.setdefault((d["dataset"], d["protocol"], d["method"]), []).append(s)
+    for (dataset, protocol, method), members in groups.items():
+        seeds = len({m.cfg.seed for m in members})
+        settings = len({describe(m.cfg, varying)["settings"] for m in members})
+        done = sum(m.status == "done" for m in members)
+        table.add_row(dataset, protocol, method, str(len(members)), str(seeds), str(settings), str(done),
+                      str(len(members) - done))
     return table
 
 
@@ -529,14 +556,23 @@ def search_table(run: SearchRun, s: search.Search) -> Table:
     return table
 
 
-def search_plan(s: search.Search, cells: list[search.Cell], done: dict[str, str]) -> list[Any]:
-    """``--dry-run``: each search, its first samples and their state, and the epoch budget with and
-    without early stopping."""
+def search_plan(s: search.Search, cells: list[search.Cell], done: dict[str, str], *, full: bool = False) -> list[Any]:
+    """``--dry-run``: each search (the first :data:`PLAN_ROWS` unless ``full``), its first samples
+    and their state, and the epoch budget with and without early stopping.
+
+    Its "scored on validation images only" is :func:`rayot.sweep.search.validation_only` of these
+    very search trials, the check that refuses a space at load: a plan that could not say it is
+    refused instead (ConfigError)."""
+    method = C.method_of(cells[0].config).name
+    problem = search.validation_only(s, method, [t for c in cells for t in c.trials])
+    if problem:
+        raise ConfigError(f"{problem}: the search would not be scored on validation images only")
     each = f"{s.num_samples} samples each" if s.algorithm == "optuna" else f"{len(cells[0].samples)} samples each"
     table = Table(title=f"searches: {len(cells)} (one per cell), {s.algorithm}, {each}")
     for col in ("search", "dataset", "protocol", "method", "metric", "samples", "done"):
         table.add_column(col)
-    for c in cells:
+    shown_cells = cells if full or len(cells) <= PLAN_ROWS else cells[:PLAN_ROWS]
+    for c in shown_cells:
         shown = "; ".join(_values(p) for p in c.samples[:6]) + (" ..." if len(c.samples) > 6 else "")
         if s.algorithm == "optuna":
             shown = f"first round: {shown}"
@@ -548,7 +584,11 @@ def search_plan(s: search.Search, cells: list[search.Cell], done: dict[str, str]
     sched = s.scheduler
     held = (f"trained without {s.holdout:.0%} of the base classes (held out as pseudo-novel)"
             if cells[0].config.data.protocol == "base2novel" and s.holdout > 0 else "trained on the few-shot subset")
-    lines = [fit(table), f"search trials: seed {cells[0].config.seed}, {held}, scored on validation images only"]
+    lines: list[Any] = [fit(table)]
+    if len(shown_cells) < len(cells):
+        lines.append(f"... and {len(cells) - len(shown_cells)} more searches (--full lists every one)")
+    lines.append(f"search trials: seed {cells[0].config.seed}, {held}, scored on validation images only "
+                 f"(the space varies training settings only: {', '.join(s.space)})")
     if search.make_scheduler(s, epochs) is None:
         lines.append(f"epoch budget: {len(cells)} x {full} = {len(cells) * full} epochs (no early stopping)")
     else:

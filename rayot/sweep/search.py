@@ -36,7 +36,13 @@ import numpy as np
 from rayot import config as C
 from rayot import results
 from rayot.errors import ConfigError
-from rayot.sweep.spec import Search, SweepSpec, searched_method
+from rayot.sweep.spec import (
+    MAX_SEARCH_TRIALS,
+    Search,
+    SweepSpec,
+    searched_method,
+    space_key_problem,
+)
 from rayot.train.validation import VALIDATION_PREFIX, harmonic_mean, metrics_of
 
 log = logging.getLogger(__name__)
@@ -100,14 +106,34 @@ def cells_of(spec: SweepSpec, trials: list[C.TrialConfig]) -> list[Cell]:
         section = json.dumps({**asdict(search), "method": method, "metric": metric}, sort_keys=True, default=str)
         search_id = hashlib.sha256(f"{key}|{section}".encode()).hexdigest()[:12]
         cells.append(Cell(search_id, C.replace(first, seed=seed), grid, seeds, metric))
+    if len(cells) * search.sample_count > MAX_SEARCH_TRIALS:
+        raise ConfigError(f"search: {len(cells):,} cells x {search.sample_count:,} samples is "
+                          f"{len(cells) * search.sample_count:,} search trials, above the limit of "
+                          f"{MAX_SEARCH_TRIALS:,} (fewer samples, or fewer cells in the grid; docs/search.md §7)")
     return cells
+
+
+def validation_only(search: Search, method: str, trials: Iterable[C.TrialConfig]) -> str | None:
+    """Why search trials could read a test image, or None when they cannot: the space holds only
+    training keys (:func:`rayot.sweep.spec.space_key_problem`, the check that refuses the others at
+    load) and every trial is scored on validation splits only. The plan's claim rests on it."""
+    for key in search.space:
+        problem = space_key_problem(key, method)
+        if problem:
+            return f"search.space.{key}: {problem}"
+    for trial in trials:
+        tested = [split for _, _, split in C.eval_targets(trial) if split not in C.VALIDATION_SPLITS]
+        if not trial.validation.enabled or tested:
+            return f"search trial {C.trial_id(trial)}: evaluated on {', '.join(tested) or 'its test splits'}"
+    return None
 
 
 def _search_trial(cfg: C.TrialConfig, search: Search, seed: int, params: dict[str, Any]) -> C.TrialConfig:
     """A sample's search trial: the cell's configuration with its values, trained with the search's
     seed without the held-out classes, scored on validation images."""
-    updates = {"seed": seed, "validation.enabled": True, "validation.holdout": search.holdout,
-               "validation.holdout_seed": search.holdout_seed, **params}
+    # the search's own keys last: no sample can switch validation off (the space refuses it too)
+    updates = {**params, "seed": seed, "validation.enabled": True, "validation.holdout": search.holdout,
+               "validation.holdout_seed": search.holdout_seed}
     try:
         return C.replace(cfg, **updates)
     except ConfigError as exc:

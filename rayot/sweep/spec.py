@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,23 @@ SAMPLERS: dict[str, str] = {
     "randint": "[low, high]", "qrandint": "[low, high, q]", "lograndint": "[low, high]",
     "qlograndint": "[low, high, q]", "randn": "[mean, sd]", "qrandn": "[mean, sd, q]",
 }
+#: The configuration sections a search space may vary, besides the searched method's own settings
+#: (``<method>.<setting>``): how a trial trains. An allowlist: any other key could change which
+#: images a search trial reads or what it is scored on (docs/search.md §1).
+SEARCHABLE_SECTIONS = ("optim", "prompt")
+#: Why a section outside the allowlist is refused, in the one line that refuses it.
+_NOT_SEARCHABLE: dict[str, str] = {
+    "validation": "the search sets validation.* itself, so that its trials read validation images only "
+                  "(search.holdout, search.holdout_seed)",
+    "data": "data.* chooses which images a trial reads",
+    "model": "model.* chooses the model, not how it trains",
+}
+#: The most samples one search may draw: num_samples times its grid_search combinations. Each is a
+#: trial trained for the whole schedule, and the plan builds and checks every one before Ray starts
+#: (about 1 ms each): 10,000 is more trials than a search on one cell is worth, planned in seconds.
+MAX_SAMPLES = 10_000
+#: The most search trials a sweep's searches may draw together (cells times samples per search).
+MAX_SEARCH_TRIALS = 100_000
 ALGORITHMS = ("random", "grid", "optuna")
 SCHEDULERS = ("none", "asha", "hyperband")
 METRICS = ("hm", "seen", "held_out", "accuracy")
@@ -92,6 +110,15 @@ class Search(_SearchKeys):
     #: dotted key -> {Ray Tune sampler: its arguments}
     space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     scheduler: Scheduler = field(default_factory=Scheduler)
+
+    @property
+    def sample_count(self) -> int:
+        """Samples one search draws: ``num_samples`` times over the space, each time every
+        combination of its grid_search keys (with algorithm grid, of its choice keys too)."""
+        enumerated = ("choice", "grid_search") if self.algorithm == "grid" else ("grid_search",)
+        combos = math.prod(len(args) for sampler in self.space.values()
+                           for name, args in sampler.items() if name in enumerated)
+        return self.num_samples if self.algorithm == "optuna" else self.num_samples * combos
 
     @property
     def rounds_batch(self) -> int:
@@ -344,6 +371,9 @@ def parse_search(raw: Any) -> Search | None:
                           "for example <method>.<setting>: {loguniform: [0.1, 100]}")
     space = {}
     for key, sampler in space_raw.items():
+        problem = space_key_problem(str(key))
+        if problem:
+            raise ConfigError(f"search.space.{key}: {problem}")
         space[ALIASES.get(str(key), str(key))] = _sampler(str(key), sampler)
     scheduler_raw = raw.get("scheduler", "none")
     if isinstance(scheduler_raw, str):
@@ -370,6 +400,10 @@ def parse_search(raw: Any) -> Search | None:
         raise ConfigError("search.scheduler: asha has one bracket; several brackets is type: hyperband")
     if search.num_samples < 1 or search.batch < 0:
         raise ConfigError("search: num_samples must be >= 1 and batch >= 0")
+    if search.sample_count > MAX_SAMPLES:
+        raise ConfigError(f"search.num_samples: {search.num_samples} draws {search.sample_count:,} samples per search, "
+                          f"above the limit of {MAX_SAMPLES:,} (each is a trial trained to the end of its schedule; "
+                          "docs/search.md §7)")
     if search.metric and search.metric not in METRICS:
         raise ConfigError(f"search.metric: unknown metric {search.metric!r} (known: {', '.join(METRICS)}: the "
                           "validation score's harmonic mean, its seen or held-out classes' accuracy, or the accuracy "
@@ -388,11 +422,36 @@ def parse_search(raw: Any) -> Search | None:
     return search
 
 
+def space_key_problem(key: str, method: str | None = None) -> str | None:
+    """Why ``key`` cannot be in a search space, or None: the one check behind both the refusal and
+    the plan's "scored on validation images only".
+
+    A space holds only what changes how a trial trains: the searched method's settings
+    (``<method>.<setting>``; ``method`` is its name, None before the trials are known: any method's
+    section then), ``optim.*`` and ``prompt.*`` (:data:`SEARCHABLE_SECTIONS`). A cell axis, a key
+    left out of the trial id and every other key are refused, each saying why.
+    """
+    name = ALIASES.get(key, key)
+    if name in CELL_AXES:
+        return (f"{key} is a grid axis; the grid's cells ({', '.join(CELL_AXES)}) each get their own search, "
+                "so it cannot be searched: give its values in grid: instead")
+    if name in ("world_size", "device") or any(name == k or name.startswith(k + ".") for k in C.NOT_IN_ID):
+        return "it does not change a trial's results; nothing to search"
+    section, dot, _ = name.partition(".")
+    if dot and section in SEARCHABLE_SECTIONS:
+        return None
+    if dot and (section == method if method else methods.known(section) is not None):
+        return None
+    allowed = f"{method}.<setting>" if method else "<method>.<setting>"
+    why = _NOT_SEARCHABLE.get(section) or (
+        f"{section}.* are another method's settings" if dot and methods.known(section)
+        else f"{name} is not a training setting")
+    return (f"{why}; a search space holds only training settings: the searched method's ({allowed}), "
+            f"{', '.join(s + '.*' for s in SEARCHABLE_SECTIONS)}")
+
+
 def _sampler(key: str, sampler: Any) -> dict[str, list[Any]]:
     where = f"search.space.{key}"
-    if ALIASES.get(key, key) in CELL_AXES:
-        raise ConfigError(f"{where}: {key} is a grid axis; the grid's cells ({', '.join(CELL_AXES)}) each get "
-                          "their own search, so it cannot be searched: give its values in grid: instead")
     if not isinstance(sampler, Mapping) or len(sampler) != 1:
         raise ConfigError(f"{where}: expected one Ray Tune sampler, for example {{loguniform: [0.1, 100]}} "
                           f"(samplers: {', '.join(SAMPLERS)})")
@@ -439,11 +498,12 @@ def check_search(spec: SweepSpec, trials: list[C.TrialConfig]) -> None:
         raise ConfigError(f"search.method: {name} does not train; there is nothing to search")
     flat = C.flatten(cfg)
     for key in spec.search.space:
+        problem = space_key_problem(key, name)
+        if problem:
+            raise ConfigError(f"search.space.{key}: {problem}")
         if key not in flat:
             raise ConfigError(f"search.space.{key}: unknown configuration key for method {name}'s trials "
                               f"(a general key such as optim.lr, or one of its settings, {name}.<setting>)")
-        if key in ("world_size", "device") or any(key == k or key.startswith(k + ".") for k in C.NOT_IN_ID):
-            raise ConfigError(f"search.space.{key}: it does not change a trial's results; nothing to search")
     metric = spec.search.metric
     if metric:
         wanted = "accuracy" if cfg.data.protocol != "base2novel" else None
