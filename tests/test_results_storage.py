@@ -154,10 +154,10 @@ def test_finished_trials_skips_unreadable_files_with_a_warning(tmp_path, caplog)
     assert found == {"done1": "done", "fail1": "failed", "good": "done"}
     for p in bad.values():
         assert str(p) in caplog.text
-    assert "0 bytes" in caplog.text and "missing columns" in caplog.text
+    assert "0 bytes" in caplog.text and "not a rayot result file (none of a result's columns; it has a)" in caplog.text
     problems = results.unreadable_results(str(loc))
     assert set(problems) == {str(p) for p in bad.values()}
-    assert "missing columns" in problems[str(bad["foreign"])]
+    assert "not a rayot result file" in problems[str(bad["foreign"])]
     for name in bad:
         assert results.trial_status(str(loc), name) is None
     assert results.trial_status(str(loc), "done1") == "done"

@@ -36,18 +36,29 @@ def report(
         None, "--datasets", "-d", help="Keep these evaluated datasets (repeatable or comma-separated)."
     ),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip drawing the figures."),
+    strict: bool = typer.Option(
+        False, "--strict",
+        help="Refuse a results file that cannot be read (truncated, not Parquet, not a result file) "
+        "instead of leaving it out with a warning.",
+    ),
 ) -> None:
     """Aggregate finished trials into tables (Markdown, LaTeX, HTML, CSV) and figures (PNG)."""
     from rayot.report import build_report, parse_formats, print_report, write_report
     from rayot.report.frame import split_method_specs
-    from rayot.results import check_writable, read_results, read_search_records
+    from rayot.results import check_writable, read_readable_results, read_search_records
 
     wanted = parse_formats(formats)  # fail on a bad format before reading anything
     dataset_list = [d.strip() for item in datasets or [] for d in item.split(",") if d.strip()]
     method_list = split_method_specs(methods or [])
     out_dir = out if out is not None else Path("reports") / name
     check_writable(str(out_dir), "--out")  # a file, a folder under one, read-only: before any work
-    table = read_results(results)
+    table, unreadable = read_readable_results(results)
+    for error in unreadable.values():
+        if strict:
+            raise error
+        # one whole line per file on stderr, naming it; the report renders the rest
+        Console(stderr=True).print(f"warning: {error}; left out of the report (--strict refuses it)",
+                                   highlight=False, soft_wrap=True, markup=False)
     unsaved = _unsaved_prompts(table)
     if unsaved:  # one whole line on stderr, as rayot sweep's warnings: the report goes to stdout
         Console(stderr=True).print(f"warning: {unsaved}", highlight=False, soft_wrap=True, markup=False)
