@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import functools
 import json
 import logging
 import os
@@ -350,17 +349,6 @@ def write_failure_rows(location: str, trial_id: str, rows: Sequence[Mapping[str,
     return write_trial_rows(location, trial_id, rows)
 
 
-def _not_a_result(columns: Sequence[str]) -> str | None:
-    """Why a Parquet file with these columns is not a result file, or None where it is one."""
-    missing = [c for c in _REQUIRED if c not in columns]
-    if not missing:
-        return None
-    if len(missing) == len(_REQUIRED):  # another program's table: say what it holds instead
-        shown = ", ".join(list(columns)[:5]) + (", ..." if len(columns) > 5 else "")
-        return f"not a rayot result file (none of a result's columns; it has {shown or 'no columns'})"
-    return f"not a rayot result file (missing columns {missing})"
-
-
 def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tuple[str | None, str | None]:
     """``(status, None)`` for a readable result file, ``(None, problem)`` for an unreadable one.
 
@@ -369,9 +357,9 @@ def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tup
     """
     try:
         with pq.ParquetFile(path, filesystem=fs) as pf:
-            foreign = _not_a_result(pf.schema_arrow.names)
-            if foreign:
-                return None, foreign
+            missing = [c for c in _REQUIRED if c not in pf.schema_arrow.names]
+            if missing:
+                return None, f"not a rayot result file (missing columns {missing})"
             table = pf.read(columns=["trial_id", "status"])
     except (pa.ArrowException, OSError) as exc:
         if storage.transient(exc):  # the store did not answer: not a verdict on the file
@@ -472,9 +460,9 @@ def _judge(source: pa.NativeFile, trial_id: str) -> tuple[str | None, str | None
     """:func:`_inspect` of a file already read (the same rules and the same problems)."""
     try:
         with pq.ParquetFile(source) as pf:
-            foreign = _not_a_result(pf.schema_arrow.names)
-            if foreign:
-                return None, foreign
+            missing = [c for c in _REQUIRED if c not in pf.schema_arrow.names]
+            if missing:
+                return None, f"not a rayot result file (missing columns {missing})"
             table = pf.read(columns=["trial_id", "status"])
     except (pa.ArrowException, OSError) as exc:
         return None, f"not a readable Parquet file ({exc})"
@@ -585,63 +573,40 @@ def read_results(locations: Iterable[str], *, skip_unreadable: bool = False) -> 
     and dot-files are ignored). An unreadable file raises a :class:`RayotError` naming it; with
     ``skip_unreadable=True`` it is logged as a warning and left out instead.
     """
-    table, unreadable = read_readable_results(locations)
-    for exc in unreadable.values():
-        if not skip_unreadable:
-            raise exc
-        log.warning("%s; skipped", exc)
-    return table
-
-
-def read_readable_results(locations: Iterable[str]) -> tuple[pa.Table, dict[str, RayotError]]:
-    """Every readable trial file under the given locations as one table of :data:`SCHEMA`, and
-    the error of every unreadable one by path, in the order read; nothing is logged.
-
-    Unreadable: not Parquet (empty, truncated, foreign bytes), without the columns of
-    :data:`SCHEMA` or with columns of another type. Each error names its file and the problem
-    (``results file PATH: ...``), so a caller can refuse on the first one or report each and go
-    on with the rest (``rayot report`` does either). A location that does not exist is an error
-    at once.
-    """
     tables = []
-    unreadable: dict[str, RayotError] = {}
     for location in locations:
         fs, base = filesystem(location)
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:
             raise RayotError(f"results location {location!r} does not exist")
         paths = [base] if info.type == pafs.FileType.File else _result_paths(fs, base)
-        remote = storage.is_remote(location)
         for path in paths:
-            try:  # a store that does not answer is retried, then an error: never a file skipped
-                tables.append(storage.retrying(functools.partial(_read_one, fs, path, remote=remote),
-                                               location=location, what="results"))
-            except _Unreadable as exc:
-                unreadable[path] = exc
-    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()), unreadable
+            try:
+                tables.append(_read_one(fs, path))
+            except RayotError as exc:
+                if not skip_unreadable:
+                    raise
+                log.warning("%s; skipped", exc)
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables)
 
 
-class _Unreadable(RayotError):
-    """A result file's own problem (its bytes, its columns), not the store's: a reader may skip it."""
-
-
-def _read_one(fs: pafs.FileSystem, path: str, *, remote: bool = False) -> pa.Table:
+def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table:
     try:
         table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowException, OSError) as exc:
-        if remote and storage.transient(exc):  # the store did not answer: not a verdict on the file
-            raise
-        raise _Unreadable(f"results file {path}: not a readable Parquet file ({exc})") from exc
-    foreign = _not_a_result(table.column_names)
-    if foreign:
-        raise _Unreadable(f"results file {path}: {foreign}")
+        raise RayotError(f"results file {path}: not a readable Parquet file ({exc})") from exc
+    missing = [c for c in _REQUIRED if c not in table.column_names]
+    if missing:
+        raise RayotError(f"results file {path}: missing columns {missing}")
     for name in OPTIONAL_COLUMNS:
         if name not in table.column_names:  # a file of an earlier version
             table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
     try:
         return table.select(list(COLUMNS)).cast(SCHEMA)
     except (pa.ArrowException, ValueError) as exc:
-        raise _Unreadable(f"results file {path}: columns of the wrong type ({exc})") from exc
+        raise RayotError(f"results file {path}: columns of the wrong type ({exc})") from exc
 
 
 # ----------------------------------------------------------------------------- a trial's rows
@@ -788,3 +753,58 @@ def read_search_records(locations: Iterable[str]) -> pa.Table:
     if not tables:
         return SEARCH_SCHEMA.empty_table()
     return pa.concat_tables(tables)
+
+
+# ----------------------------------------------------------------------------- search samples tested
+
+
+def _values(table: Any, name: str) -> list[Any]:
+    """A column of a pyarrow table or a pandas frame as a list."""
+    column = table[name]
+    return column.to_pylist() if hasattr(column, "to_pylist") else column.tolist()
+
+
+def search_samples_with_test_rows(rows: Any, records: Any) -> dict[str, str]:
+    """Trials that a search record lists as samples but whose finished rows are test evaluations
+    (split ``base``, ``novel`` or ``all``): trial id -> ``sample N of search S (sweep W)``.
+
+    A search trial is scored on validation splits only. Before a search space was limited to
+    training keys, a space could switch ``validation`` off: its samples then read the test images
+    and wrote test rows, with the id and rows of an ordinary trial of the same settings; the search
+    record that lists them is what tells them apart. Such rows are no result of the sweep's plan
+    (test numbers of settings a search drew), so the report leaves them out and the sweep's dry run
+    names them. A trial that a record also lists as a retrain trial (a chosen setting's test trial)
+    is not one of them. ``rows``: result rows (:data:`SCHEMA`), ``records``: search records
+    (:data:`SEARCH_SCHEMA`), either as pyarrow tables or pandas frames.
+    """
+    from rayot.config import VALIDATION_SPLITS
+
+    if len(records) == 0 or len(rows) == 0:
+        return {}
+    retrain: set[str] = set()
+    for text in set(_values(records, "retrain_trial_ids")):
+        try:
+            retrain.update(json.loads(text or "[]"))
+        except (json.JSONDecodeError, TypeError):
+            continue  # a malformed record names no retrain trial
+    sample_of = {}
+    for tid, sample, search_id, sweep in zip(_values(records, "trial_id"), _values(records, "sample"),
+                                             _values(records, "search_id"), _values(records, "sweep"), strict=True):
+        sample_of.setdefault(tid, f"sample {sample} of search {search_id}" + (f" (sweep {sweep})" if sweep else ""))
+    tested = {tid for tid, status, split in zip(_values(rows, "trial_id"), _values(rows, "status"),
+                                                _values(rows, "split"), strict=True)
+              if status == "done" and split and split not in VALIDATION_SPLITS}
+    return {tid: sample_of[tid] for tid in sorted(tested & set(sample_of)) if tid not in retrain}
+
+
+def tested_search_samples(location: str, statuses: Mapping[str, str]) -> dict[str, str]:
+    """:func:`search_samples_with_test_rows` under one results location, reading the search records
+    and the result files of their samples only: result file path -> which sample wrote it.
+    ``statuses``: the location's trials with a readable result file (:func:`scan_results`)."""
+    records = read_search_records([location])
+    sampled = sorted(set(_values(records, "trial_id")) & set(statuses))
+    if not sampled:
+        return {}
+    paths = {tid: f"{location.rstrip('/')}/{tid}.parquet" for tid in sampled}
+    rows = read_results(paths.values(), skip_unreadable=True)
+    return {paths[tid]: what for tid, what in search_samples_with_test_rows(rows, records).items()}

@@ -9,6 +9,8 @@ before the allowlist (validation switched off) are named by the dry run and left
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -19,6 +21,14 @@ from conftest import tiny_overrides
 from rayot import config as C
 from rayot.data import read_dataset
 from rayot.errors import ConfigError
+from rayot.results import (
+    EvalResult,
+    read_results,
+    read_search_records,
+    result_rows,
+    write_search_record,
+    write_trial_rows,
+)
 from rayot.sweep import search as S
 from rayot.sweep.spec import MAX_SAMPLES, Search, expand, load_spec
 from rayot.train import run_trial
@@ -190,3 +200,54 @@ def test_a_large_dry_run_prints_a_summary_and_the_full_table_on_request(tmp_path
     assert not any(tid in out for tid in ids)
     code, full, _ = _sweep(monkeypatch, capsys, str(tmp_path / "big.yaml"), "--dry-run", "--full")
     assert code == 0 and all(tid in full for tid in ids)
+
+
+# ----------------------------------------------------------------------------- item: legacy rows
+
+
+def _legacy_world(tmp_path: Path) -> tuple[Path, str, str]:
+    """Results as a search with validation switched off left them: a sample's test rows (the id
+    and rows of an ordinary trial of its settings) and the search's record naming it; beside them
+    an ordinary grid trial. Returns (results, the sample's trial id, the grid trial's id)."""
+    loc = tmp_path / "results"
+    spec = load_spec(_write(tmp_path))
+    grid = expand(spec)[0]
+    sample = C.replace(grid, **{"prompt_ot.lambda_ot": 4.4321, "validation.enabled": False})
+    for cfg, (base, novel) in ((grid, (70.0, 60.0)), (sample, (99.0, 99.0))):
+        evals = [EvalResult("base2novel", "synthetic", split, int(acc * 10), 1000, 12)
+                 for split, acc in (("base", base), ("novel", novel))]
+        write_trial_rows(str(loc), C.trial_id(cfg), result_rows(cfg, evals, train_seconds=1.0, sweep="s"))
+    record = {"search_id": "0123456789ab", "sweep": "s", "method": "prompt_ot", "dataset": "synthetic",
+              "protocol": "base2novel", "shots": 16, "cell": C.to_json(grid), "space": json.dumps(SEARCH["space"]),
+              "algorithm": "random", "scheduler": json.dumps({"type": "none"}), "metric": "accuracy",
+              "search_seed": 3, "epochs": 8, "retrain_trial_ids": "[]", "sample": 0,
+              "trial_id": C.trial_id(sample), "params": json.dumps({"prompt_ot.lambda_ot": 4.4321}),
+              "status": "done", "score": None, "epochs_trained": 8, "stopped_at": None, "chosen": False}
+    write_search_record(str(loc), "0123456789ab", [record])
+    return loc, C.trial_id(sample), C.trial_id(grid)
+
+
+def test_the_dry_run_names_test_rows_written_by_a_search_sample(tmp_path, monkeypatch, capsys):
+    loc, sample, _ = _legacy_world(tmp_path)
+    code, out, err = _sweep(monkeypatch, capsys, str(tmp_path / "sweep.yaml"), "--dry-run")
+    assert code == 0, err
+    warned = [line for line in out.splitlines() if line.startswith("warning:") and "search" in line]
+    assert warned == [f"warning: results file {loc}/{sample}.parquet holds test rows written by sample 0 of search "
+                      "0123456789ab (sweep s), which ran with validation switched off (refused since); no result "
+                      "of this plan, rayot report leaves it out"]
+
+
+def test_the_report_leaves_out_and_names_test_rows_written_by_a_search_sample(tmp_path, caplog):
+    from rayot.report import build_report
+
+    loc, sample, grid = _legacy_world(tmp_path)
+    rows = read_results([str(loc)])
+    with caplog.at_level(logging.WARNING, logger="rayot.report.build"):
+        report = build_report(rows, searches=read_search_records([str(loc)]), figures=False)
+    named = [r.getMessage() for r in caplog.records if sample in r.getMessage()]
+    assert len(named) == 1 and f"({sample}.parquet)" in named[0] and "sample 0 of search 0123456789ab" in named[0]
+    assert report.n_trials == 1  # the grid trial only
+    values = {c.value for t in report.tables for row in t.rows for c in row.cells}
+    assert 99.0 not in values and 70.0 in values  # the sample's base accuracy is in no table
+    # without the record that names it, the same rows are an ordinary trial's: kept
+    assert build_report(rows, figures=False).n_trials == 2

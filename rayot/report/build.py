@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayot.errors import RayotError
 from rayot.report import figures as F
@@ -15,6 +16,7 @@ from rayot.report import tables as T
 from rayot.report.frame import assign_variants, search_trial_ids, select, to_frame
 from rayot.report.model import Report, ReportTable
 from rayot.report.published import load_published
+from rayot.results import search_samples_with_test_rows
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,21 @@ RULE = (
     "'min k/n seeds'. Bold: the best value of a column. Trials with "
     "different settings are never pooled: each variant is its own row."
 )
+
+
+def without_tested_search_samples(table: pa.Table | pd.DataFrame,
+                                  searches: pa.Table | pd.DataFrame | None) -> pa.Table | pd.DataFrame:
+    """``table`` less the test rows that search samples wrote with validation switched off
+    (:func:`rayot.results.search_samples_with_test_rows`), each trial named in one warning."""
+    found = search_samples_with_test_rows(table, searches) if searches is not None else {}
+    for tid, sample in found.items():
+        log.warning("results of trial %s (%s.parquet): test rows written by %s, which ran with validation "
+                    "switched off; left out of every table", tid, tid, sample)
+    if not found:
+        return table
+    if isinstance(table, pa.Table):
+        return table.filter(pc.invert(pc.is_in(table.column("trial_id"), value_set=pa.array(list(found)))))
+    return table[~table["trial_id"].isin(list(found))]
 
 
 def build_report(
@@ -63,6 +80,7 @@ def build_report(
     whether or not ``searches`` is given.
     """
     where = ", ".join(sources) if sources else "the given results"
+    table = without_tested_search_samples(table, searches)
     done, failed = to_frame(table)
     groups: dict = {}
     if searches is not None:
