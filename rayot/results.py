@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -349,6 +350,17 @@ def write_failure_rows(location: str, trial_id: str, rows: Sequence[Mapping[str,
     return write_trial_rows(location, trial_id, rows)
 
 
+def _not_a_result(columns: Sequence[str]) -> str | None:
+    """Why a Parquet file with these columns is not a result file, or None where it is one."""
+    missing = [c for c in _REQUIRED if c not in columns]
+    if not missing:
+        return None
+    if len(missing) == len(_REQUIRED):  # another program's table: say what it holds instead
+        shown = ", ".join(list(columns)[:5]) + (", ..." if len(columns) > 5 else "")
+        return f"not a rayot result file (none of a result's columns; it has {shown or 'no columns'})"
+    return f"not a rayot result file (missing columns {missing})"
+
+
 def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tuple[str | None, str | None]:
     """``(status, None)`` for a readable result file, ``(None, problem)`` for an unreadable one.
 
@@ -357,9 +369,9 @@ def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tup
     """
     try:
         with pq.ParquetFile(path, filesystem=fs) as pf:
-            missing = [c for c in _REQUIRED if c not in pf.schema_arrow.names]
-            if missing:
-                return None, f"not a rayot result file (missing columns {missing})"
+            foreign = _not_a_result(pf.schema_arrow.names)
+            if foreign:
+                return None, foreign
             table = pf.read(columns=["trial_id", "status"])
     except (pa.ArrowException, OSError) as exc:
         if storage.transient(exc):  # the store did not answer: not a verdict on the file
@@ -460,9 +472,9 @@ def _judge(source: pa.NativeFile, trial_id: str) -> tuple[str | None, str | None
     """:func:`_inspect` of a file already read (the same rules and the same problems)."""
     try:
         with pq.ParquetFile(source) as pf:
-            missing = [c for c in _REQUIRED if c not in pf.schema_arrow.names]
-            if missing:
-                return None, f"not a rayot result file (missing columns {missing})"
+            foreign = _not_a_result(pf.schema_arrow.names)
+            if foreign:
+                return None, foreign
             table = pf.read(columns=["trial_id", "status"])
     except (pa.ArrowException, OSError) as exc:
         return None, f"not a readable Parquet file ({exc})"
@@ -573,40 +585,63 @@ def read_results(locations: Iterable[str], *, skip_unreadable: bool = False) -> 
     and dot-files are ignored). An unreadable file raises a :class:`RayotError` naming it; with
     ``skip_unreadable=True`` it is logged as a warning and left out instead.
     """
+    table, unreadable = read_readable_results(locations)
+    for exc in unreadable.values():
+        if not skip_unreadable:
+            raise exc
+        log.warning("%s; skipped", exc)
+    return table
+
+
+def read_readable_results(locations: Iterable[str]) -> tuple[pa.Table, dict[str, RayotError]]:
+    """Every readable trial file under the given locations as one table of :data:`SCHEMA`, and
+    the error of every unreadable one by path, in the order read; nothing is logged.
+
+    Unreadable: not Parquet (empty, truncated, foreign bytes), without the columns of
+    :data:`SCHEMA` or with columns of another type. Each error names its file and the problem
+    (``results file PATH: ...``), so a caller can refuse on the first one or report each and go
+    on with the rest (``rayot report`` does either). A location that does not exist is an error
+    at once.
+    """
     tables = []
+    unreadable: dict[str, RayotError] = {}
     for location in locations:
         fs, base = filesystem(location)
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:
             raise RayotError(f"results location {location!r} does not exist")
         paths = [base] if info.type == pafs.FileType.File else _result_paths(fs, base)
+        remote = storage.is_remote(location)
         for path in paths:
-            try:
-                tables.append(_read_one(fs, path))
-            except RayotError as exc:
-                if not skip_unreadable:
-                    raise
-                log.warning("%s; skipped", exc)
-    if not tables:
-        return SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+            try:  # a store that does not answer is retried, then an error: never a file skipped
+                tables.append(storage.retrying(functools.partial(_read_one, fs, path, remote=remote),
+                                               location=location, what="results"))
+            except _Unreadable as exc:
+                unreadable[path] = exc
+    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()), unreadable
 
 
-def _read_one(fs: pafs.FileSystem, path: str) -> pa.Table:
+class _Unreadable(RayotError):
+    """A result file's own problem (its bytes, its columns), not the store's: a reader may skip it."""
+
+
+def _read_one(fs: pafs.FileSystem, path: str, *, remote: bool = False) -> pa.Table:
     try:
         table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowException, OSError) as exc:
-        raise RayotError(f"results file {path}: not a readable Parquet file ({exc})") from exc
-    missing = [c for c in _REQUIRED if c not in table.column_names]
-    if missing:
-        raise RayotError(f"results file {path}: missing columns {missing}")
+        if remote and storage.transient(exc):  # the store did not answer: not a verdict on the file
+            raise
+        raise _Unreadable(f"results file {path}: not a readable Parquet file ({exc})") from exc
+    foreign = _not_a_result(table.column_names)
+    if foreign:
+        raise _Unreadable(f"results file {path}: {foreign}")
     for name in OPTIONAL_COLUMNS:
         if name not in table.column_names:  # a file of an earlier version
             table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
     try:
         return table.select(list(COLUMNS)).cast(SCHEMA)
     except (pa.ArrowException, ValueError) as exc:
-        raise RayotError(f"results file {path}: columns of the wrong type ({exc})") from exc
+        raise _Unreadable(f"results file {path}: columns of the wrong type ({exc})") from exc
 
 
 # ----------------------------------------------------------------------------- a trial's rows

@@ -90,9 +90,13 @@ def sweep(
     for note in plan_notes(s, set_values):
         console.print(f"note: {note}", highlight=False)
     scan = results.scan_results(results_location)  # one read of every result file
+    planned = {C.trial_id(t) for t in trials} | {tid for c in cells for tid in c.trial_ids()}
     for path, problem in scan.problems.items():
-        console.print(f"warning: results file {path} is unreadable ({problem}); its trial counts "
-                      "as not done and runs again", highlight=False, soft_wrap=True)
+        # a file named after none of the sweep's trials (another sweep's, a stray copy) is not run
+        fate = ("its trial counts as not done and runs again" if _trial_of(path) in planned
+                else "it belongs to no trial of this sweep and is left as it is")
+        console.print(f"warning: results file {path} is unreadable ({problem}); {fate}", highlight=False,
+                      soft_wrap=True, markup=False)
     for path, sample in results.tested_search_samples(results_location, scan.statuses).items():
         console.print(f"warning: results file {path} holds test rows written by {sample}, which ran with "
                       "validation switched off (refused since); no result of this plan, rayot report leaves "
@@ -163,6 +167,11 @@ def sweep(
     summaries = [*(searched.summaries if searched else []), summary]
     _finish(console, summaries, t0, results_location, track, report=report,
             trial_ids=[st.trial_id for st in summary.states], search_ids=[c.search_id for c in cells])
+
+
+def _trial_of(path: str) -> str:
+    """The trial a result file is named after: ``<results>/<trial id>.parquet``."""
+    return path.rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
 def _finish(console: Console, summaries: list, t0: float, results_location: str, track, *, report: bool,
