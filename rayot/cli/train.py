@@ -48,13 +48,14 @@ def train(
         raise ConfigError(f"config key 'world_size': rayot train runs one process, got {cfg.world_size} "
                           "(a sweep trains on several workers: resources.num_workers)")
     device = resolve_device(cfg.device)  # a device this machine lacks: one line, before any work
+    track = T.resolve(T.Tracking().with_log(log_to or []), results=cfg.output.results, name="rayot-train")
+    T.check_available(track)  # a tracker's missing package: one line, before anything is written
     for location, what in ((cfg.output.results, "results"), (cfg.output.checkpoints, "checkpoint")):
         results.check_writable(location, what)  # as rayot sweep: before the model loads, not after training
     check_init_from(cfg)  # the prompts to start from, read before the model loads
     if cfg.data.dataset == "synthetic":
         ensure_synthetic([cfg.data.root])
     tid = C.trial_id(cfg)
-    track = T.resolve(T.Tracking().with_log(log_to or []), results=cfg.output.results, name="rayot-train")
     T.prepare(track)  # a missing package or a bad store: one message, before the model loads
     console = Console()
     console.print(
