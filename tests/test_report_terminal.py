@@ -205,3 +205,23 @@ def test_the_sweep_says_runs_again_only_of_a_file_named_after_one_of_its_trials(
     assert warnings[str(res / f"{C.trial_id(trial)}.parquet")].endswith("its trial counts as not done and runs again")
     foreign = warnings[str(res / "notes.parquet")]
     assert foreign.endswith("it belongs to no trial of this sweep and is left as it is") and "runs again" not in foreign
+
+
+def test_log_lines_outside_a_terminal_are_never_wrapped(monkeypatch) -> None:
+    # Rich's log handler wraps a message to 80 columns less its time and level, folding a long
+    # path mid-word; outside a terminal (CI, a pipe) the CLI logs one plain line per record.
+    import logging
+    import sys
+
+    from rayot import cli
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        cli._root(version=False, verbose=False)
+        path = "/results/" + "a_long_folder_name/" * 6 + "0123456789ab.parquet"
+        logging.getLogger("rayot.report.build").warning("results of trial 0123456789ab (%s): left out", path)
+    finally:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and path in lines[0] and "WARNING" in lines[0]

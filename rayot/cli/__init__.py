@@ -54,7 +54,14 @@ def _root(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
-    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    else:
+        # A CI log, a pipe, a file: Rich would wrap each message to 80 columns less its time and
+        # level, folding a long path or a trial id mid-word. One plain line per record instead.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%X"))
     if not verbose:
         handler.addFilter(_QuietThirdParty())
     logging.basicConfig(
