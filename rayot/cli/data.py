@@ -20,6 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rayot.terminal import print_table
+
 app = typer.Typer(help="Benchmark data: download and arrange, check, few-shot subsets, synthetic data.",
                   no_args_is_help=True)
 
@@ -102,7 +104,7 @@ def check(
 
     table = Table(title=f"datasets under {escape(str(root))}")
     table.add_column("dataset", no_wrap=True)
-    table.add_column("folder", overflow="fold")
+    table.add_column("folder", no_wrap=True)
     table.add_column("status", no_wrap=True)
     for col in ("classes", "train", "val", "test"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -116,7 +118,7 @@ def check(
         counts = [_count(report.counts.get(s)) for s in ("train", "val", "test")]
         table.add_row(name, folder, status, _classes(report.num_classes, DATASETS[name].num_classes),
                       *counts)
-    out.print(table)
+    print_table(out, table)
 
     bad = [r for _, r in reports if r is not None and not r.ok]
     for report in bad:
