@@ -8,6 +8,9 @@
   says how its keys map onto its model (:meth:`rayot.methods.Method.import_reference`);
   :func:`from_reference` and :func:`to_reference` are the two directions in one call.
 - ``model.init_from`` (:func:`init_prompts`): either of the two, for a trial to start from.
+- A sweep's epoch checkpoints, ``epoch_NNNN/`` in a Ray Train run folder: the training state and a
+  record that says the folder is complete (:func:`write_epoch_checkpoint`); a resumed run starts
+  from the newest complete one (:func:`newest_complete_epoch`).
 
 The reference trainers save with Dassl: ``torch.save`` of a dict holding ``state_dict`` (the
 model's, with the reference's own key names), ``epoch``, ``optimizer``, ``scheduler``, ... The
@@ -21,6 +24,7 @@ inert :class:`PickledObject` that only records its dotted name and arguments.
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import json
 import logging
@@ -424,3 +428,77 @@ def _require_format(m: methods.Method) -> None:
         with_format = [x.name for x in methods.available() if x.reference_format is not None]
         raise ConfigError(f"method {m.name!r} has no reference checkpoint format (methods with one: "
                           f"{', '.join(with_format)})")
+
+
+# ----- a sweep's epoch checkpoints (resumable training state) -----
+
+#: The training state of a pack after an epoch, in its run folder's ``epoch_NNNN/``.
+EPOCH_STATE_FILE = "state.pt"
+#: Written beside the state: its epoch, size and SHA-256. A folder whose state matches its record
+#: is complete, whatever order its files reached the storage in (Ray Train copies them one by one).
+EPOCH_RECORD_FILE = "complete.json"
+_EPOCH_PREFIX = "epoch_"
+
+
+def epoch_folder_name(epoch: int) -> str:
+    """The folder of the checkpoint taken after 1-based ``epoch``: ``epoch_0018``."""
+    return f"{_EPOCH_PREFIX}{epoch:04d}"
+
+
+def write_epoch_checkpoint(directory: str | Path, epoch: int, state: Mapping[str, Any]) -> None:
+    """Write ``state`` (after 1-based ``epoch``) and its completion record into ``directory``."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    data = buffer.getvalue()
+    (Path(directory) / EPOCH_STATE_FILE).write_bytes(data)
+    record = {"epoch": epoch, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (Path(directory) / EPOCH_RECORD_FILE).write_text(json.dumps(record))
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _complete_state(fs: pafs.FileSystem, folder: str, epoch: int) -> bytes | None:
+    """The state file of an epoch folder when its record matches it; ``None`` for a folder that a
+    run stopped copying part-way (no record, a shorter or other state, a record of another epoch).
+    A storage that fails to answer raises: an outage is not taken for an incomplete folder."""
+    listing = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    sizes = {info.base_name: info.size for info in listing}
+    if EPOCH_RECORD_FILE not in sizes or EPOCH_STATE_FILE not in sizes:
+        return None
+    try:
+        record = json.loads(_read(fs, f"{folder}/{EPOCH_RECORD_FILE}"))
+        if not isinstance(record, dict) or record.get("epoch") != epoch or sizes[EPOCH_STATE_FILE] != record.get("bytes"):
+            return None
+        data = _read(fs, f"{folder}/{EPOCH_STATE_FILE}")
+    except (ValueError, FileNotFoundError):  # not JSON, or removed since the listing
+        return None
+    return data if hashlib.sha256(data).hexdigest() == record.get("sha256") else None
+
+
+def newest_complete_epoch(fs: pafs.FileSystem, run_path: str) -> tuple[int, bytes] | None:
+    """The newest complete epoch checkpoint of a run folder: (1-based epoch, its state file's bytes).
+
+    Ray Train registers a reported checkpoint only when its controller next polls the workers (every
+    2 s), so a run stopped between epochs leaves the last one or two epoch folders on the storage
+    unregistered: resuming from Ray's registered checkpoint would train those epochs again. A
+    folder without a matching record (copied part-way, or written before records existed) is passed
+    over. ``None`` when no folder is complete.
+    """
+    infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    epochs = sorted((int(info.base_name.removeprefix(_EPOCH_PREFIX)), info.path) for info in infos
+                    if info.type == pafs.FileType.Directory and info.base_name.startswith(_EPOCH_PREFIX)
+                    and info.base_name.removeprefix(_EPOCH_PREFIX).isdigit())
+    for epoch, folder in reversed(epochs):
+        data = _complete_state(fs, folder, epoch)
+        if data is not None:
+            return epoch, data
+        logger.info("epoch checkpoint %s is incomplete: passed over", folder)
+    return None
+
+
+def read_epoch_state(data: bytes) -> dict[str, Any]:
+    """An epoch checkpoint's state from its file's bytes (``weights_only``: tensors and plain data)."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

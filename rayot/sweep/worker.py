@@ -25,7 +25,16 @@ from ray.train.torch import TorchTrainer
 
 from rayot import config as C
 from rayot import results, storage, trackers
-from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint, trials_without_prompts
+from rayot.checkpoints import (
+    EPOCH_STATE_FILE,
+    epoch_folder_name,
+    newest_complete_epoch,
+    prompt_checkpoint_name,
+    read_epoch_state,
+    save_checkpoint,
+    trials_without_prompts,
+    write_epoch_checkpoint,
+)
 from rayot.errors import RayotError
 from rayot.results import failure_row, result_rows
 from rayot.sweep import leases, search
@@ -36,7 +45,6 @@ from rayot.train import DistributedHooks, MemberResult, PeerFailure, run_pack
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
 #: Test-only fault injection: "EPOCH:MARKER" kills rank 0 once, right after checkpointing EPOCH.
 FAULT_ENV = "RAYOT_INJECT_FAULT"
 #: Test-only: a local file to which each Tune driver appends ``<trial id> <pid>`` for every trial
@@ -78,25 +86,50 @@ class RayTrainHooks(DistributedHooks):
         return search.wait_for_decision(ask, sorted(histories), epoch + 1)
 
     def resume_state(self) -> dict[str, Any] | None:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        """The newest complete epoch checkpoint in the run's folder.
+
+        Ray Train's own (:func:`ray.train.get_checkpoint`) is the last one its controller
+        registered, which lags the folders on the storage by up to two epochs: resumed from it, a
+        run stopped by Ctrl-C trains those epochs again. Ray's is used only where no folder has a
+        completion record (checkpoints of earlier versions) or the ranks did not find the same one.
+        """
+        run = ray.train.get_context().get_storage()
+        newest = newest_complete_epoch(run.storage_filesystem, run.experiment_fs_path)
+        if not self._same_on_every_rank(newest[0] if newest is not None else 0):
+            newest = None
+        registered = ray.train.get_checkpoint()
+        if newest is not None:
+            if registered is None or Path(registered.path).name != epoch_folder_name(newest[0]):
+                log.info("resuming from the checkpoint of epoch %d (Ray Train registered %s)", newest[0],
+                         Path(registered.path).name if registered is not None else "none")
+            state = read_epoch_state(newest[1])
+        elif registered is not None:
+            with registered.as_directory() as d:
+                state = torch.load(Path(d) / EPOCH_STATE_FILE, map_location="cpu", weights_only=True)
+        else:
             return None
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         if self.fault and self.rank == 0:  # let the fault-injection test see where it resumed
             with open(self.fault.split(":", 1)[1], "a") as marker:
                 marker.write(f"resumed after epoch {int(state['epoch']) + 1}\n")
         return state
 
+    def _same_on_every_rank(self, epoch: int) -> bool:
+        """Whether every rank found the same epoch: the ranks' sum S and sum of squares Q of it
+        (one collective) satisfy N·Q = S² only when all N are equal; the same answer on every rank."""
+        if self.world_size == 1:
+            return True
+        total, squares = self.sum_counts([epoch, epoch * epoch])
+        return self.world_size * squares == total * total
+
     def save_epoch(self, epoch: int, state: dict[str, Any], metrics: dict[str, float]) -> None:
         metrics = {**metrics, "status": "running"}
         if self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(state, Path(tmp) / STATE_FILE)
+                write_epoch_checkpoint(tmp, epoch + 1, state)
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+                    checkpoint_dir_name=epoch_folder_name(epoch + 1),
                 )
         else:
             ray.train.report(metrics)
