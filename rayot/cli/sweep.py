@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -147,26 +152,68 @@ def sweep(
     run = {"address": address, "console": console, "retry_failed": retry_failed,
            "max_concurrent": max_concurrent, "tracking": track}
     searched = None
+    interrupts = _Interrupts(f"interrupted again: exiting now, without waiting for Ray to stop; finished "
+                             f"trials are kept in {results_location}")
     try:
-        if cells:
-            from rayot.sweep.runner import run_search, search_table
+        with interrupts:
+            if cells:
+                from rayot.sweep.runner import run_search, search_table
 
-            searched = run_search(s, cells, **run)
-            print_table(console, search_table(searched, s.search))
-            if search_only:
-                _finish(console, [*searched.summaries], t0, results_location, track, report=False)
-                return
-            trials = list({C.trial_id(t): t for t in [*trials, *searched.retrain()]}.values())
-        summary = run_sweep(s, trials, **run)
+                searched = run_search(s, cells, **run)
+                print_table(console, search_table(searched, s.search))
+                if search_only:
+                    _finish(console, [*searched.summaries], t0, results_location, track, report=False)
+                    return
+                trials = list({C.trial_id(t): t for t in [*trials, *searched.retrain()]}.values())
+            summary = run_sweep(s, trials, **run)
     except KeyboardInterrupt:
         Console(stderr=True).print(
             f"interrupted after {time.monotonic() - t0:.0f}s: finished trials are kept in "
             f"{results_location}; run the same command again to go on (an interrupted trial "
-            "resumes from its last epoch checkpoint)", highlight=False, soft_wrap=True)
+            "resumes from its last epoch checkpoint); stopping Ray (Ctrl-C again to exit at once)",
+            highlight=False, soft_wrap=True)
+        from rayot.sweep.cluster import shutdown
+
+        shutdown()  # here, not in Ray's exit handler: a second Ctrl-C is then one line, not a traceback
         raise typer.Exit(130) from None
     summaries = [*(searched.summaries if searched else []), summary]
     _finish(console, summaries, t0, results_location, track, report=report,
             trial_ids=[st.trial_id for st in summary.states], search_ids=[c.search_id for c in cells])
+
+
+class _Interrupts:
+    """Ctrl-C while a sweep runs: the first stops it (KeyboardInterrupt; the sweep then stops Ray
+    and exits 130); from then on, until the process ends, another exits at once, 130, printing
+    ``line``, instead of interrupting Ray's shutdown (whose exit handler would print a traceback
+    and exit 1). A process that ignores SIGINT (started in the background) keeps ignoring it."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+        self.previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._first)
+        return self
+
+    def _first(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, self._again)
+        raise KeyboardInterrupt
+
+    def _again(self, signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, RuntimeError, ValueError):  # closed, or the main thread was writing to it
+                pass
+        os.write(2, f"{self.line}\n".encode())  # not through a stream: the main thread may hold it
+        os._exit(130)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        # interrupted: armed until the process exits, Ray's shutdown and exit handlers included
+        if self.previous is not None and exc_type is not KeyboardInterrupt:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _trial_of(path: str) -> str:

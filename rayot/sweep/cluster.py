@@ -105,6 +105,7 @@ def connect(address: str | None) -> bool:
         try:
             # the object stores' endpoints this process uses reach the sweep's workers too
             env = storage.client_environment()
+            _quiet_expected_warnings()
             ray.init(address=address, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
         except (ConnectionError, TimeoutError, ValueError) as exc:
@@ -112,10 +113,91 @@ def connect(address: str | None) -> bool:
         return False
     cpus = available_cpus()
     log.info("starting an embedded local Ray with %d CPUs", cpus)
+    _quiet_expected_warnings()
     # address="local": a new Ray of its own, even where `ray start` left one running here
     ray.init(address="local", num_cpus=cpus, resources={DRIVER_SLOT: EMBEDDED_DRIVER_SLOTS},
              include_dashboard=False, log_to_driver=False)
     return True
+
+
+#: Ray's logger that warns, on every start of a local Ray, that it turned token authentication on
+#: (Ray's default; RAY_AUTH_MODE=token or disabled names the choice and silences it, but Ray reads
+#: it once, when it is loaded, before rayot could set it). Expected: logged at debug level.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+#: The raylet's warnings that a sweep causes by design, kept off the terminal: every pack that
+#: trains is five Ray actors or more, each its own Python process (its Tune trial, the queue that
+#: reports to Tune, Ray Train's controller and synchronisation actor, the workers; Ray Train adds
+#: a few per run or per Ray), so a machine full of one-CPU trials soon has four processes per CPU,
+#: the raylet's threshold for "N PYTHON worker processes have been started ... which is 4x the
+#: maximum expected startup concurrency" (its CPU count). The raylet keeps them in its own log
+#: (``raylet.out`` in the Ray session's ``logs`` folder, ``/tmp/ray/session_latest/logs`` for the
+#: embedded Ray); rayot logs them at debug level (``rayot -v``).
+EXPECTED_RAY_WARNINGS = ("worker processes have been started on node",)
+
+
+def expected_warning(data: dict) -> bool:
+    """Whether a message that Ray's driver would print (its error listener's ``{"pid", "lines"}``)
+    is one of :data:`EXPECTED_RAY_WARNINGS` from the raylet."""
+    lines = data.get("lines") or []
+    return data.get("pid") == "raylet" and bool(lines) and all(
+        any(w in str(line) for w in EXPECTED_RAY_WARNINGS) for line in lines)
+
+
+class _ToDebug(logging.Filter):
+    """Takes a Ray logger's record of ``expected`` text off the terminal, into rayot's debug log."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.expected not in record.getMessage():
+            return True
+        log.debug("Ray: %s", record.getMessage())
+        return False
+
+
+def _quiet_expected_warnings() -> None:
+    """Route Ray's expected warnings to rayot's debug log (``rayot -v``) instead of the terminal:
+    the token-authentication notice (:data:`RAY_AUTH_LOGGER`) and the raylet's
+    :data:`EXPECTED_RAY_WARNINGS`. Ray's driver prints what the raylet reports through
+    ``ray._private.worker.print_to_stdstream``, with no filter of its own: that function is
+    wrapped, and every other message (a worker killed, memory running out) is printed as before."""
+    auth = logging.getLogger(RAY_AUTH_LOGGER)
+    if not any(isinstance(f, _ToDebug) for f in auth.filters):
+        auth.addFilter(_ToDebug("Token authentication is enabled for this Ray cluster"))
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # private API: without it the warnings stay on the terminal
+        return
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "rayot_quiet", False):
+        return
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        if expected_warning(data):
+            for line in data["lines"]:
+                log.debug("Ray (raylet): %s", line)
+            return
+        printer(data, ignore_prefix)
+
+    print_to_stdstream.rayot_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
+#: Test-only: a local file that :func:`shutdown` creates as it begins, so that a test can send
+#: its second Ctrl-C while Ray shuts down.
+SHUTDOWN_MARK_ENV = "RAYOT_SHUTDOWN_MARK"
+
+
+def shutdown() -> None:
+    """Stop the embedded Ray (or leave the joined cluster) now, after a Ctrl-C, rather than in
+    Ray's exit handler, where a second Ctrl-C would end in a traceback and exit status 1."""
+    mark = os.environ.get(SHUTDOWN_MARK_ENV)
+    if mark:
+        Path(mark).write_text("shutting down Ray\n")
+    log.debug("stopping Ray")
+    ray.shutdown()
 
 
 def driver_resources() -> dict[str, float]:
