@@ -18,7 +18,7 @@ from rayot import config as C
 from rayot import results
 from rayot.errors import ConfigError, DataError, RayotError, TrainingError
 from rayot.sweep import cluster
-from rayot.sweep.runner import LiveView, TrialState, _reconcile
+from rayot.sweep.runner import LiveView, TrialState, _reconcile, _tune_errors
 from rayot.sweep.spec import Resources, expand, load_spec, replaced_axes
 from rayot.sweep.worker import record_failure
 from rayot.train import PeerFailure, TrialHooks, run_trial
@@ -299,3 +299,14 @@ def test_recording_a_failure_on_a_broken_storage_does_not_raise(synth_root, tmp_
     cfg = C.replace(_trial(synth_root, tmp_path), **{"output.results": "/proc/x", "output.checkpoints": "/proc/y"})
     assert record_failure(cfg, RayotError("boom"), "t") is None
     assert "could not be recorded" in caplog.text
+
+
+def test_a_tune_trial_that_failed_before_its_configuration_is_logged_not_a_crash(caplog):
+    # Such a Tune trial (its actor could not import) comes back with config None; the sweep
+    # used to stop on r.config["trial"] with a bare TypeError.
+    boom, lost = RuntimeError("packed trial failed"), ImportError("no module named x")
+    grid = [SimpleNamespace(error=None, config={"trial": {"members": [{"trial_id": "a"}]}}),
+            SimpleNamespace(error=boom, config={"trial": {"members": [{"trial_id": "b"}, {"trial_id": "c"}]}}),
+            SimpleNamespace(error=lost, config=None)]
+    assert _tune_errors(grid) == {"b": boom, "c": boom}
+    assert "before its configuration reached it: ImportError: no module named x" in caplog.text

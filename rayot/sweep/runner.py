@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -380,8 +380,7 @@ def run_sweep(
     else:
         grid = _fit_tuner(tuner, storage.checkpoints)
     del actor  # every trial ended: the coordinator may go
-    tune_errors = {m["trial_id"]: r.error for r in grid or () if r.error is not None
-                   for m in r.config["trial"]["members"]}
+    tune_errors = _tune_errors(grid or ())
     _reconcile(states, results_location, tune_errors, spec.name)
     return SweepSummary(states)
 
@@ -425,6 +424,25 @@ def _start_coordinator(searches: dict[str, dict[str, Any]], location: str, token
             histories[tid] = outcome.history
             ended[tid] = outcome.stopped_at or outcome.epochs_trained or 0
     return search.start_coordinator(searches, histories, ended, token)
+
+
+def _tune_errors(results: Iterable[Any]) -> dict[str, BaseException]:
+    """The error of each failed Tune trial, by the rayot trial ids it packed. A Tune trial that
+    failed before its configuration reached it (its actor could not import, say) has no ids to
+    name: its error is logged, and :func:`_reconcile` records its trials as ended without a result,
+    rather than the sweep stopping on a missing configuration."""
+    errors: dict[str, BaseException] = {}
+    for r in results:
+        if r.error is None:
+            continue
+        members = ((r.config or {}).get("trial") or {}).get("members")
+        if not members:
+            log.error("a Tune trial failed before its configuration reached it: %s: %s",
+                      type(r.error).__name__, r.error)
+            continue
+        for m in members:
+            errors[m["trial_id"]] = r.error
+    return errors
 
 
 def _reconcile(states: list[TrialState], location: str, tune_errors: dict[str, BaseException],
