@@ -186,3 +186,4 @@ def test_the_dry_run_takes_set_shots_and_says_when_there_is_no_grid(tmp_path, mo
     code, out, err = _rayot(monkeypatch, capsys, "sweep", str(path), "--dry-run", "--set", "shots=3")
     assert code == 0, err
     assert "note: the sweep has no grid axis: it runs the base configuration's one trial" in out
+    assert "1 trial, 0 already done, 1 to run" in out

@@ -123,16 +123,16 @@ def sweep(
         pack_of = {C.trial_id(c): f"{n}/{len(packs)}" for n, p in enumerate(packs, 1) for c in p}
         n_done = len(states) - len(to_run)
         whole = full or len(states) <= PLAN_ROWS
-        title = f"sweep {s.name}: {len(states)} trials"
+        title = f"sweep {s.name}: {_trials(len(states))}"
         print_table(console, plan_table(states, title, pack_of if s.resources.pack > 1 else None) if whole
                     else plan_summary(states, title))
         if not whole:
             console.print(f"{len(states)} trials, above {PLAN_ROWS}: a row per dataset, protocol and method; "
                           "--full lists every trial", highlight=False, soft_wrap=True)
-        console.print(f"{len(states)} trials, {n_done} already done, {len(to_run)} to run; "
-                      f"results: {results_location}")
+        console.print(f"{_trials(len(states))}, {n_done} already done, {len(to_run)} to run; "
+                      f"results: {results_location}", highlight=False, soft_wrap=True)
         if s.resources.pack > 1:
-            console.print(f"packing: {len(to_run)} trials to run in {len(packs)} runs of at most "
+            console.print(f"packing: {_trials(len(to_run))} to run in {len(packs)} runs of at most "
                           f"{s.resources.pack}" + (" (pack column: which run trains the trial)" if whole else ""),
                           highlight=False)
         for line in T.where(track):
@@ -267,3 +267,7 @@ def _print_report(console: Console, location: str, trial_ids: list[str], search_
         searches = results.read_search_records([location])
         searches = searches.filter(pc.is_in(searches.column("search_id"), value_set=pa.array(list(search_ids), pa.string())))
     print_report(build_report(table, figures=False, searches=searches), console)
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
