@@ -56,7 +56,10 @@ def _spec(tmp_path: Path, search=None, grid=None, **top):
     ({**SEARCH, "scheduler": "median"}, "unknown scheduler 'median'"),
     ({**SEARCH, "scheduler": {"type": "asha", "grace_period": 0}}, "grace_period >= 1"),
     ({**SEARCH, "metric": "auc"}, "search.metric: unknown metric 'auc'"),
-    ({**SEARCH, "method": "coop"}, "search.method: 'coop' has no trial in the grid"),
+    ({**SEARCH, "method": "coop", "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}}},
+     "search.method: 'coop' has no trial in the grid"),
+    ({**SEARCH, "method": "coop"}, "search.space.prompt_ot.lambda_ot: prompt_ot.* are another method's settings; "
+     "a search space holds only training settings: the searched method's (coop.<setting>)"),
 ])
 def test_a_bad_search_section_gets_one_clear_message(tmp_path, search, message):
     with pytest.raises(ConfigError) as err:

@@ -370,8 +370,10 @@ def parse_search(raw: Any) -> Search | None:
         raise ConfigError("search.space: empty; give at least one configuration key and its Ray Tune sampler, "
                           "for example <method>.<setting>: {loguniform: [0.1, 100]}")
     space = {}
+    named = raw.get("method")  # compared as text here; check_search loads it with the trials
+    searched = methods.canonical(named) if isinstance(named, str) else None
     for key, sampler in space_raw.items():
-        problem = space_key_problem(str(key))
+        problem = space_key_problem(str(key), searched)
         if problem:
             raise ConfigError(f"search.space.{key}: {problem}")
         space[ALIASES.get(str(key), str(key))] = _sampler(str(key), sampler)
