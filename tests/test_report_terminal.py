@@ -225,3 +225,18 @@ def test_log_lines_outside_a_terminal_are_never_wrapped(monkeypatch) -> None:
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and path in lines[0] and "WARNING" in lines[0]
+
+
+def test_the_plan_shows_a_settings_column_only_where_settings_differ() -> None:
+    from rayot import config as C
+    from rayot.sweep.runner import TrialState, plan_table
+
+    def states(*overrides: list[str]) -> list[TrialState]:
+        cfgs = [C.load_config(None, o) for o in overrides]
+        return [TrialState(C.trial_id(c), c) for c in cfgs]
+
+    by_seed = plan_table(states(["seed=1"], ["seed=2"]), "sweep s: 2 trials")
+    assert "settings" not in [c.header for c in by_seed.columns]
+    assert fits(by_seed, Console(width=80, file=io.StringIO()))  # drawn as a table at 80
+    by_lambda = plan_table(states(["prompt_ot.lambda_ot=0"], ["prompt_ot.lambda_ot=10"]), "s")
+    assert "settings" in [c.header for c in by_lambda.columns]

@@ -91,12 +91,13 @@ def plan_table(states: list[TrialState], title: str, packs: dict[str, str] | Non
     train together (rayot.packing)."""
     table = Table(title=title)
     varying = varying_settings([s.cfg for s in states])
-    for col in ("trial", "dataset", "protocol", "method", "seed", "settings", "status", *(("pack",) if packs else ())):
+    rows = [describe(s.cfg, varying) for s in states]
+    shown = ("dataset", "protocol", "method", "seed", *(("settings",) if any(d["settings"] for d in rows) else ()))
+    for col in ("trial", *shown, "status", *(("pack",) if packs else ())):
         table.add_column(col)
-    for s in states:
-        d = describe(s.cfg, varying)
+    for s, d in zip(states, rows, strict=True):
         pack = (packs.get(s.trial_id, "-"),) if packs else ()
-        table.add_row(s.trial_id, d["dataset"], d["protocol"], d["method"], d["seed"], d["settings"], s.status, *pack)
+        table.add_row(s.trial_id, *(d[col] for col in shown), s.status, *pack)
     return table
 
 
