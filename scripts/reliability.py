@@ -177,7 +177,7 @@ def override_of_a_swept_key(tmp: Path) -> Outcome:
                          "--set", f"output.results={tmp}/elsewhere")
     _check(rc == 0, f"exit status {rc}", text)
     _check("note: grid axis seed [1, 2] replaced by --set seed=1" in text, "the plan says so", text)
-    _check(f"1 trials, 0 already done, 1 to run; results: {tmp}/elsewhere" in text,
+    _check(f"1 trial, 0 already done, 1 to run; results: {tmp}/elsewhere" in text,
            "--set output.results is honoured", text)
     return Outcome("the `--set` value replaces the axis, and the plan says `note: grid axis seed "
                    "[1, 2] replaced by --set seed=1`; `--set output.results=…` is honoured "

@@ -41,6 +41,20 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A plain handler that writes to ``sys.stderr`` as it is at each record, like Rich's console:
+    a handler bound to the stream of its creation would write to a closed one once a test runner
+    (typer's CliRunner) has swapped it back."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"rayot {__version__}")
@@ -60,7 +74,7 @@ def _root(
     else:
         # A CI log, a pipe, a file: Rich would wrap each message to 80 columns less its time and
         # level, folding a long path or a trial id mid-word. One plain line per record instead.
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%X"))
     if not verbose:
         handler.addFilter(_QuietThirdParty())
