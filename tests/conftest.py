@@ -61,6 +61,22 @@ def tiny_overrides(root: Path, tmp: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def rayot_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``rayot ARGS`` through the console entry point, as a user runs it: (exit status, stdout,
+    stderr). 300 columns, so that only the table layout, never a line, depends on the width."""
+    import rayot.cli
+
+    monkeypatch.setattr(sys, "argv", ["rayot", *args])
+    monkeypatch.setenv("COLUMNS", "300")
+    code = 0
+    try:
+        rayot.cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def assert_a_step_trains_only_the_learned_tensors(m, loss_of) -> None:
     """One SGD step on ``loss_of(m)``: the frozen CLIP stays in eval mode, gets no gradient and is
     unchanged; every learned tensor (and only those) gets a gradient and moves."""

@@ -11,33 +11,18 @@ under one, is refused for real, root or not.
 from __future__ import annotations
 
 import builtins
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import tiny_overrides
+from conftest import rayot_cli, tiny_overrides
 
-import rayot.cli
 from rayot import config as C
 from rayot import results
 from rayot.checkpoints import save_checkpoint, trials_without_prompts
 from rayot.results import EvalResult, result_rows
 from rayot.sweep.spec import expand, load_spec
-
-
-def _rayot(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``rayot ARGS`` through the console entry point: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["rayot", *args])
-    monkeypatch.setenv("COLUMNS", "300")
-    code = 0
-    try:
-        rayot.cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _one_error_line(err: str) -> str:
@@ -63,7 +48,7 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 def _train(synth_root, tmp_path, monkeypatch, capsys, **extra) -> tuple[int, str, str]:
     config = tmp_path / "trial.yaml"
     config.write_text("method: prompt_ot\n")
-    return _rayot(monkeypatch, capsys, "train", str(config),
+    return rayot_cli(monkeypatch, capsys, "train", str(config),
                   *tiny_overrides(synth_root, tmp_path, **{"optim.epochs": 1, **extra}))
 
 
@@ -127,7 +112,7 @@ def test_report_refuses_an_out_it_cannot_write_before_reading(tmp_path, monkeypa
         out_dir.mkdir()
         _read_only(monkeypatch, out_dir)
     # the results location does not exist: the --out check comes first
-    code, _, err = _rayot(monkeypatch, capsys, "report", "-r", str(tmp_path / "none"), "--out", str(out_dir))
+    code, _, err = rayot_cli(monkeypatch, capsys, "report", "-r", str(tmp_path / "none"), "--out", str(out_dir))
     line = _one_error_line(err)
     assert code == 2 and line.startswith(f"error: --out location '{out_dir}' is not writable")
     assert (tmp_path / "afile").read_text() == "kept\n"
@@ -157,7 +142,7 @@ def _legacy_sweep(synth_root: Path, tmp_path: Path) -> tuple[Path, list[C.TrialC
 def test_done_rows_without_prompts_are_found_and_run_again(synth_root, tmp_path, monkeypatch, capsys):
     spec, (lost, kept) = _legacy_sweep(synth_root, tmp_path)
     assert trials_without_prompts(lost.output.checkpoints, [C.trial_id(lost), C.trial_id(kept)]) == [C.trial_id(lost)]
-    code, out, err = _rayot(monkeypatch, capsys, "sweep", str(spec), "--dry-run")
+    code, out, err = rayot_cli(monkeypatch, capsys, "sweep", str(spec), "--dry-run")
     assert code == 0, err
     (warning,) = [line for line in out.splitlines() if "no saved prompts" in line]
     assert warning.startswith("warning: 1 trial(s) have a done result but no saved prompts")
@@ -167,7 +152,7 @@ def test_done_rows_without_prompts_are_found_and_run_again(synth_root, tmp_path,
 
 def test_report_names_done_rows_without_prompts_in_one_warning(synth_root, tmp_path, monkeypatch, capsys):
     _, (lost, kept) = _legacy_sweep(synth_root, tmp_path)
-    code, _, err = _rayot(monkeypatch, capsys, "report", "-r", lost.output.results, "--out",
+    code, _, err = rayot_cli(monkeypatch, capsys, "report", "-r", lost.output.results, "--out",
                           str(tmp_path / "report"), "--no-figures", "-f", "md")
     assert code == 0, err
     (warning,) = [line for line in err.splitlines() if "no saved prompts" in line]

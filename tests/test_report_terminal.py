@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import rayot_cli
 from rich.console import Console
 from rich.table import Table
 from test_report import _b2n  # a trial's rows as the trainer writes them
@@ -41,21 +42,6 @@ def _methods_table() -> Table:
     return table
 
 
-def _rayot(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """``rayot ARGS`` through the console entry point: (exit status, stdout, stderr)."""
-    import sys
-
-    import rayot.cli
-
-    monkeypatch.setattr(sys, "argv", ["rayot", *args])
-    monkeypatch.setenv("COLUMNS", "300")  # the table layout aside: these lines are never wrapped
-    code = 0
-    try:
-        rayot.cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _whole(name: str, lines: list[str]) -> bool:
@@ -168,7 +154,7 @@ def test_the_report_leaves_out_an_unreadable_file_with_one_line_and_strict_refus
     res = tmp_path / "results"
     bad = _results_with_bad_files(res)
     out = tmp_path / "report"
-    code, stdout, stderr = _rayot(monkeypatch, capsys, "report", "-r", str(res), "-o", str(out), "--no-figures",
+    code, stdout, stderr = rayot_cli(monkeypatch, capsys, "report", "-r", str(res), "-o", str(out), "--no-figures",
                                   "-f", "md")
     assert code == 0, stderr
     warnings = [line for line in stderr.splitlines() if line.startswith("warning: ")]
@@ -180,7 +166,7 @@ def test_the_report_leaves_out_an_unreadable_file_with_one_line_and_strict_refus
     assert "IVLP" in stdout and "IVLP" in (out / "report.md").read_text()
 
     strict = tmp_path / "strict"
-    code, stdout, stderr = _rayot(monkeypatch, capsys, "report", "-r", str(res), "-o", str(strict), "--no-figures",
+    code, stdout, stderr = rayot_cli(monkeypatch, capsys, "report", "-r", str(res), "-o", str(strict), "--no-figures",
                                   "-f", "md", "--strict")
     assert code == 2 and stdout == "" and "Traceback" not in stderr
     assert stderr.count("\n") == 1 and stderr.startswith("error: results file ") and str(res) in stderr
@@ -199,7 +185,7 @@ def test_the_sweep_says_runs_again_only_of_a_file_named_after_one_of_its_trials(
     res.mkdir()
     (res / f"{C.trial_id(trial)}.parquet").write_bytes(b"truncated")
     pq.write_table(pa.table({"x": [1]}), res / "notes.parquet")
-    code, stdout, stderr = _rayot(monkeypatch, capsys, "sweep", str(path), "--dry-run")
+    code, stdout, stderr = rayot_cli(monkeypatch, capsys, "sweep", str(path), "--dry-run")
     assert code == 0, stderr
     warnings = {line.split()[3]: line for line in stdout.splitlines() if line.startswith("warning: ")}
     assert warnings[str(res / f"{C.trial_id(trial)}.parquet")].endswith("its trial counts as not done and runs again")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import rayot_cli
 
 from rayot import config as C
 from rayot.errors import ConfigError
@@ -144,21 +145,6 @@ def test_a_sweep_name_may_be_any_one_folder_name(tmp_path):
     assert load_spec(_write(tmp_path, "name: 12\nbase: {}\n")).name == "12"
 
 
-def _rayot(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """``rayot ARGS`` through the console entry point: (exit status, stdout, stderr)."""
-    import sys
-
-    import rayot.cli
-
-    monkeypatch.setattr(sys, "argv", ["rayot", *args])
-    monkeypatch.setenv("COLUMNS", "300")
-    code = 0
-    try:
-        rayot.cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -174,7 +160,7 @@ def _rayot(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def test_the_dry_run_refuses_what_the_run_would_with_one_line_and_status_2(tmp_path, monkeypatch, capsys,
                                                                             text, sets, needle):
     path = _write(tmp_path, f"base: {{}}\nstorage: {{results: {tmp_path}/r, checkpoints: {tmp_path}/c}}\n{text}")
-    code, out, err = _rayot(monkeypatch, capsys, "sweep", str(path), "--dry-run",
+    code, out, err = rayot_cli(monkeypatch, capsys, "sweep", str(path), "--dry-run",
                             *[a for s in sets for a in ("--set", s)])
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
@@ -183,7 +169,7 @@ def test_the_dry_run_refuses_what_the_run_would_with_one_line_and_status_2(tmp_p
 
 def test_the_dry_run_takes_set_shots_and_says_when_there_is_no_grid(tmp_path, monkeypatch, capsys):
     path = _write(tmp_path, f"base: {{}}\nstorage: {{results: {tmp_path}/r, checkpoints: {tmp_path}/c}}\n")
-    code, out, err = _rayot(monkeypatch, capsys, "sweep", str(path), "--dry-run", "--set", "shots=3")
+    code, out, err = rayot_cli(monkeypatch, capsys, "sweep", str(path), "--dry-run", "--set", "shots=3")
     assert code == 0, err
     assert "note: the sweep has no grid axis: it runs the base configuration's one trial" in out
     assert "1 trial, 0 already done, 1 to run" in out
