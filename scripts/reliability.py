@@ -324,7 +324,7 @@ def _store_status(server) -> dict[str, str]:
 
 
 def _runs(log: Path) -> dict[str, int]:
-    """How many times each trial was handed to training (RAYOT_RUN_LOG)."""
+    """How many times each trial was handed to training (RAYOT_TEST_RUN_LOG)."""
     counts: dict[str, int] = {}
     for line in log.read_text().splitlines() if log.exists() else []:
         counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
@@ -359,7 +359,7 @@ def sweep_on_gcs(tmp: Path) -> Outcome:
     spec_path.write_text(yaml.safe_dump(tree, sort_keys=False))
     ids = _trial_ids(spec_path)
     with emulators.start_gcs(buckets=(BUCKET,)) as server:
-        rc, text, t = _on_store(tmp, server, spec_path, RAYOT_INJECT_FAULT=f"1:{tmp / 'marker'}")
+        rc, text, t = _on_store(tmp, server, spec_path, RAYOT_TEST_FAULT=f"1:{tmp / 'marker'}")
         _check(rc == 1, f"exit status {rc}, expected 1 (the dtd trial fails)", text)
         status = _store_status(server)
         files = _store_files(server)
@@ -386,7 +386,7 @@ def two_sweeps_on_one_bucket(tmp: Path) -> Outcome:
     ids = _trial_ids(spec)
     with emulators.start_s3(buckets=(BUCKET,)) as server:
         t0 = time.monotonic()
-        sweeps = [_sweep_process(tmp, server, spec, f"sweep{i}", RAYOT_RUN_LOG=str(tmp / "runs.txt"))
+        sweeps = [_sweep_process(tmp, server, spec, f"sweep{i}", RAYOT_TEST_RUN_LOG=str(tmp / "runs.txt"))
                   for i in (1, 2)]
         codes = [p.wait(timeout=600) for p in sweeps]
         t = time.monotonic() - t0
@@ -410,7 +410,7 @@ def store_outage(tmp: Path) -> Outcome:
     ids = _trial_ids(spec)
     with emulators.start_s3(buckets=(BUCKET,), proxy=True) as server:
         t0 = time.monotonic()
-        sweep = _sweep_process(tmp, server, spec, "sweep", RAYOT_RUN_LOG=str(tmp / "runs.txt"))
+        sweep = _sweep_process(tmp, server, spec, "sweep", RAYOT_TEST_RUN_LOG=str(tmp / "runs.txt"))
         _wait(lambda: len(_runs(tmp / "runs.txt")) >= 2 or sweep.poll() is not None, 300, "the second trial")
         server.proxy.down()
         time.sleep(OUTAGE_S)  # longer than the clients' own retries (about 18 s): rayot's back-off rides it out
@@ -438,7 +438,7 @@ def store_stays_down(tmp: Path) -> Outcome:
     spec = _spec(tmp, grid={"method": ["ivlp"]}, base={"optim": {"epochs": 2}})
     with emulators.start_s3(buckets=(BUCKET,), proxy=True) as server:
         t0 = time.monotonic()
-        sweep = _sweep_process(tmp, server, spec, "sweep", RAYOT_RUN_LOG=str(tmp / "runs.txt"),
+        sweep = _sweep_process(tmp, server, spec, "sweep", RAYOT_TEST_RUN_LOG=str(tmp / "runs.txt"),
                                RAYOT_STORAGE_RETRY_S="10")
         _wait(lambda: len(_runs(tmp / "runs.txt")) >= 1 or sweep.poll() is not None, 300, "the first trial")
         server.proxy.down()
@@ -469,8 +469,8 @@ def driver_killed(tmp: Path) -> Outcome:
                  resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1})
     ids = _trial_ids(spec)
     ttl = 40  # longer than a re-run takes to reach the trial (Python, Ray start-up)
-    env = {"RAYOT_RUN_LOG": str(tmp / "runs.txt"), "RAYOT_LEASE_TTL_S": str(ttl),
-           "RAYOT_INJECT_FAULT": f"999:{tmp / 'marker'}"}  # never kills; notes where a run resumed
+    env = {"RAYOT_TEST_RUN_LOG": str(tmp / "runs.txt"), "RAYOT_LEASE_TTL_S": str(ttl),
+           "RAYOT_TEST_FAULT": f"999:{tmp / 'marker'}"}  # never kills; notes where a run resumed
     with emulators.start_s3(buckets=(BUCKET,)) as server:
         results_uri = server.uri(BUCKET, "sweep/results")
         sweep = _sweep_process(tmp, server, spec, "killed", **env)

@@ -246,7 +246,7 @@ def test_read_log_appends_absolute_paths(synth_root: Path, tmp_path: Path, monke
     splits = read_dataset("synthetic", synth_root)
     first, second = (splits.image_root / it.impath for it in splits.train[:2])
     log = tmp_path / "reads.log"
-    monkeypatch.setenv("RAYOT_IMAGE_READ_LOG", str(log))
+    monkeypatch.setenv("RAYOT_TEST_IMAGE_READ_LOG", str(log))
     load_image(first, "synthetic")
     load_image(second, "synthetic")
     assert log.read_text().splitlines() == [str(first.absolute()), str(second.absolute())]
@@ -254,7 +254,7 @@ def test_read_log_appends_absolute_paths(synth_root: Path, tmp_path: Path, monke
         load_image(splits.image_root / "missing.png", "synthetic")  # a failed read is logged too
     assert log.read_text().splitlines()[-1] == str((splits.image_root / "missing.png").absolute())
 
-    monkeypatch.delenv("RAYOT_IMAGE_READ_LOG")
+    monkeypatch.delenv("RAYOT_TEST_IMAGE_READ_LOG")
     load_image(first, "synthetic")
     assert len(log.read_text().splitlines()) == 3
 
@@ -265,9 +265,9 @@ def test_read_log_unset_writes_nothing(synth_root: Path, tmp_path: Path, monkeyp
     from rayot.data.dataset import load_image
 
     if value is None:
-        monkeypatch.delenv("RAYOT_IMAGE_READ_LOG", raising=False)
+        monkeypatch.delenv("RAYOT_TEST_IMAGE_READ_LOG", raising=False)
     else:
-        monkeypatch.setenv("RAYOT_IMAGE_READ_LOG", value)
+        monkeypatch.setenv("RAYOT_TEST_IMAGE_READ_LOG", value)
     monkeypatch.chdir(tmp_path)
     splits = read_dataset("synthetic", synth_root)
     load_image(splits.image_root / splits.train[0].impath, "synthetic")

@@ -167,11 +167,11 @@ RELIABILITY = load_script("reliability")
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_while_ray_stops_exits_130_in_one_line_and_the_rerun_resumes_from_the_newest_epoch(tmp_path):
-    from rayot.sweep.worker import FAULT_ENV
+    from rayot import switches
 
     spec = RELIABILITY._spec(tmp_path, grid={"method": ["ivlp"]}, base={"optim": {"epochs": 40}})
     mark = tmp_path / "shutdown.mark"
-    env = {**os.environ, "COLUMNS": "200", cluster.SHUTDOWN_MARK_ENV: str(mark)}
+    env = {**os.environ, "COLUMNS": "200", switches.SHUTDOWN_MARK: str(mark)}
     cmd = [sys.executable, "-m", "rayot", "sweep", str(spec)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group, as a terminal's job
@@ -194,12 +194,12 @@ def test_a_second_ctrl_c_while_ray_stops_exits_130_in_one_line_and_the_rerun_res
 
     # The sweep exited without waiting for Ray: its training worker may still finish an epoch
     # before Ray's reaper ends it. Once no process of that run is left, the folders stay as they are.
-    stop_marked(cluster.SHUTDOWN_MARK_ENV, str(mark), grace_s=30)
+    stop_marked(switches.SHUTDOWN_MARK, str(mark), grace_s=30)
     (run,) = tmp_path.glob("ckpt/trial-*")
     newest = newest_complete_epoch(pafs.LocalFileSystem(), str(run))
     assert newest is not None and newest[0] >= 3
     resumed = tmp_path / "resumed"  # notes where the run resumed; kills nothing (epoch 999)
-    again = subprocess.run(cmd, cwd=tmp_path, env={**env, FAULT_ENV: f"999:{resumed}"}, capture_output=True,
+    again = subprocess.run(cmd, cwd=tmp_path, env={**env, switches.FAULT: f"999:{resumed}"}, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert resumed.read_text().splitlines() == [f"resumed after epoch {newest[0]}"]

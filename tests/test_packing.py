@@ -376,12 +376,12 @@ def test_a_killed_pack_resumes_from_its_checkpoint(ray_session, synth_root, tmp_
 
     from rayot.sweep.runner import run_sweep
     from rayot.sweep.spec import expand
-    from rayot.sweep.worker import FAULT_ENV
+    from rayot.switches import FAULT
 
     spec = _sweep_spec(tmp_path, synth_root, tiny_weights, {"method": "prompt_ot", "seed": [1, 2]}, pack=2)
     trials = expand(spec)
     marker = tmp_path / "fault.txt"
-    monkeypatch.setenv(FAULT_ENV, f"1:{marker}")
+    monkeypatch.setenv(FAULT, f"1:{marker}")
     summary = run_sweep(spec, trials, address=None, console=Console(quiet=True))
     assert [s.status for s in summary.states] == ["done", "done"]
     assert marker.read_text().splitlines() == ["killed after epoch 1", "resumed after epoch 1"]

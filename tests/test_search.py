@@ -248,7 +248,7 @@ def _search_cfg(root, tmp, weights, **extra):
 
 def test_a_search_trial_reads_no_test_novel_or_held_out_image(synth_root, tmp_path, tiny_weights, monkeypatch):
     log = tmp_path / "reads.log"
-    monkeypatch.setenv("RAYOT_IMAGE_READ_LOG", str(log))
+    monkeypatch.setenv("RAYOT_TEST_IMAGE_READ_LOG", str(log))
     cfg = _search_cfg(synth_root, tmp_path, tiny_weights)
     outcome = run_trial(cfg)
     reads = set(log.read_text().split())

@@ -86,7 +86,7 @@ REFUSED = [
 def test_a_space_key_outside_training_settings_is_refused_in_one_line_before_any_image(
         tmp_path, monkeypatch, capsys, key, sampler, why):
     reads = tmp_path / "reads.log"
-    monkeypatch.setenv("RAYOT_IMAGE_READ_LOG", str(reads))
+    monkeypatch.setenv("RAYOT_TEST_IMAGE_READ_LOG", str(reads))
     space = {"prompt_ot.lambda_ot": {"loguniform": [0.1, 100]}, key: sampler}
     path = _write(tmp_path, {**SEARCH, "space": space})
     code, out, err = _sweep(monkeypatch, capsys, str(path), "--dry-run")
@@ -137,7 +137,7 @@ def test_an_allowed_search_trial_reads_no_test_image(synth_root, tmp_path, monke
     """The positive side: a search trial of a space of every allowed family, trained and scored,
     reads validation and training images only."""
     log = tmp_path / "reads.log"
-    monkeypatch.setenv("RAYOT_IMAGE_READ_LOG", str(log))
+    monkeypatch.setenv("RAYOT_TEST_IMAGE_READ_LOG", str(log))
     base = C.parse_overrides([*tiny_overrides(synth_root, tmp_path, **{"optim.epochs": 1}), "method=prompt_ot"])
     space = {"prompt_ot.lambda_ot": {"choice": [3.0]}, "optim.lr": {"choice": [0.002]},
              "prompt.n_ctx_text": {"choice": [2]}}

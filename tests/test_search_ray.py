@@ -70,7 +70,7 @@ def test_a_search_reads_no_test_image_and_the_same_seed_gives_the_same_choice_ev
     spec_a, spec_b = _write_spec(a, synth_root), _write_spec(b, synth_root)
 
     reads = tmp_path / "reads.log"
-    out = _sweep(spec_a, "--search-only", env={"RAYOT_IMAGE_READ_LOG": str(reads)})
+    out = _sweep(spec_a, "--search-only", env={"RAYOT_TEST_IMAGE_READ_LOG": str(reads)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "chosen on validation" in out.stdout
     record = _record(a / "results")

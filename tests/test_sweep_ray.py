@@ -14,7 +14,7 @@ from rayot import config as C
 from rayot import results
 from rayot.sweep.runner import run_sweep
 from rayot.sweep.spec import expand, load_spec
-from rayot.sweep.worker import FAULT_ENV
+from rayot.switches import FAULT
 from rayot.train import run_trial
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, synth_
     spec = _spec(tmp_path, synth_root, "grid: {method: [prompt_ot]}\n")
     (trial,) = expand(spec)
     marker = tmp_path / "fault.txt"
-    monkeypatch.setenv(FAULT_ENV, f"1:{marker}")
+    monkeypatch.setenv(FAULT, f"1:{marker}")
     summary = run_sweep(spec, [trial], address=None, console=Console(quiet=True))
     assert [s.status for s in summary.states] == ["done"]
     assert marker.read_text().splitlines() == ["killed after epoch 1", "resumed after epoch 1"]

@@ -1,10 +1,9 @@
 """A torch Dataset over items, and loaders with the batching rules of docs/protocol.md §6.
 
-Test instrument: when the environment variable ``RAYOT_IMAGE_READ_LOG`` names a file,
-:func:`load_image` appends the absolute path of every image it is asked for (one line each, in
-one append-mode write per call, so that several processes, Ray workers included, can share the
-file). Tests use it to check which images a run reads, e.g. that a search trial reads no test image.
-Unset, it costs one environment lookup per image.
+Test instrument: when the switch ``RAYOT_TEST_IMAGE_READ_LOG`` (rayot.switches) names a file,
+:func:`load_image` appends the absolute path of every image it is asked for. Tests use it to check
+which images a run reads, e.g. that a search trial reads no test image. Unset, it costs one
+environment lookup per image.
 """
 
 from __future__ import annotations
@@ -17,16 +16,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rayot import switches
 from rayot.data.items import Item
 from rayot.errors import DataError
-
-#: The environment variable naming the image read log (see the module docstring).
-READ_LOG_ENV = "RAYOT_IMAGE_READ_LOG"
 
 
 def _log_read(path: Path) -> None:
     """Append ``path`` (absolute) to the read log, if one is set, in a single O_APPEND write."""
-    log_file = os.environ.get(READ_LOG_ENV)
+    log_file = switches.value(switches.IMAGE_READ_LOG)
     if not log_file:
         return
     fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -39,7 +36,7 @@ def _log_read(path: Path) -> None:
 def load_image(path: Path, dataset: str) -> Image.Image:
     """Open and fully decode ``path`` as RGB; a DataError naming dataset and file otherwise.
 
-    Every call is recorded in the read log when ``RAYOT_IMAGE_READ_LOG`` is set (module docstring).
+    Every call is recorded in the read log when ``RAYOT_TEST_IMAGE_READ_LOG`` is set (module docstring).
     """
     _log_read(path)
     if not path.is_file():

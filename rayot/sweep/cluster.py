@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray
 
-from rayot import storage
+from rayot import storage, switches
 from rayot.errors import RayotError
 from rayot.sweep.spec import Resources
 
@@ -185,15 +185,10 @@ def _quiet_expected_warnings() -> None:
     ray_worker.print_to_stdstream = print_to_stdstream
 
 
-#: Test-only: a local file that :func:`shutdown` creates as it begins, so that a test can send
-#: its second Ctrl-C while Ray shuts down.
-SHUTDOWN_MARK_ENV = "RAYOT_SHUTDOWN_MARK"
-
-
 def shutdown() -> None:
     """Stop the embedded Ray (or leave the joined cluster) now, after a Ctrl-C, rather than in
     Ray's exit handler, where a second Ctrl-C would end in a traceback and exit status 1."""
-    mark = os.environ.get(SHUTDOWN_MARK_ENV)
+    mark = switches.value(switches.SHUTDOWN_MARK)
     if mark:
         Path(mark).write_text("shutting down Ray\n")
     log.debug("stopping Ray")

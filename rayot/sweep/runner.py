@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rayot import config as C
-from rayot import results
+from rayot import results, switches
 from rayot.errors import ConfigError
 from rayot.report.names import format_value, setting_label
 from rayot.storage import lease_guarantee, transient, transient_text
@@ -29,8 +29,6 @@ from rayot.sweep.packs import make_packs, pack_id
 from rayot.sweep.spec import SweepSpec, storage_of
 from rayot.sweep.tune_callbacks import callbacks as tracker_callbacks
 from rayot.sweep.worker import (
-    FAULT_ENV,
-    RUN_LOG_ENV,
     lease_ttl_s,
     log_name,
     ray_storage,
@@ -327,7 +325,6 @@ def run_sweep(
     driver = cluster.driver_resources()
     concurrency = cluster.concurrency(spec.resources, capacity, driver, max_concurrent)
     log.info("%d trials to run, %d at once", len(pending), concurrency)
-    fault = os.environ.get(FAULT_ENV)
     owner = _owner(spec)
     # the actor lives while its handle does: held here until every trial of the run ended
     actor, coordinator = _start_coordinator(searches, results_location, owner["token"], done) if searches else (None, None)
@@ -343,8 +340,7 @@ def run_sweep(
                     "resources": asdict(spec.resources),
                     "sweep": spec.name,
                     "owner": owner,
-                    "fault": fault,
-                    "run_log": os.environ.get(RUN_LOG_ENV),
+                    "switches": switches.carried(),  # a Ray joined, not started, lacks this environment
                     "lease_ttl_s": lease_ttl,
                     "coordinator": coordinator,
                 }

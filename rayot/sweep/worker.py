@@ -24,7 +24,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 
 from rayot import config as C
-from rayot import results, storage, trackers
+from rayot import results, storage, switches, trackers
 from rayot.checkpoints import (
     EPOCH_STATE_FILE,
     epoch_folder_name,
@@ -45,11 +45,6 @@ from rayot.train import DistributedHooks, MemberResult, PeerFailure, run_pack
 
 log = logging.getLogger(__name__)
 
-#: Test-only fault injection: "EPOCH:MARKER" kills rank 0 once, right after checkpointing EPOCH.
-FAULT_ENV = "RAYOT_INJECT_FAULT"
-#: Test-only: a local file to which each Tune driver appends ``<trial id> <pid>`` for every trial
-#: it is about to train (not the ones it skips), to count how often a trial was run.
-RUN_LOG_ENV = "RAYOT_RUN_LOG"
 #: How long a trial's lease lives without a renewal (seconds, default 120): how long a sweep that
 #: died on another host keeps its trials from the others.
 LEASE_TTL_ENV = "RAYOT_LEASE_TTL_S"
@@ -68,12 +63,13 @@ def lease_ttl_s() -> float:
 
 class RayTrainHooks(DistributedHooks):
     """Rank, world size and device from Ray Train, the collectives over the process group it set
-    up (gloo or NCCL), per-epoch checkpoints in the run's storage."""
+    up (gloo or NCCL), per-epoch checkpoints in the run's storage. ``fault``: the test switch
+    :data:`rayot.switches.FAULT`."""
 
-    def __init__(self, fault: str | None = None, coordinator: str | None = None) -> None:
+    def __init__(self, coordinator: str | None = None) -> None:
         ctx = ray.train.get_context()
         super().__init__(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-        self.fault = fault
+        self.fault = switches.value(switches.FAULT)
         self.coordinator = coordinator
 
     def early_stop(self, epoch: int, histories: dict[str, list[dict[str, float]]]) -> set[str]:
@@ -182,8 +178,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     that failed, and ends that trial without a Ray Train retry, which could not help; the other
     members of its pack go on.
     """
+    switches.adopt(loop_config["switches"])
     cfgs = [C.from_dict(json.loads(c)) for c in loop_config["configs"]]
-    hooks = RayTrainHooks(loop_config.get("fault"), loop_config.get("coordinator"))
+    hooks = RayTrainHooks(loop_config.get("coordinator"))
     if hooks.world_size != cfgs[0].world_size:
         raise RuntimeError(f"trial {C.trial_id(cfgs[0])} is for {cfgs[0].world_size} workers, "
                            f"Ray Train gave {hooks.world_size}")
@@ -249,6 +246,7 @@ def tune_driver(param: dict[str, Any]) -> None:
     The last report says each member's outcome: ``{"status", "error", "log", "final"}`` for a
     pack of one, as before packing; ``{"status", "members": {trial id: {...}}}`` for a pack.
     """
+    switches.adopt(param["switches"])
     cfgs = [C.from_dict(json.loads(m["config"])) for m in param["members"]]
     sweep = param["sweep"]
     owner = leases.Owner(**param["owner"])
@@ -273,8 +271,9 @@ def tune_driver(param: dict[str, Any]) -> None:
             run.append(cfg)
         with leases.Heartbeat(held) as heartbeat:
             try:
-                if run and param.get("run_log"):
-                    with open(param["run_log"], "a") as f:
+                run_log = switches.value(switches.RUN_LOG)
+                if run and run_log:
+                    with open(run_log, "a") as f:
                         f.writelines(f"{C.trial_id(c)} {os.getpid()}\n" for c in run)
                 if run:
                     outcome.update(_fit(run, param))
@@ -342,7 +341,7 @@ def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str
         return TorchTrainer(
             train_worker,
             train_loop_config={"configs": [C.to_json(c) for c in cfgs], "sweep": param["sweep"],
-                               "fault": param.get("fault"), "coordinator": param.get("coordinator")},
+                               "switches": param["switches"], "coordinator": param.get("coordinator")},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=r["num_workers"], use_gpu="GPU" in per_worker, resources_per_worker=per_worker
             ),
