@@ -10,21 +10,33 @@ every property that fails (or returns the results with ``raise_on_failure=False`
   one ConfigError naming ``<method>.<setting>``;
 - ``trains_only_learned``: a training step gives gradients to the method's learned tensors only,
   the frozen CLIP keeps its weights and its eval mode;
+- ``settings_take_effect``: each declared setting, set to another value, changes the outputs or
+  the step (logits, loss, diagnostics, gradients) or else the trial (prompts, losses, accuracies).
+  The other value comes from the declaration (:func:`rayot.typed.setting`): its ``test_value``,
+  another of its ``choices``, or a larger number within its range; a setting declared
+  ``inert="why"`` cannot show in the tiny trial, is not tried and the reason is reported;
 - ``deterministic``: a seed gives the same prompts, losses and accuracies twice; another seed
   other prompts;
 - ``packed_equals_alone``: two trials of the method trained as one pack end where each ends alone;
 - ``two_workers_equal_one``: a trial sharded over two ranks (torch.distributed, gloo) ends where
   it ends on one;
-- ``resume_equals_uninterrupted``: a trial resumed from its first epoch's checkpoint ends where
-  the uninterrupted one does;
+- ``resume_mid_schedule``: a trial resumed from the checkpoint of a mid-schedule epoch past the
+  warm-up (3 epochs, warm-up 1: after epoch 2) ends where the uninterrupted one does (the name
+  ``resume_equals_uninterrupted`` is accepted for it);
+- ``deterministic_every_way``: the 3-epoch trial run again, packed behind another trial, on 2
+  workers and resumed mid-schedule ends where it ends alone on 1 worker, while the kit puts every
+  global generator (Python's ``random``, NumPy's, torch's) in another state before each step of
+  the compared runs: a draw from a generator the trial does not own, in any step, shows;
 - ``reference_round_trip``: where a reference checkpoint format is declared, export then import
   gives back the same tensors and logits.
 
 A property that does not apply (a method that does not train has no step to check) is skipped,
 and says why. ``overrides`` (dotted keys) adapt the tiny trials to a method (its settings, prompt
-shapes); the defaults: 2 shots, 2 epochs, batch 4, prompts 2 layers deep. For pytest,
-:func:`parametrize_with_checks` makes one test per (method, property). docs/methods.md shows how
-to run it on a method of one's own.
+shapes) over :func:`tiny_overrides`: 2 shots, 2 epochs (3 where a property needs a mid-schedule
+epoch), batch 4, prompts 2 layers deep. :class:`Kit` shares what is expensive (the runs alone,
+a warm pair of rank processes) across properties and methods; :func:`check_method` makes one per
+call, and a pytest session fixture makes one per session for :func:`parametrize_with_checks`.
+docs/methods.md shows how to run it on a method of one's own.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -46,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rayot import config as C
@@ -61,24 +75,41 @@ PROPERTIES: tuple[str, ...] = (
     "registered",
     "bad_settings_refused",
     "trains_only_learned",
+    "settings_take_effect",
     "deterministic",
     "packed_equals_alone",
     "two_workers_equal_one",
-    "resume_equals_uninterrupted",
+    "resume_mid_schedule",
+    "deterministic_every_way",
     "reference_round_trip",
 )
+#: Former names of properties, still accepted.
+ALIASES: dict[str, str] = {"resume_equals_uninterrupted": "resume_mid_schedule"}
 #: Largest difference of a learned tensor between two computations that must agree (packed and
 #: alone, 2 ranks and 1, resumed and not): float32 kernels of other batch shapes round differently
 #: (measured: 0 to 6e-8 for the built-ins after 2 epochs); a real difference is many orders above.
 TOLERANCE = 1e-5
-#: The tiny trials' shared settings (dotted keys); a method's preset and ``overrides`` go over them.
+#: The tiny trials' shapes (dotted keys): the tiny CLIP has 2 layers per tower.
 BASE: dict[str, Any] = {
     "data.dataset": "synthetic", "data.shots": 2, "data.num_workers": 0,
     "model.name": "rayot-tiny", "model.pretrained": None,
     "prompt.depth_text": 2, "prompt.depth_vision": 2,
-    "optim.epochs": 2, "optim.batch_size": 4, "optim.eval_batch_size": 64, "optim.log_every": 1,
+    "optim.epochs": 2, "optim.batch_size": 4, "optim.eval_batch_size": 64,
     "device": "cpu",
 }
+#: What a built-in needs beyond :data:`BASE`; a method not named here needs nothing more.
+TINY: dict[str, dict[str, Any]] = {
+    # Gaussian prompt aggregation centred inside the tiny trial, not at epoch 15 of 20
+    "promptsrc": {"promptsrc.gpa_mean": 1.0, "promptsrc.gpa_std": 1.0},
+}
+
+
+def tiny_overrides(method: str | Method | type[Method] | None = None) -> dict[str, Any]:
+    """The dotted keys of a seconds-long trial of ``method`` (:data:`BASE`, then what the method
+    needs, :data:`TINY`), without paths: the one table of tiny shapes of rayot's tests."""
+    ref = None if method is None else method_ref(method)
+    name = methods.get(ref).name if ref is not None else None
+    return {**BASE, **({"method": ref} if ref else {}), **TINY.get(name or "", {})}
 
 
 class MethodCheckError(AssertionError):
@@ -152,27 +183,49 @@ def method_ref(method: str | Method | type[Method]) -> str:
 
 def kit_config(method: str | Method | type[Method], overrides: Mapping[str, Any] | None = None,
                **extra: Any) -> C.TrialConfig:
-    """A tiny trial of ``method`` in the kit's workspace: :data:`BASE` under the method's preset,
-    ``overrides`` and ``extra`` (dotted keys) over both."""
+    """A tiny trial of ``method`` in the kit's workspace: :func:`tiny_overrides` under the method's
+    preset, ``overrides`` and ``extra`` (dotted keys) over both; every step's losses logged."""
     ws = workspace()
-    flat = {**BASE, "data.root": str(ws.data), "model.checkpoint": str(ws.weights),
-            "output.results": str(ws.root / "results"), "output.checkpoints": str(ws.root / "checkpoints")}
     ref = method_ref(method)
+    flat = {**tiny_overrides(ref), "optim.log_every": 1, "data.root": str(ws.data),
+            "model.checkpoint": str(ws.weights), "output.results": str(ws.root / "results"),
+            "output.checkpoints": str(ws.root / "checkpoints")}
+    flat.pop("method")
     over = {"method": ref, **dict(overrides or {}), **extra}
     return C.resolve_config(dotted_tree(flat), dotted_tree(over))
+
+
+def _mid_schedule(cfg: C.TrialConfig, overrides: Mapping[str, Any]) -> tuple[C.TrialConfig, int]:
+    """The trial with an epoch past the warm-up before its last (3 epochs with warm-up 1, unless
+    ``overrides`` sets the epochs), and the epoch after which a resumed run starts."""
+    warmup = cfg.optim.warmup_epochs
+    if "optim.epochs" not in overrides:
+        cfg = C.replace(cfg, **{"optim.epochs": max(cfg.optim.epochs, warmup + 2)})
+    return cfg, max(1, min(warmup + 1, C.epochs_trained(cfg) - 1))
 
 
 # ----------------------------------------------------------------------------- running trials
 
 
-class _Keep(TrialHooks):
-    """Trial hooks (one process) that keep a copy of every epoch's state and metrics."""
+def stir_generators(salt: int) -> None:
+    """Put Python's, NumPy's and torch's global generators in a state no trial seeds them to: what
+    a method draws from them in a step then differs from an unstirred run, certainly."""
+    random.seed(f"rayot-kit-{salt}")
+    np.random.seed((0x5EED_0000 + salt) % 2**32)
+    torch.manual_seed(0x5EED_0000 + salt)
 
-    def __init__(self, resume: dict | None = None) -> None:
+
+class _Keep(TrialHooks):
+    """Trial hooks (one process) that keep a copy of every epoch's state and metrics; ``stir``:
+    the global generators are stirred as training starts (and by :func:`_run` after each step)."""
+
+    def __init__(self, resume: dict | None = None, stir: bool = False) -> None:
         self.saved: list[tuple[int, dict, dict]] = []
-        self.resume = resume
+        self.resume, self.stir = resume, stir
 
     def resume_state(self) -> dict | None:
+        if self.stir:
+            stir_generators(-1)
         return self.resume
 
     def save_epoch(self, epoch: int, state: dict, metrics: dict) -> None:
@@ -187,11 +240,74 @@ class _Run:
     saved: list[tuple[int, dict, dict]]
 
 
-def _run(cfg: C.TrialConfig, resume: dict | None = None) -> _Run:
-    hooks, seen = _Keep(resume), []
-    outcome = run_trial(cfg, device=torch.device("cpu"), hooks=hooks, progress=seen.append)
+def _run(cfg: C.TrialConfig, resume: dict | None = None, stir: bool = False) -> _Run:
+    hooks, seen = _Keep(resume, stir), []
+
+    def progress(p: Any) -> None:
+        seen.append(p)
+        if stir:
+            stir_generators(len(seen))
+
+    outcome = run_trial(cfg, device=torch.device("cpu"), hooks=hooks, progress=progress)
     return _Run(outcome.prompt_state, [(e.eval_dataset, e.split, e.n_correct) for e in outcome.evals],
                 [(p.loss, p.ce, p.reg) for p in seen], hooks.saved)
+
+
+def _key(cfg: C.TrialConfig, *how: Any) -> str:
+    return json.dumps([C.to_json(cfg), *how])
+
+
+class Kit:
+    """What the properties share within a session: each trial's run alone on one worker (made
+    once, the baseline of several properties) and a warm pair of rank processes (starting one
+    costs seconds). A context manager: leaving it stops the rank processes."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _Run] = {}
+        self._ranks: _RankPair | None = None
+
+    def alone(self, cfg: C.TrialConfig) -> _Run:
+        """The trial's run alone on one worker (made on first use)."""
+        key = _key(cfg)
+        if key not in self._runs:
+            self._runs[key] = _run(cfg)
+        return self._runs[key]
+
+    def resumed(self, cfg: C.TrialConfig, after: int, *, stir: bool = False) -> _Run:
+        """The trial resumed from the checkpoint its run alone saved after epoch ``after``."""
+        whole = self.alone(cfg)
+        if len(whole.saved) < after:
+            raise AssertionError(f"no checkpoint of epoch {after} was saved")
+        key = _key(cfg, "resumed", after, stir)
+        if key not in self._runs:
+            state = copy.deepcopy(whole.saved[after - 1][1])  # a run resumed from it changes it in place
+            self._runs[key] = _run(cfg, resume=state, stir=stir)
+        return self._runs[key]
+
+    def two_ranks(self, cfg: C.TrialConfig, *, stir: bool = False) -> list[_Run]:
+        """Each rank's run of the trial on two gloo ranks (``world_size`` 2)."""
+        key = _key(cfg, "two ranks", stir)
+        if key not in self._runs:
+            if self._ranks is None:
+                self._ranks = _RankPair()
+            try:
+                self._runs[key] = self._ranks.run(C.replace(cfg, world_size=2), stir)  # type: ignore[assignment]
+            except AssertionError:
+                self._ranks.close()  # a rank that failed may leave the other in a collective
+                self._ranks = None
+                raise
+        return self._runs[key]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._ranks is not None:
+            self._ranks.close()
+            self._ranks = None
+
+    def __enter__(self) -> Kit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
@@ -220,10 +336,72 @@ def _needs_training(cfg: C.TrialConfig) -> None:
         raise _Skip("the kit's trial trains fewer than 2 epochs (overrides)")
 
 
+@dataclass
+class _Step:
+    """One training step's computation up to the loss, on a fixed batch of random images."""
+
+    method: Method
+    clip: Any
+    model: torch.nn.Module
+    images: torch.Tensor
+    classnames: list[str]
+    objective: Any
+
+
+def _first_step(cfg: C.TrialConfig) -> _Step:
+    from rayot.data import build_task
+    from rayot.model import load_clip
+    from rayot.train import init_model, trial_objective
+    from rayot.train.features import global_output, reference_text_features
+    from rayot.train.runtime import resolve_weights_path
+
+    method = C.method_of(cfg)
+    clip = load_clip(cfg.model.name, cfg.model.pretrained, checkpoint=resolve_weights_path(cfg.model.checkpoint))
+    task = build_task(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.seed,
+                      subsample=C.train_subsample(cfg))
+    model = init_model(cfg, clip, task.classnames, torch.device("cpu"))
+    method.for_dataset(model, cfg.settings, task.dataset)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, clip.image_size, clip.image_size, generator=g)
+    labels = torch.randint(0, len(task.classnames), (4,), generator=g)
+    if not method.trains:
+        return _Step(method, clip, model, images, task.classnames, None)
+    model.train()
+    hooks = TrialHooks()
+    out = global_output(model, images, task.classnames, [4], hooks)
+    refs = method.references(cfg.settings, task.dataset)
+    image_ref = model.frozen_image_features(images) if refs.image else None
+    text_ref = reference_text_features(model, task.classnames, refs.templates, hooks) if refs.templates else None
+    objective = trial_objective(cfg, model, out, labels, image_ref, text_ref)
+    return _Step(method, clip, model, images, task.classnames, objective)
+
+
+def _step_outputs(cfg: C.TrialConfig) -> dict[str, torch.Tensor]:
+    """What one step computes from the same start: the evaluation logits, and for a method that
+    trains the loss, its diagnostics and aux terms and every learned tensor's gradient."""
+    step = _first_step(cfg)
+    found: dict[str, torch.Tensor] = {}
+    if step.objective is not None:
+        objective = step.objective
+        found["loss"] = objective.loss.detach()
+        found.update({f"diagnostic {k}": v.detach() for k, v in objective.diagnostics.items()})
+        found.update({f"aux {k}": v.detach() for k, v in (objective.aux or {}).items()})
+        params = list(step.model.trainable_parameters())
+        grads = torch.autograd.grad(objective.loss, params, allow_unused=True)
+        found.update({f"gradient {i}": g for i, g in enumerate(grads) if g is not None})
+    step.model.eval()
+    with torch.no_grad():
+        found["logits"] = step.model(step.images).logits
+    return found
+
+
 # ----------------------------------------------------------------------------- the properties
 
+#: A property: (method reference, overrides, tolerance, the shared runs) -> what it found.
+Property = Callable[[str, Mapping[str, Any], float, Kit], str]
 
-def _registered(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
+
+def _registered(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
     method = methods.get(ref)
     cfg = kit_config(ref, overrides)
     back = C.from_dict(json.loads(C.to_json(cfg)))
@@ -233,7 +411,7 @@ def _registered(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
     return f"{method.display}, {method.origin}; preset source: {preset.source or 'none given'}"
 
 
-def _bad_settings_refused(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
+def _bad_settings_refused(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
     method = methods.get(ref)
     name, tried = method.name, 0
     cases: list[tuple[str, Any]] = [("no_such_setting", 1)]
@@ -264,22 +442,12 @@ def _bad_settings_refused(ref: str, overrides: Mapping[str, Any], tol: float) ->
     return f"{tried} bad values refused"
 
 
-def _trains_only_learned(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
-    from rayot.data import build_task
-    from rayot.model import load_clip
-    from rayot.train import TrialHooks, init_model, trial_objective
-    from rayot.train.features import global_output, reference_text_features
-    from rayot.train.runtime import resolve_weights_path
-
+def _trains_only_learned(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
     cfg = kit_config(ref, overrides)
-    method = C.method_of(cfg)
-    if not method.trains:
+    if not C.method_of(cfg).trains:
         raise _Skip("the method does not train")
-    clip = load_clip(cfg.model.name, cfg.model.pretrained, checkpoint=resolve_weights_path(cfg.model.checkpoint))
-    task = build_task(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.seed,
-                      subsample=C.train_subsample(cfg))
-    model = init_model(cfg, clip, task.classnames, torch.device("cpu"))
-    method.for_dataset(model, cfg.settings, task.dataset)
+    step = _first_step(cfg)
+    model, clip, objective = step.model, step.clip, step.objective
     frozen = {k: v.clone() for k, v in clip.model.state_dict().items()}
     params = list(model.trainable_parameters())
     if not params:
@@ -288,18 +456,8 @@ def _trains_only_learned(ref: str, overrides: Mapping[str, Any], tol: float) -> 
     if {id(p) for p in params} != wanting:
         raise AssertionError("trainable_parameters() are not exactly the parameters that require gradients")
     before = {k: v.clone() for k, v in model.prompt_state_dict().items()}
-    model.train()
     if clip.model.training:
         raise AssertionError("the frozen CLIP left eval mode when the model trains")
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(4, 3, clip.image_size, clip.image_size, generator=g)
-    labels = torch.randint(0, len(task.classnames), (4,), generator=g)
-    hooks = TrialHooks()
-    out = global_output(model, images, task.classnames, [4], hooks)
-    refs = method.references(cfg.settings, task.dataset)
-    image_ref = model.frozen_image_features(images) if refs.image else None
-    text_ref = reference_text_features(model, task.classnames, refs.templates, hooks) if refs.templates else None
-    objective = trial_objective(cfg, model, out, labels, image_ref, text_ref)
     if objective.loss.dim() != 0 or not torch.isfinite(objective.loss):
         raise AssertionError(f"the loss is not a finite scalar: {objective.loss}")
     for key, value in objective.diagnostics.items():
@@ -326,38 +484,105 @@ def _trains_only_learned(ref: str, overrides: Mapping[str, Any], tol: float) -> 
     return f"{len(params)} learned tensors, {sum(p.numel() for p in params)} values; the CLIP unchanged"
 
 
-def _deterministic(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
+def other_value(field: dataclasses.Field, value: Any) -> Any:
+    """The value :func:`settings_take_effect <check_property>` tries for a setting now at ``value``:
+    its declared ``test_value``, another of its ``choices``, the other boolean, a larger number
+    (within any lower bound), a tuple reversed; ``None`` where the declaration gives none."""
+    meta = field.metadata
+    if meta.get("test_value") is not None:
+        return meta["test_value"]
+    if meta.get("choices"):
+        return next((c for c in meta["choices"] if c != value), None)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + type(value)(max(abs(value), 1))
+    if isinstance(value, tuple) and len(set(value)) > 1:
+        return value[::-1]
+    return None
+
+
+def _differs(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return set(a) != set(b) or any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a)
+
+
+def _settings_take_effect(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
     cfg = kit_config(ref, overrides)
-    first, again = _run(cfg), _run(cfg)
+    method = C.method_of(cfg)
+    fields = dataclasses.fields(method.Settings)
+    if not fields:
+        raise _Skip("the method declares no settings")
+    start: dict[str, torch.Tensor] | None = None
+    shown, inert, ignored = [], [], []
+    for f in fields:
+        key = f"{method.name}.{f.name}"
+        if f.metadata.get("inert"):
+            inert.append(f"{f.name} ({f.metadata['inert']})")
+            continue
+        other = other_value(f, getattr(cfg.settings, f.name))
+        if other is None:
+            ignored.append(f"{f.name} (no other value to try: declare setting(..., test_value=...))")
+            continue
+        try:
+            changed = kit_config(ref, overrides, **{key: other})
+        except ConfigError as exc:
+            raise AssertionError(f"{key}={other!r}, the value tried, is refused: {exc}") from None
+        start = start if start is not None else _step_outputs(cfg)
+        if _differs(_step_outputs(changed), start):
+            shown.append(f.name)
+            continue
+        if method.trains:  # a setting of the schedule or the step hooks shows in the trial only
+            alone, moved = kit.alone(cfg), _run(changed)
+            if _differs(moved.prompt, alone.prompt) or moved.losses != alone.losses or moved.correct != alone.correct:
+                shown.append(f.name)
+                continue
+        ignored.append(f"{f.name}={other!r}")
+    if ignored:
+        raise AssertionError(f"{method.name}: {', '.join(ignored)}: no effect on the outputs, the step or the "
+                             "trial (declare inert='why' where the tiny trial cannot show a setting)")
+    return f"{len(shown)} settings take effect" + (f"; inert: {'; '.join(inert)}" if inert else "")
+
+
+def _deterministic(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
+    cfg = kit_config(ref, overrides)
+    first, again = kit.alone(cfg), _run(cfg)
     _same_run("the same seed twice", again, first, 0.0)
     if first.losses != again.losses:
         raise AssertionError("the same seed twice: the logged losses differ")
     if C.method_of(cfg).trains and first.prompt:
-        other = _run(C.replace(cfg, seed=cfg.seed + 1))
+        other = kit.alone(C.replace(cfg, seed=cfg.seed + 1))
         if _max_diff(other.prompt, first.prompt) == 0.0:
             raise AssertionError("another seed gives the very same prompts: the seed does not reach them")
     return "the same seed gives identical prompts, losses and accuracies"
 
 
-def _packed_equals_alone(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
+def _packed(cfgs: list[C.TrialConfig]) -> list[tuple[_Run, list[dict]]]:
+    """Each member's run in one pack of ``cfgs``, with its epochs' metrics."""
     from rayot.packing import check_packable
 
-    cfgs = [kit_config(ref, overrides, seed=s) for s in (1, 2)]
     try:
         check_packable(cfgs)
     except ConfigError as exc:
         raise AssertionError(f"two seeds of the method cannot share a pack: {exc}") from None
     hooks = _Keep()
     results = run_pack(cfgs, device=torch.device("cpu"), hooks=hooks)
+    found = []
     for cfg, result in zip(cfgs, results, strict=True):
         if result.error is not None:
             raise AssertionError(f"seed {cfg.seed} failed in the pack: {result.error}")
-        alone = _run(cfg)
-        got = _Run(result.outcome.prompt_state, [(e.eval_dataset, e.split, e.n_correct) for e in result.outcome.evals],
-                   [], [])
+        found.append((_Run(result.outcome.prompt_state,
+                           [(e.eval_dataset, e.split, e.n_correct) for e in result.outcome.evals], [], []),
+                      result.outcome.history))
+    return found
+
+
+def _packed_equals_alone(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
+    cfgs = [kit_config(ref, overrides, seed=s) for s in (1, 2)]
+    for cfg, (got, history) in zip(cfgs, _packed(cfgs), strict=True):
+        alone = kit.alone(cfg)
         _same_run(f"seed {cfg.seed} packed against alone", got, alone, tol, losses=False)
-        if result.outcome.history and alone.saved:
-            packed_losses = [h["loss"] for h in result.outcome.history]
+        if history and alone.saved:
+            packed_losses = [h["loss"] for h in history]
             alone_losses = [m["loss"] for _, _, m in alone.saved]
             worst = max(abs(a - b) for a, b in zip(packed_losses, alone_losses, strict=True))
             if not worst <= max(10 * tol, 1e-4):
@@ -365,64 +590,53 @@ def _packed_equals_alone(ref: str, overrides: Mapping[str, Any], tol: float) -> 
     return "2 seeds in one pack end as each alone"
 
 
-#: Two-rank runs already made, by (method reference, overrides), and the methods whose runs the
-#: next pair of rank processes makes too (:func:`parametrize_with_checks` announces them): one
-#: pair of processes for many methods, as starting one costs seconds.
-_two_rank_runs: dict[tuple[str, str], list[_Run]] = {}
-_two_rank_pending: dict[tuple[str, str], Mapping[str, Any]] = {}
-
-
-def _two_rank_config(ref: str, overrides: Mapping[str, Any]) -> C.TrialConfig | None:
-    cfg = kit_config(ref, overrides)
-    return None if cfg.optim.batch_size % 2 else C.replace(cfg, world_size=2)
-
-
-def _two_workers_equal_one(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
+def _two_workers_equal_one(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
     cfg = kit_config(ref, overrides)
     if cfg.optim.batch_size % 2:
         raise _Skip(f"batch size {cfg.optim.batch_size} cannot be shared by 2 workers")
-    key = (ref, json.dumps(dict(overrides), sort_keys=True, default=str))
-    if key not in _two_rank_runs:
-        batch = {key: overrides}
-        for other, other_overrides in list(_two_rank_pending.items()):
-            if other not in _two_rank_runs:
-                try:
-                    if _two_rank_config(other[0], other_overrides) is not None:
-                        batch[other] = other_overrides
-                except (RayotError, AssertionError):
-                    pass  # that method's own check reports it
-        try:
-            found = on_two_ranks([_two_rank_config(k[0], o) for k, o in batch.items()])
-        except AssertionError:
-            if len(batch) == 1:
-                raise
-            batch = {key: overrides}  # another method broke the shared processes: this one alone
-            found = on_two_ranks([_two_rank_config(ref, overrides)])
-        for k, runs in zip(batch, found, strict=True):
-            _two_rank_runs[k] = runs
-            _two_rank_pending.pop(k, None)
-    got = _two_rank_runs[key]
-    alone = _run(cfg)
-    for rank, run in enumerate(got):
+    alone = kit.alone(cfg)
+    for rank, run in enumerate(kit.two_ranks(cfg)):
         _same_run(f"rank {rank} of 2 against 1 worker", run, alone, tol)
     return "2 gloo ranks end as 1 worker"
 
 
-def _resume_equals_uninterrupted(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
-    cfg = kit_config(ref, overrides)
+def _resume_mid_schedule(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
+    cfg, after = _mid_schedule(kit_config(ref, overrides), overrides)
     _needs_training(cfg)
-    whole = _run(cfg)
-    if not whole.saved:
-        raise AssertionError("no epoch checkpoint was saved")
-    _, state, _ = whole.saved[0]
-    resumed = _run(cfg, resume=state)
-    if [e for e, _, _ in resumed.saved] != [e for e, _, _ in whole.saved[1:]]:
-        raise AssertionError("the resumed run did not start after the checkpoint's epoch")
-    _same_run("resumed after epoch 1 against uninterrupted", resumed, whole, tol, losses=False)
-    return "resumed after epoch 1: the same end"
+    whole = kit.alone(cfg)
+    if len(whole.saved) < C.epochs_trained(cfg):
+        raise AssertionError(f"{len(whole.saved)} epoch checkpoints saved of {C.epochs_trained(cfg)} epochs")
+    resumed = kit.resumed(cfg, after)
+    if [e for e, _, _ in resumed.saved] != [e for e, _, _ in whole.saved[after:]]:
+        raise AssertionError(f"the resumed run did not start after epoch {after}, its checkpoint's")
+    _same_run(f"resumed after epoch {after} of {C.epochs_trained(cfg)} against uninterrupted", resumed, whole, tol,
+              losses=False)
+    return f"resumed after epoch {after} of {C.epochs_trained(cfg)} (warm-up {cfg.optim.warmup_epochs}): the same end"
 
 
-def _reference_round_trip(ref: str, overrides: Mapping[str, Any], tol: float) -> str:
+def _deterministic_every_way(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
+    cfg, after = _mid_schedule(kit_config(ref, overrides), overrides)
+    alone = kit.alone(cfg)
+    ways = {"run again": lambda: _run(cfg, stir=True)}
+    if C.method_of(cfg).trains:
+        ways["packed behind another seed"] = lambda: _packed([C.replace(cfg, seed=cfg.seed + 1), cfg])[1][0]
+        if cfg.optim.batch_size % 2 == 0:
+            ways["on 2 workers (rank 1)"] = lambda: kit.two_ranks(cfg, stir=True)[1]
+        if C.epochs_trained(cfg) > after:
+            ways[f"resumed after epoch {after}"] = lambda: kit.resumed(cfg, after, stir=True)
+    differ = []
+    for way, run in ways.items():
+        try:
+            _same_run(way, run(), alone, tol, losses=way == "run again")
+        except AssertionError as exc:
+            differ.append(str(exc))
+    if differ:
+        raise AssertionError("with the global generators stirred before each step, against alone on 1 worker: "
+                             + "; ".join(differ))
+    return f"{len(alone.losses)} steps: {', '.join(ways)} end as alone on 1 worker"
+
+
+def _reference_round_trip(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
     from rayot.model import load_clip
     from rayot.train.runtime import resolve_weights_path
 
@@ -454,23 +668,30 @@ def _reference_round_trip(ref: str, overrides: Mapping[str, Any], tol: float) ->
     return f"{len(exported)} reference tensors ({method.reference_format})"
 
 
-CHECKS: dict[str, Callable[[str, Mapping[str, Any], float], str]] = {
+CHECKS: dict[str, Property] = {
     "registered": _registered,
     "bad_settings_refused": _bad_settings_refused,
     "trains_only_learned": _trains_only_learned,
+    "settings_take_effect": _settings_take_effect,
     "deterministic": _deterministic,
     "packed_equals_alone": _packed_equals_alone,
     "two_workers_equal_one": _two_workers_equal_one,
-    "resume_equals_uninterrupted": _resume_equals_uninterrupted,
+    "resume_mid_schedule": _resume_mid_schedule,
+    "deterministic_every_way": _deterministic_every_way,
     "reference_round_trip": _reference_round_trip,
 }
 
 
 def check_property(method: str | Method | type[Method], prop: str, *, overrides: Mapping[str, Any] | None = None,
-                   tolerance: float = TOLERANCE) -> CheckResult:
-    """Run one property (:data:`PROPERTIES`) on ``method``; never raises for a failure of the method."""
+                   tolerance: float = TOLERANCE, kit: Kit | None = None) -> CheckResult:
+    """Run one property (:data:`PROPERTIES`, or a former name of :data:`ALIASES`) on ``method``;
+    never raises for a failure of the method. ``kit``: the runs to share (else a kit of its own)."""
+    prop = ALIASES.get(prop, prop)
     if prop not in CHECKS:
         raise ValueError(f"unknown property {prop!r} (known: {', '.join(PROPERTIES)})")
+    if kit is None:
+        with Kit() as own:
+            return check_property(method, prop, overrides=overrides, tolerance=tolerance, kit=own)
     ref = method_ref(method)
     name = ref
     t0 = time.perf_counter()
@@ -478,7 +699,7 @@ def check_property(method: str | Method | type[Method], prop: str, *, overrides:
     torch.set_num_threads(1)  # the tiny models run fastest on one thread, and as in the two ranks
     try:
         name = methods.get(ref).name
-        detail = CHECKS[prop](ref, dict(overrides or {}), tolerance)
+        detail = CHECKS[prop](ref, dict(overrides or {}), tolerance, kit)
         return CheckResult(name, prop, True, detail, time.perf_counter() - t0)
     except _Skip as skip:
         return CheckResult(name, prop, True, str(skip), time.perf_counter() - t0, skipped=True)
@@ -493,10 +714,15 @@ def check_property(method: str | Method | type[Method], prop: str, *, overrides:
 
 def check_method(method: str | Method | type[Method], *, overrides: Mapping[str, Any] | None = None,
                  properties: Iterable[str] = PROPERTIES, tolerance: float = TOLERANCE,
-                 raise_on_failure: bool = True) -> list[CheckResult]:
+                 raise_on_failure: bool = True, kit: Kit | None = None) -> list[CheckResult]:
     """Run every property on ``method`` (a registry name, a dotted path ``package.module:Class``, or
-    the class or instance of an importable module); :class:`MethodCheckError` names each failure."""
-    results = [check_property(method, p, overrides=overrides, tolerance=tolerance) for p in properties]
+    the class or instance of an importable module); :class:`MethodCheckError` names each failure.
+    The properties share one :class:`Kit` (``kit``, or one of this call's own)."""
+    if kit is None:
+        with Kit() as own:
+            return check_method(method, overrides=overrides, properties=properties, tolerance=tolerance,
+                                raise_on_failure=raise_on_failure, kit=own)
+    results = [check_property(method, p, overrides=overrides, tolerance=tolerance, kit=kit) for p in properties]
     for r in results:
         log.info("%s (%.1fs)", r, r.seconds)
     failed = [r for r in results if not r.passed]
@@ -511,11 +737,17 @@ def parametrize_with_checks(methods_: Iterable[str | Method | type[Method]], *,
                             overrides: Mapping[str, Mapping[str, Any]] | None = None,
                             properties: Iterable[str] = PROPERTIES) -> Any:
     """A ``pytest.mark.parametrize`` of ``(method, check)`` over every method and property; the test
-    calls ``check(method)``, which fails naming the property::
+    calls ``check(method)``, which fails naming the property, or ``check(method, kit)`` with a
+    :class:`Kit` that a session fixture keeps, so that the methods' tests share its runs::
+
+        @pytest.fixture(scope="session")
+        def kit():
+            with Kit() as kit:
+                yield kit
 
         @parametrize_with_checks(["mypkg.plot:PLOT"])
-        def test_plot_keeps_the_contracts(method, check):
-            check(method)
+        def test_plot_keeps_the_contracts(method, check, kit):
+            check(method, kit)
 
     ``overrides``: per method (by the reference given), dotted keys for its tiny trials.
     """
@@ -525,9 +757,6 @@ def parametrize_with_checks(methods_: Iterable[str | Method | type[Method]], *,
     cases, ids = [], []
     for method in methods_:
         ref = method_ref(method)
-        if "two_workers_equal_one" in properties:
-            own = dict(overrides.get(ref, {}))
-            _two_rank_pending[(ref, json.dumps(own, sort_keys=True, default=str))] = own
         for prop in properties:
             cases.append((ref, _Check(prop, dict(overrides.get(ref, {})))))
             ids.append(f"{ref}-{prop}")
@@ -541,8 +770,8 @@ class _Check:
     prop: str
     overrides: dict
 
-    def __call__(self, method: str | Method | type[Method]) -> None:
-        result = check_property(method, self.prop, overrides=self.overrides)
+    def __call__(self, method: str | Method | type[Method], kit: Kit | None = None) -> None:
+        result = check_property(method, self.prop, overrides=self.overrides, kit=kit)
         if result.skipped:
             import pytest
 
@@ -554,51 +783,82 @@ class _Check:
 # ----------------------------------------------------------------------------- two ranks
 
 
-def on_two_ranks(cfgs: list[C.TrialConfig], timeout: float = 600.0) -> list[list[_Run]]:
-    """Run each trial (``world_size`` 2) on two gloo ranks, two fresh Python processes that import the
-    method as a configuration names it (``python -m rayot.testing``); each rank's run, per trial."""
-    with tempfile.TemporaryDirectory(prefix="rayot-kit-ranks-") as tmp:
-        jobs = Path(tmp) / "jobs.json"
-        jobs.write_text(json.dumps([C.to_json(c) for c in cfgs]))
+class _RankPair:
+    """Two gloo ranks, two Python processes (``python -m rayot.testing FOLDER RANK``) that import a
+    method as a configuration names it and run the trials they are given, one job at a time, until
+    closed: started once, they serve every two-rank run of a :class:`Kit`."""
+
+    def __init__(self, timeout: float = 600.0) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="rayot-kit-ranks-"))
+        self.timeout, self.jobs = timeout, 0
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        procs = [subprocess.Popen([sys.executable, "-m", "rayot.testing", str(jobs), str(rank), tmp],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for rank in range(2)]
-        outputs = []
-        try:
-            for proc in procs:
-                outputs.append(proc.communicate(timeout=timeout)[0])
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-        for rank, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
-            if proc.returncode != 0:
-                tail = "\n".join(output.strip().splitlines()[-3:])
-                raise AssertionError(f"rank {rank} of 2 failed (exit {proc.returncode}): {tail}")
-        found = [torch.load(f"{tmp}/rank{r}.pt", weights_only=True) for r in range(2)]
-    return [[_Run(**found[r][i], saved=[]) for r in range(2)] for i in range(len(cfgs))]
+        self.procs = [subprocess.Popen([sys.executable, "-m", "rayot.testing", str(self.folder), str(rank)],
+                                       env=env, stdin=subprocess.PIPE, text=True,
+                                       stdout=(self.folder / f"rank{rank}.log").open("w"), stderr=subprocess.STDOUT)
+                      for rank in range(2)]
+
+    def run(self, cfg: C.TrialConfig, stir: bool) -> list[_Run]:
+        """Each rank's run of the trial (``world_size`` 2)."""
+        self.jobs += 1
+        job = self.folder / f"job{self.jobs}.json"
+        job.write_text(json.dumps({"config": C.to_json(cfg), "stir": stir}))
+        for proc in self.procs:
+            proc.stdin.write(f"{job}\n")
+            proc.stdin.flush()
+        outs = [self.folder / f"job{self.jobs}.rank{r}.pt" for r in range(2)]
+        deadline = time.monotonic() + self.timeout
+        while not all(o.exists() for o in outs):
+            for rank, proc in enumerate(self.procs):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log_lines = (self.folder / f"rank{rank}.log").read_text().strip().splitlines()
+                    state = "timed out" if proc.poll() is None else f"exit {proc.returncode}"
+                    raise AssertionError(f"rank {rank} of 2 failed ({state}): {' | '.join(log_lines[-3:])}")
+            time.sleep(0.02)
+        found = [torch.load(o, weights_only=True) for o in outs]  # plain data: read back with weights_only
+        return [_Run(**f, saved=[]) for f in found]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.stdin.close()  # a rank between jobs exits at the end of its input
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _rank_main(jobs_file: str, rank: int, folder: str) -> None:
+def _rank_main(folder: str, rank: int) -> None:
+    import datetime
+
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=300))
     try:
-        runs = []
-        for job in json.loads(Path(jobs_file).read_text()):
-            cfg = C.from_dict(json.loads(job))
-            seen: list[Any] = []
-            outcome = run_trial(cfg, device=torch.device("cpu"), progress=seen.append,
+        for line in sys.stdin:
+            job = json.loads(Path(line.strip()).read_text())
+            cfg, stir, seen = C.from_dict(json.loads(job["config"])), job["stir"], []
+
+            def progress(p: Any, seen: list = seen, stir: bool = stir) -> None:
+                seen.append(p)
+                if stir:
+                    stir_generators(len(seen))
+
+            outcome = run_trial(cfg, device=torch.device("cpu"), progress=progress,
                                 hooks=DistributedHooks(rank, 2, torch.device("cpu")))
-            runs.append({"prompt": outcome.prompt_state,
-                         "correct": [(e.eval_dataset, e.split, e.n_correct) for e in outcome.evals],
-                         "losses": [(p.loss, p.ce, p.reg) for p in seen]})
-        torch.save(runs, f"{folder}/rank{rank}.pt")  # plain data: read back with weights_only
+            run = {"prompt": outcome.prompt_state,
+                   "correct": [(e.eval_dataset, e.split, e.n_correct) for e in outcome.evals],
+                   "losses": [(p.loss, p.ce, p.reg) for p in seen]}
+            out = Path(line.strip()).with_suffix(f".rank{rank}.pt")
+            torch.save(run, out.with_suffix(".tmp"))
+            os.replace(out.with_suffix(".tmp"), out)  # whole, or not there
     finally:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":  # one rank of on_two_ranks: python -m rayot.testing JOBS RANK FOLDER
-    _rank_main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+if __name__ == "__main__":  # one rank of a Kit's pair: python -m rayot.testing FOLDER RANK
+    _rank_main(sys.argv[1], int(sys.argv[2]))

@@ -21,7 +21,8 @@ from rayot.errors import ConfigError
 
 def setting(default: Any, *, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
             positive: bool = False, help: str = "", id_key: str | None = None,
-            check: Callable[[Any, str], None] | None = None) -> Any:
+            check: Callable[[Any, str], None] | None = None, test_value: Any = None,
+            inert: str | None = None) -> Any:
     """A dataclass field with what :func:`check_fields` enforces and ``rayot methods`` shows.
 
     ``choices``: the allowed values; ``minimum``: the least allowed value (``>=``); ``positive``:
@@ -29,9 +30,13 @@ def setting(default: Any, *, choices: tuple[Any, ...] | None = None, minimum: fl
     enters a trial id, where it differs from the field's own key (a built-in method keeps the ids
     its trials had before it owned its settings). ``check(value, key)``: any other rule on the value
     alone, raising ConfigError naming ``key``.
+
+    For the conformance kit (:mod:`rayot.testing`, ``settings_take_effect``): ``test_value``, the
+    other value to try where neither ``choices`` nor a range gives one (a free-form string, say);
+    ``inert``, why the setting's effect cannot show in the kit's tiny trial (it is then not tried).
     """
     meta = {"choices": choices, "minimum": minimum, "positive": positive, "help": help, "id_key": id_key,
-            "check": check}
+            "check": check, "test_value": test_value, "inert": inert}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (a tuple, not a list)")
     return dataclasses.field(default=default, metadata=meta)

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
+from rayot.methods import StepHooks
 from rayot.methods.base import Method, NoSettings
 from rayot.methods.ivlp import IVLP
 from rayot.model.prompts import PromptedCLIP
+from rayot.typed import setting
 
 
 class MixedUpPack(PromptedCLIP):
@@ -82,3 +86,84 @@ class CalledCoOp(IVLP):
 
     name = "coop"
     display = "Not CoOp"
+
+
+# ----------------------------------------------------------------------------- what the kit missed
+
+
+@dataclass(frozen=True)
+class WithTemperature:
+    temperature: float = setting(1.0, positive=True, help="the softmax temperature (never used)")
+
+
+class IgnoresItsTemperature(IVLP):
+    """IVLP declaring a temperature that nothing reads."""
+
+    name = "ignores_its_temperature"
+    display = "Ignores its temperature"
+    id_constants = None
+    Settings = WithTemperature
+
+
+class AveragedAfterWarmUp(StepHooks):
+    """Steps on a running average of the gradients once the warm-up epoch is over; the epoch is
+    saved, the average is not (so a run resumed after the warm-up epoch is right, one resumed
+    later is not)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.average = 0, None
+
+    def gradients(self, params: list[nn.Parameter], aux: Mapping[str, list[Tensor | None]]) -> None:
+        if self.epoch < 1:
+            return
+        grads = [p.grad.clone() for p in params]
+        self.average = grads if self.average is None else [
+            0.5 * a + 0.5 * g for a, g in zip(self.average, grads, strict=True)]
+        for p, a in zip(params, self.average, strict=True):
+            p.grad.copy_(a)
+
+    def end_epoch(self, epoch: int, model: nn.Module) -> None:
+        self.epoch = epoch + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_done": self.epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch = int(state["epochs_done"])
+
+
+class ForgetsAfterWarmUp(IVLP):
+    name = "forgets_after_warm_up"
+    display = "Forgets after the warm-up"
+    id_constants = None
+
+    def step_hooks(self, settings: Any, epochs: int) -> StepHooks:
+        return AveragedAfterWarmUp()
+
+
+class RareNoise(StepHooks):
+    """Every 16th step, noise from Python's global generator, which nothing of the trial owns."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def gradients(self, params: list[nn.Parameter], aux: Mapping[str, list[Tensor | None]]) -> None:
+        self.steps += 1
+        if self.steps % 16 == 0:
+            for p in params:
+                p.grad.add_(random.gauss(0.0, 0.01))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])
+
+
+class UnseededBranch(IVLP):
+    name = "unseeded_branch"
+    display = "Unseeded branch"
+    id_constants = None
+
+    def step_hooks(self, settings: Any, epochs: int) -> StepHooks:
+        return RareNoise()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,25 +47,24 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(root: Path, tmp: Path, **extra: object) -> list[str]:
-    """Overrides for a seconds-long trial: tiny random model, 2 shots, 2 epochs."""
-    base = {
-        "data.dataset": "synthetic",
-        "data.root": str(root),
-        "data.shots": 2,
-        "data.num_workers": 0,
-        "model.name": "rayot-tiny",
-        "model.pretrained": "null",
-        "prompt.depth_text": 2,
-        "prompt.depth_vision": 2,
-        "optim.epochs": 2,
-        "optim.batch_size": 4,
-        "optim.eval_batch_size": 64,
-        "output.results": str(tmp / "results"),
-        "output.checkpoints": str(tmp / "checkpoints"),
-        "device": "cpu",
-    }
-    base.update({k: v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in base.items()]
+    """Overrides for a seconds-long trial (the kit's tiny shapes, rayot.testing.tiny_overrides, of
+    the method in ``extra``): tiny random model, 2 shots, 2 epochs; data in ``root``, output in
+    ``tmp``."""
+    from rayot.testing import tiny_overrides as tiny
+
+    base = {**tiny(extra.get("method")), "data.root": str(root), "output.results": str(tmp / "results"),
+            "output.checkpoints": str(tmp / "checkpoints"), **extra}
+    return [f"{k}={'null' if v is None else v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def kit() -> Iterator[object]:
+    """The conformance kit's shared runs (rayot.testing.Kit) for the whole session: each trial's
+    run alone is made once, and one pair of rank processes serves every two-rank run."""
+    from rayot.testing import Kit
+
+    with Kit() as shared:
+        yield shared
 
 
 def rayot_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -98,6 +104,95 @@ def assert_a_step_trains_only_the_learned_tensors(m, loss_of) -> None:
         assert torch.equal(after[key], value), key
     for key, value in m.prompt_state_dict().items():
         assert not torch.equal(value, learned_before[key]), key
+
+
+# --- one Ray for the session's sweeps --------------------------------------------------------------
+#
+# Starting a Ray takes 10-30 s on 2 cores. The tests whose claim is not about starting one (or
+# about an embedded Ray) share a single `ray start --head` on loopback, started at its first use
+# and stopped when the session ends: in-process sweeps connect to it (`ray_session`), `rayot
+# sweep` joins it (`--address auto` with the client environment of `ray_head`). It has the
+# embedded Ray's resources (every CPU this process may use, and driver slots), so a sweep runs on
+# it as on its own embedded Ray. Its processes do not inherit a test's environment: a sweep
+# carries the test switches with each trial (rayot.switches). It has Ray's token authentication
+# with Ray's own token (~/.ray/auth_token), as every embedded Ray of this user has: each client
+# says so (RAY_AUTH_MODE=token), which a client that names an address must.
+
+HEAD_MARK = "RAYOT_TEST_CLUSTER"  # marks every process of one Ray started here (value: a token)
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # host:port of its GCS
+    env: dict[str, str]  # what a client of it sets: RAY_ADDRESS (`--address auto` finds it), RAY_AUTH_MODE
+
+
+def kill_marked(variable: str, value: str) -> None:
+    """SIGKILL every process of a Ray started here (a raylet may start an agent while it is being
+    killed: looked at twice), then wait for them to go."""
+    for _ in range(2):
+        for pid in processes_marked(variable, value):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        stop_marked(variable, value, grace_s=5)
+
+
+def _node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def use_token_authentication() -> None:
+    """Make this process a client of a Ray with token authentication, as an embedded ``ray.init``
+    makes it (Ray reads the mode into its cached configuration, hence the refresh)."""
+    from ray._raylet import Config
+
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> Iterator[RayHead]:
+    from rayot.emulators import free_port
+    from rayot.sweep.cluster import DRIVER_SLOT, EMBEDDED_DRIVER_SLOTS, available_cpus
+
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    port, mark = free_port(), uuid.uuid4().hex
+    # a short folder of its own (Ray's Unix sockets live under it); free ports for what would
+    # otherwise take fixed ones, which another Ray on this machine may hold
+    temp_dir = tempfile.mkdtemp(prefix="rayot-t-", dir="/tmp")
+    cmd = [ray, "start", "--head", f"--port={port}",
+           f"--temp-dir={temp_dir}", f"--num-cpus={available_cpus()}",
+           f"--resources={json.dumps({DRIVER_SLOT: EMBEDDED_DRIVER_SLOTS})}", "--include-dashboard=false",
+           f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"]
+    address = f"{_node_ip()}:{port}"  # as Ray names it (a loopback address is resolved to it)
+    client = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    started = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                             env={**env, **client, HEAD_MARK: mark})
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield RayHead(address, client)
+    finally:
+        kill_marked(HEAD_MARK, mark)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_session(ray_head: RayHead) -> Iterator[RayHead]:
+    """This process connected to the session's Ray for a module's in-process sweeps (which then
+    run as on an embedded Ray: `run_sweep(address=None)` uses the Ray already connected)."""
+    import ray
+
+    use_token_authentication()
+    ray.init(address=ray_head.address, log_to_driver=False)
+    try:
+        yield ray_head
+    finally:
+        ray.shutdown()
 
 
 # --- no process of the test session outlives it ---------------------------------------------------

@@ -11,23 +11,25 @@ from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError
 from rayot.testing import (
+    BASE,
     PROPERTIES,
     MethodCheckError,
     check_method,
     check_property,
     parametrize_with_checks,
+    tiny_overrides,
 )
 
 
 @parametrize_with_checks(list(methods.BUILTINS))
-def test_every_built_in_keeps_every_contract(method, check):
-    check(method)
+def test_every_built_in_keeps_every_contract(method, check, kit):
+    check(method, kit)
 
 
-def test_a_wrong_packed_step_fails_the_kit_naming_the_property():
+def test_a_wrong_packed_step_fails_the_kit_naming_the_property(kit):
     with pytest.raises(MethodCheckError) as err:
         check_method("broken_methods:WrongPackedStep",
-                     properties=("registered", "deterministic", "packed_equals_alone"))
+                     properties=("registered", "deterministic", "packed_equals_alone"), kit=kit)
     message = str(err.value)
     assert "wrong_packed_step breaks 1 property" in message
     assert "packed_equals_alone: seed 1 packed against alone: the learned tensors differ by" in message
@@ -38,16 +40,56 @@ def test_a_method_that_trains_the_frozen_clip_fails_the_kit():
     assert not result.passed and "trainable_parameters() are not exactly" in result.detail
 
 
+#: what the kit checked before it checked settings, mid-schedule resumption and every way of running
+FORMER = ("registered", "bad_settings_refused", "trains_only_learned", "deterministic", "packed_equals_alone",
+          "two_workers_equal_one")
+
+
+def _fails_only(ref: str, prop: str, kit, *, former: tuple[str, ...] = FORMER) -> str:
+    """``ref`` keeps every former property and breaks ``prop``: its message."""
+    assert all(r.passed for r in check_method(ref, properties=former, kit=kit))
+    with pytest.raises(MethodCheckError) as err:
+        check_method(ref, properties=(prop,), kit=kit)
+    assert f"breaks 1 property:\n- {prop}: " in str(err.value)
+    return str(err.value)
+
+
+def test_a_setting_the_method_ignores_fails_settings_take_effect(kit):
+    message = _fails_only("broken_methods:IgnoresItsTemperature", "settings_take_effect", kit,
+                          former=FORMER[:3])  # the rest train as IVLP does
+    assert "ignores_its_temperature: temperature=2.0: no effect on the outputs, the step or the trial" in message
+
+
+def test_hook_state_lost_after_the_warm_up_fails_resuming_mid_schedule(kit):
+    ref = "broken_methods:ForgetsAfterWarmUp"
+    # the former resumption: 2 epochs, resumed after the first (the warm-up), ends right
+    assert check_property(ref, "resume_equals_uninterrupted", overrides={"optim.epochs": 2}, kit=kit).passed
+    message = _fails_only(ref, "resume_mid_schedule", kit, former=("deterministic", "packed_equals_alone"))
+    assert "resumed after epoch 2 of 3 against uninterrupted: the learned tensors differ" in message
+
+
+def test_an_unseeded_generator_in_a_rare_branch_fails_deterministic_every_way(kit):
+    ref = "broken_methods:UnseededBranch"
+    assert check_property(ref, "resume_mid_schedule", kit=kit).passed  # Python's generator, seeded per trial
+    message = _fails_only(ref, "deterministic_every_way", kit)
+    assert "with the global generators stirred before each step" in message and "run again" in message
+
+
 def test_the_kit_reports_every_property_and_skips_what_does_not_apply():
     results = check_method("zeroshot", properties=("registered", "resume_equals_uninterrupted",
                                                    "reference_round_trip"))
     assert [(r.property, r.skipped) for r in results] == [
-        ("registered", False), ("resume_equals_uninterrupted", True), ("reference_round_trip", True)]
+        ("registered", False), ("resume_mid_schedule", True), ("reference_round_trip", True)]
     with pytest.raises(ValueError, match="unknown property"):
         check_property("zeroshot", "fast")
-    assert set(PROPERTIES) == {"registered", "bad_settings_refused", "trains_only_learned", "deterministic",
-                               "packed_equals_alone", "two_workers_equal_one", "resume_equals_uninterrupted",
-                               "reference_round_trip"}
+    assert set(PROPERTIES) == {"registered", "bad_settings_refused", "trains_only_learned", "settings_take_effect",
+                               "deterministic", "packed_equals_alone", "two_workers_equal_one",
+                               "resume_mid_schedule", "deterministic_every_way", "reference_round_trip"}
+
+
+def test_a_method_missing_from_the_tiny_table_gets_the_base_shapes():
+    assert tiny_overrides("coop") == {**BASE, "method": "coop"}
+    assert tiny_overrides("promptsrc")["promptsrc.gpa_mean"] == 1.0
 
 
 @pytest.mark.parametrize(("ref", "needle"), [
@@ -108,8 +150,8 @@ def test_rayot_methods_lists_every_method_and_shows_one_with_its_presets(monkeyp
     assert out.exit_code == 2 and "cannot be loaded" in out.output and "missing_package" in out.output
 
 
-@pytest.mark.slow  # 20 s: its own pair of rank processes
-def test_a_gradient_projection_is_a_method_too():
+@pytest.mark.slow  # 20 s
+def test_a_gradient_projection_is_a_method_too(kit):
     """ProGrad's step (tests/projected_gradient.py): the loss gives the KL to the frozen model as an
     aux term, the step hooks project the cross-entropy gradient off its gradient. It keeps every
     contract (the two gradients summed over two ranks before the projection), the hook changes the
@@ -119,7 +161,7 @@ def test_a_gradient_projection_is_a_method_too():
 
     ref = "projected_gradient:ProjectedGradient"
     results = check_method(ref, properties=("deterministic", "packed_equals_alone", "two_workers_equal_one",
-                                            "resume_equals_uninterrupted"))
+                                            "resume_mid_schedule", "deterministic_every_way"), kit=kit)
     assert all(r.passed for r in results)
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 2, generator=g)) for _ in range(2)]

@@ -23,7 +23,7 @@ from rayot import methods
 from rayot.checkpoints import from_reference, load_reference_file
 from rayot.methods import Batch
 from rayot.model import LoadedCLIP
-from rayot.testing import parametrize_with_checks
+from rayot.testing import Kit, parametrize_with_checks
 
 CLASSES = ["dog", "sea_lion", "golden retriever", "airplane", "x"]
 TEMPLATES = ("a photo of a", "this is a photo of", "one picture of")  # 4, 5 and 3 tokens
@@ -166,6 +166,12 @@ def test_a_reference_checkpoint_imports_with_its_key_names(uneven, tmp_path):
         from_reference("plot", {"prompt_learner.ctx": ctx}, uneven, CLASSES, n_ctx_text=4)
 
 
+@pytest.fixture(scope="session")
+def kit():
+    with Kit() as shared:  # PLOT's properties share its runs alone and one pair of rank processes
+        yield shared
+
+
 @parametrize_with_checks(["plot"])
-def test_plot_keeps_every_contract(method, check):
-    check(method)
+def test_plot_keeps_every_contract(method, check, kit):
+    check(method, kit)
