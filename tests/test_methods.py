@@ -1,7 +1,7 @@
 """Every method as rayot runs it: the reference schedule, the peers' loss terms against direct
 formulas, Gaussian prompt aggregation (and its resumption), stop-after-S training, `--plan`,
-`model.init_from` with a reference-format checkpoint, and each method training and evaluating
-on the tiny demo world."""
+and `model.init_from` with a reference-format checkpoint. Each method's training on the tiny demo
+world is the conformance kit's (tests/test_kit.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from conftest import tiny_overrides
 from typer.testing import CliRunner
 
 from rayot import config as C
+from rayot import methods
 from rayot.cli import app
 from rayot.methods.kgcoop import kgcoop_loss
 from rayot.methods.promptsrc import ensemble_templates, gpa_weights, l1_consistency, logit_kl
@@ -35,7 +36,7 @@ def _dassl_rates(lr: float, warmup_lr: float, epochs: int) -> list[float]:
     return [warmup_lr] + [0.5 * lr * (1 + math.cos(math.pi * (k - 1) / epochs)) for k in range(1, epochs)]
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "prompt_ot"])
+@pytest.mark.parametrize("method", [m for m in methods.BUILTINS if methods.get(m).trains])
 def test_every_preset_follows_the_reference_schedule(method):
     cfg = C.load_config(None, [f"method={method}"])
     o = cfg.optim
@@ -150,32 +151,12 @@ def test_stop_epoch_trains_s_epochs_of_the_e_epoch_schedule(synth_root, tmp_path
     assert {p.lr for p in seen} == {lr_at_epoch(0, cfg.optim), lr_at_epoch(1, cfg.optim)}
 
 
-#: The tiny model has 2 layers per tower: deep prompts at most that deep; small batches.
-TINY_SHAPES = {
-    "coop": {"optim.batch_size": 4}, "kgcoop": {"optim.batch_size": 4}, "cocoop": {"optim.batch_size": 2},
-    "maple": {"prompt.depth_text": 2},
-    **{m: {"prompt.depth_text": 2, "prompt.depth_vision": 2} for m in ("ivlp", "promptsrc", "prompt_ot", "pointwise")},
-}
-
-
-@pytest.mark.parametrize("method", [m for m in C.METHODS if m != "zeroshot"])
-def test_every_method_trains_and_evaluates(synth_root, tmp_path, method):
-    extra = {"optim.epochs": 1, **TINY_SHAPES[method]}
-    cfg = _cfg(synth_root, tmp_path, method=method, **extra)
-    seen = []
-    outcome = run_trial(cfg, progress=seen.append)
-    assert seen and all(math.isfinite(p.loss) for p in seen)
-    assert [e.split for e in outcome.evals] == ["base", "novel"] and all(e.n_test == 72 for e in outcome.evals)
-    has_terms = method in ("kgcoop", "promptsrc", "prompt_ot", "pointwise")
-    assert all((p.reg > 0) == has_terms for p in seen), [p.reg for p in seen]
-
-
 @pytest.mark.parametrize("method", ["ivlp", "maple", "cocoop"])
 def test_init_from_a_reference_checkpoint_evaluates_those_prompts(synth_root, tmp_path, method):
     from rayot.checkpoints import to_reference
     from rayot.model import load_clip
 
-    cfg = _cfg(synth_root, tmp_path, method=method, **{"optim.epochs": 1, **TINY_SHAPES[method]})
+    cfg = _cfg(synth_root, tmp_path, method=method, **{"optim.epochs": 1})
     trained = run_trial(cfg)
     model = build_model(cfg, load_clip(cfg.model.name, None, device=torch.device("cpu")), ["x"])
     model.load_prompt_state_dict(trained.prompt_state)

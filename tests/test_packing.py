@@ -218,28 +218,6 @@ def test_a_pack_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_pack
         run_pack([cfgs[0], _cfg(synth_root, tmp_path, tiny_weights, seed=3)], hooks=Resume())
 
 
-# ----------------------------------------------------------------------------- other methods
-
-
-@pytest.mark.parametrize("method, extra", [
-    ("zeroshot", {}),
-    ("maple", {"prompt.depth_text": 2}),  # fused: coupled deep prompts on both towers
-    ("cocoop", {"optim.batch_size": 2}),  # text per image: all members' B x C prompts in one call
-    ("promptsrc", {"promptsrc.gpa_mean": 1.0, "promptsrc.gpa_std": 1.0}),  # GPA, L1/KL terms, 60 templates
-])
-def test_packs_of_the_peer_methods_equal_their_trials_alone(synth_root, tmp_path, tiny_weights, method, extra):
-    cfgs = [_cfg(synth_root, tmp_path, tiny_weights, method=method, seed=s, **extra) for s in (1, 2)]
-    hooks = _Record()
-    packed = run_pack(cfgs, hooks=hooks)
-    metrics = [m for _, _, m in hooks.saved]
-    for cfg, result in zip(cfgs, packed, strict=True):
-        if method == "zeroshot":
-            alone = run_trial(cfg)
-            assert [e.n_correct for e in result.outcome.evals] == [e.n_correct for e in alone.evals]
-        else:
-            _assert_same_as_alone(result, _alone(cfg), metrics)
-
-
 # ----------------------------------------------------------------------------- packs on N ranks
 
 
@@ -305,15 +283,6 @@ def test_dry_run_shows_the_packs(synth_root, tmp_path, tiny_weights):
     out = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run"])
     assert isinstance(out.exception, ConfigError)  # the CLI's entry point prints it, exit status 2
     assert "resources.pack must be a whole number >= 1" in str(out.exception)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _sweep_spec(tmp_path, synth_root, tiny_weights, grid: dict, pack: int):

@@ -1,12 +1,11 @@
-"""A trial on two ranks (torch.distributed, gloo, no Ray) is the one-rank experiment: the same
-prompts after two epochs, the same logged losses, the same correct counts; the gathered features
-give POT's plan of the global batch and the single-process gradients; a batch size the workers
-cannot share is refused at load time."""
+"""A trial on two ranks (torch.distributed, gloo, no Ray): resumed, it ends as the uninterrupted
+two-rank run; the gathered features give POT's plan of the global batch and the single-process
+gradients; a batch size the workers cannot share is refused at load time. That every built-in
+ends on two ranks where it ends on one is the conformance kit's ``two_workers_equal_one``."""
 
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import ot
@@ -24,20 +23,10 @@ from rayot.train import DistributedHooks, run_trial
 from rayot.transport import ot_plan, pairwise_sq_dists
 
 WORLD = 2
-#: every coupling the loss has: the OT plan (prompt_ot), per-sample KL and L1 terms with the
-#: 60-template reference and GPA (promptsrc), the class-text term (kgcoop), coupled deep prompts
-#: (maple) and image-conditioned text (cocoop, whose images only are shared out)
-METHODS = {
-    "prompt_ot": {"prompt.depth_text": 2, "prompt.depth_vision": 2},
-    "promptsrc": {"prompt.depth_text": 2, "prompt.depth_vision": 2, "promptsrc.gpa_mean": 1.0, "promptsrc.gpa_std": 1.0},
-    "kgcoop": {},
-    "maple": {"prompt.depth_text": 2},
-    "cocoop": {"optim.batch_size": 2},
-}
 
 
-def _overrides(synth_root, tmp_path, method):
-    return tiny_overrides(synth_root, tmp_path, method=method, **{"optim.log_every": 1, **METHODS[method]})
+def _overrides(synth_root, tmp_path):
+    return tiny_overrides(synth_root, tmp_path, method="prompt_ot", **{"optim.log_every": 1})
 
 
 def _run(cfg, hooks=None):
@@ -78,17 +67,16 @@ class _Checkpoints(DistributedHooks):
         self.saved.append(copy.deepcopy(state))
 
 
-def _rank_main(rank: int, init_file: str, jobs: dict, out_dir: str) -> None:
+def _rank_main(rank: int, init_file: str, overrides: list[str], out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         hooks = DistributedHooks(rank, WORLD, torch.device("cpu"))
         found = {"ot": _ot_check(rank, hooks)}
-        for method, overrides in jobs.items():
-            kept = _Checkpoints(rank)
-            found[method] = _run(C.load_config(None, overrides), kept)
-            if method == "prompt_ot":  # as after a worker failure in epoch 2: resume from epoch 1's checkpoint
-                found["resumed"] = _run(C.load_config(None, overrides), _Checkpoints(rank, kept.saved[0]))
+        kept = _Checkpoints(rank)
+        found["prompt_ot"] = _run(C.load_config(None, overrides), kept)
+        # as after a worker failure in epoch 2: resume from epoch 1's checkpoint
+        found["resumed"] = _run(C.load_config(None, overrides), _Checkpoints(rank, kept.saved[0]))
         torch.save(found, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -97,24 +85,9 @@ def _rank_main(rank: int, init_file: str, jobs: dict, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(synth_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharding")
-    jobs = {m: _overrides(synth_root, tmp / m, m) + [f"world_size={WORLD}"] for m in METHODS}
-    mp.spawn(_rank_main, args=(str(tmp / "init"), jobs, str(tmp)), nprocs=WORLD, join=True)
+    overrides = _overrides(synth_root, tmp) + [f"world_size={WORLD}"]
+    mp.spawn(_rank_main, args=(str(tmp / "init"), overrides, str(tmp)), nprocs=WORLD, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], tmp
-
-
-@pytest.mark.parametrize("method", list(METHODS))
-def test_two_ranks_train_the_one_rank_prompts(two_ranks, synth_root, method):
-    ranks, tmp = two_ranks
-    one = _run(C.load_config(None, _overrides(synth_root, tmp / f"{method}-one", method)))
-    for found in ranks:  # every rank ends with the same model and the same counts
-        got = found[method]
-        diff = max((got["prompt"][k] - one["prompt"][k]).abs().max().item() for k in one["prompt"])
-        assert diff <= 1e-5, (method, diff)
-        assert got["correct"] == one["correct"]
-        batch = C.load_config(None, _overrides(synth_root, tmp, method)).optim.batch_size
-        assert len(got["losses"]) == len(one["losses"]) == 2 * 24 // batch  # 2 epochs of 24 images
-        assert np.allclose(got["losses"], one["losses"], rtol=1e-5, atol=1e-6), method
-        assert all(math.isfinite(x) for step in got["losses"] for x in step)
 
 
 def test_two_ranks_resumed_after_epoch_one_end_as_the_uninterrupted_run(two_ranks):
