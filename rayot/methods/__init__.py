@@ -21,8 +21,10 @@ import importlib.metadata
 import inspect
 import logging
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from rayot.errors import ConfigError
+from rayot.errors import ConfigError, ModelError, RayotError
 from rayot.methods.base import (
     DIAGNOSTIC_PREFIX,
     Batch,
@@ -35,6 +37,21 @@ from rayot.methods.base import (
     class_rows,
     cross_entropy,
 )
+from rayot.methods.family import DeepPromptMethod, ModuleMethod, deep_prompt_shapes
+from rayot.model.adapter import encode_image_prompted, encode_text_tokens
+from rayot.model.loading import LoadedCLIP
+from rayot.model.prompts import (
+    FrozenCLIPPrompts,
+    PromptedCLIP,
+    PromptOutput,
+    read_reference_tensors,
+)
+from rayot.typed import setting
+
+if TYPE_CHECKING:  # served by __getattr__ below, imported when first asked for
+    from rayot.checkpoints import from_reference, load_reference_file
+    from rayot.config import PromptConfig, TrialConfig
+    from rayot.transport import compute_dtype, no_autocast
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +73,36 @@ BUILTINS: dict[str, str] = {
 #: The method of a configuration that names none: the one rayot is named after.
 DEFAULT = "prompt_ot"
 
+#: The keys every trial id held before methods owned their settings, at their defaults then.
+_LEGACY_ID_DEFAULTS: Mapping[str, Any] = {
+    "data.template": "default", "loss.lambda_ot": 10.0, "loss.regularizer": "ot", "loss.eta": 0.5,
+    "loss.modality": "joint", "loss.solver": "emd", "loss.epsilon": 0.05, "loss.tau": 1.0,
+    "loss.n_iters": 100, "loss.kg_weight": 0.0, "loss.text_l1": 0.0, "loss.image_l1": 0.0,
+    "loss.logit_kl": 0.0, "optim.gpa_mean": 0.0, "optim.gpa_std": 0.0,
+}
+#: What a method without a regularizer of that kind held in those keys.
+_NO_REGULARIZER_ID: Mapping[str, Any] = {"loss.lambda_ot": 0.0, "loss.regularizer": "none"}
+#: The one table of legacy trial ids: what each built-in's trial ids held besides its settings
+#: before methods owned them, so that its trials keep their ids. Its settings replace these entries
+#: under their ``id_key`` (:meth:`Method.id_fields`); a plug-in, or a subclass of a built-in, has none.
+LEGACY_IDS: dict[str, Mapping[str, Any]] = {name: {**_LEGACY_ID_DEFAULTS, **own} for name, own in {
+    "zeroshot": _NO_REGULARIZER_ID,
+    "coop": _NO_REGULARIZER_ID,
+    "cocoop": _NO_REGULARIZER_ID,
+    "kgcoop": _NO_REGULARIZER_ID,
+    "maple": _NO_REGULARIZER_ID,
+    "promptsrc": _NO_REGULARIZER_ID,
+    "ivlp": _NO_REGULARIZER_ID,
+    "pointwise": {"loss.regularizer": "pointwise"},
+    "prompt_ot": {},  # every legacy key is a setting of its own
+}.items()}
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_loaded: dict[str, Method] = {}  # by every reference it was asked by, and by its name
+_loaded: dict[str, Method[Any]] = {}  # by every reference it was asked by, and by its name
 
 
-def get(ref: str) -> Method:
+def get(ref: str) -> Method[Any]:
     """The method a configuration names: a built-in name, an entry-point name or a dotted path
     ``package.module:Class``. ConfigError naming the reference when it cannot be found, imported
     or is not a proper method."""
@@ -95,7 +136,7 @@ def get(ref: str) -> Method:
     return method
 
 
-def available() -> list[Method]:
+def available() -> list[Method[Any]]:
     """Every built-in and every installed plug-in (entry point), loaded, in report order. A plug-in
     that cannot be loaded raises its ConfigError."""
     methods = [get(name) for name in BUILTINS]
@@ -108,7 +149,7 @@ def plugin_names() -> list[str]:
     return sorted(set(_entry_points()) - set(BUILTINS))
 
 
-def known(name: str) -> Method | None:
+def known(name: str) -> Method[Any] | None:
     """The method called ``name`` if it is built in, installed, or was loaded by its dotted path
     in this process; ``None`` otherwise (never raises: for reports, which show unknown names as
     they are)."""
@@ -155,6 +196,15 @@ def display_name(name: str) -> str:
     return method.display if method is not None else name
 
 
+def legacy_ids(method: Method[Any]) -> Mapping[str, Any]:
+    """The entries of :data:`LEGACY_IDS` that ``method``'s trial ids hold: its row if it is the
+    built-in class of its name (however it was loaded), none otherwise."""
+    cls = type(method)
+    if BUILTINS.get(method.name) != f"{cls.__module__}:{cls.__qualname__}":
+        return {}
+    return LEGACY_IDS[method.name]
+
+
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -164,13 +214,13 @@ def _dist_name(point: importlib.metadata.EntryPoint) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else "an installed package"
 
 
-def _unknown(ref: str, points: dict) -> str:
+def _unknown(ref: str, points: Mapping[str, importlib.metadata.EntryPoint]) -> str:
     plugins = ", ".join(sorted(set(points) - set(BUILTINS))) or "none installed"
     return (f"config key 'method': {ref!r} is not a method (built-in: {', '.join(BUILTINS)}; "
             f"plug-ins: {plugins}; or a dotted path 'package.module:Class')")
 
 
-def _load(target: str, what: str, origin: str, ref: str) -> Method:
+def _load(target: str, what: str, origin: str, ref: str) -> Method[Any]:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -188,7 +238,7 @@ def _load(target: str, what: str, origin: str, ref: str) -> Method:
     return method
 
 
-def _instance(obj: object, what: str) -> Method:
+def _instance(obj: object, what: str) -> Method[Any]:
     if inspect.isclass(obj) and issubclass(obj, Method):
         try:
             return obj()
@@ -199,7 +249,7 @@ def _instance(obj: object, what: str) -> Method:
     raise ConfigError(f"{what}: {obj!r} is not a rayot.methods.Method subclass or instance")
 
 
-def _check(method: Method, what: str) -> None:
+def _check(method: Method[Any], what: str) -> None:
     """A misdeclared method is refused here, naming what is wrong."""
     if not isinstance(method.name, str) or not _NAME.match(method.name):
         raise ConfigError(f"{what}: name = {method.name!r} must be a lowercase identifier ([a-z][a-z0-9_]*)")
@@ -208,7 +258,7 @@ def _check(method: Method, what: str) -> None:
     settings = method.Settings
     if not (dataclasses.is_dataclass(settings) and isinstance(settings, type)):
         raise ConfigError(f"{what}: Settings must be a dataclass, got {settings!r}")
-    if not settings.__dataclass_params__.frozen:
+    if not settings.__dataclass_params__.frozen:  # type: ignore[attr-defined]  # (private to dataclasses)
         raise ConfigError(f"{what}: Settings must be a frozen dataclass (@dataclass(frozen=True))")
     for f in dataclasses.fields(settings):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -221,11 +271,37 @@ def _check(method: Method, what: str) -> None:
                           "and import_reference()")
 
 
+#: Names served on first use: rayot.config (and rayot.checkpoints, through it) imports this
+#: registry, and rayot.transport imports POT, which importing the registry need not pay for.
+_LAZY = {"PromptConfig": "rayot.config", "TrialConfig": "rayot.config", "from_reference": "rayot.checkpoints",
+         "load_reference_file": "rayot.checkpoints", "compute_dtype": "rayot.transport",
+         "no_autocast": "rayot.transport"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+#: Everything a method of one's own needs (docs/methods.md), and the registry.
 __all__ = [
+    # the registry
     "BUILTINS",
     "DEFAULT",
-    "DIAGNOSTIC_PREFIX",
     "ENTRY_POINT_GROUP",
+    "LEGACY_IDS",
+    "available",
+    "canonical",
+    "display_name",
+    "get",
+    "known",
+    "legacy_ids",
+    "plugin_names",
+    # the contract (rayot.methods.base) and the configuration a method sees
+    "DIAGNOSTIC_PREFIX",
+    "PromptConfig",
+    "TrialConfig",
     "Batch",
     "Method",
     "NoSettings",
@@ -233,12 +309,27 @@ __all__ = [
     "Preset",
     "References",
     "StepHooks",
-    "available",
-    "canonical",
     "class_rows",
     "cross_entropy",
-    "display_name",
-    "get",
-    "known",
-    "plugin_names",
+    "setting",
+    # the model around the frozen CLIP
+    "FrozenCLIPPrompts",
+    "LoadedCLIP",
+    "PromptOutput",
+    "PromptedCLIP",
+    "encode_image_prompted",
+    "encode_text_tokens",
+    "read_reference_tensors",
+    # reusing a built-in's model
+    "DeepPromptMethod",
+    "ModuleMethod",
+    "deep_prompt_shapes",
+    # errors, numerics and reference checkpoints
+    "ConfigError",
+    "ModelError",
+    "RayotError",
+    "compute_dtype",
+    "from_reference",
+    "load_reference_file",
+    "no_autocast",
 ]

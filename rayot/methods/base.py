@@ -22,28 +22,36 @@ A method (a subclass of :class:`Method`) is the single place that says:
 The trainer asks every question of the method of each trial; nothing outside a method's module
 branches on its name. A method is stateless: its per-trial state lives in the prompt module it
 builds and in the :class:`StepHooks` it returns.
+
+This module is the contract alone. The built-ins' shared families (deep prompts, one module
+class, template settings) are in :mod:`rayot.methods.family`, the trial ids they keep from earlier
+versions in the registry (:data:`rayot.methods.LEGACY_IDS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.data.specs import DEFAULT_TEMPLATE, template_for
-from rayot.errors import ConfigError, ModelError
-from rayot.model.dassl_keys import Layout, export_state, import_state
-from rayot.model.prompts import PromptedCLIP
-from rayot.typed import plain, setting
+from rayot.model.prompts import PromptOutput
+from rayot.typed import plain
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from rayot.config import PromptConfig, TrialConfig
     from rayot.model.loading import LoadedCLIP
-    from rayot.model.prompts import PromptOutput
+
+#: A method's settings type: its ``Settings`` dataclass (``class PLOT(Method[Settings])``).
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,10 @@ class Batch:
     ``output``: the prompt module's output on the batch (logits (B, n_cls), features);
     ``labels`` (B,); ``image_ref`` (B, D): the frozen image features of the same images, when
     :attr:`References.image`; ``text_ref`` (n_cls, D): the frozen class text features, when
-    :attr:`References.templates`; ``logit_scale`` (): the frozen CLIP's temperature, exp'ed;
-    ``epoch``: 0-based. On N workers every rank sees the whole global batch.
+    :attr:`References.templates`; ``logit_scale`` (), float32: the frozen CLIP's temperature,
+    exp'ed (``clip.logit_scale.exp()``, about 100 for OpenAI's weights), the factor of its
+    zero-shot logits ``logit_scale * image_ref @ text_ref.T``; ``epoch``: 0-based. On N workers
+    every rank sees the whole global batch.
     """
 
     output: PromptOutput
@@ -112,7 +122,8 @@ class Objective:
     ``loss`` (): what the optimiser minimises. ``diagnostics``: scalars () logged per epoch (their
     mean over the epoch's steps) in the trackers and the result rows, never differentiated.
     ``aux``: further scalars () whose gradients the method's :class:`StepHooks` asks for
-    (:attr:`StepHooks.aux_gradients`), for a step that is not the gradient of ``loss`` alone.
+    (:attr:`StepHooks.aux_gradients`), for a step that is not the gradient of ``loss`` alone; they
+    are not minimised.
     """
 
     loss: Tensor
@@ -130,9 +141,20 @@ class StepHooks:
     #: names of :attr:`Objective.aux` terms whose gradients :meth:`gradients` receives
     aux_gradients: tuple[str, ...] = ()
 
-    def gradients(self, params: list[nn.Parameter], aux: Mapping[str, list[Tensor | None]]) -> None:
-        """Change the parameters' gradients (``p.grad``, whole: summed over the workers) before
-        the optimiser step; ``aux[name]`` holds each parameter's gradient of that aux term."""
+    def gradients(self, params: list[nn.Parameter],
+                  aux: Mapping[str, list[Tensor | None]]) -> Mapping[str, Tensor] | None:
+        """Change the parameters' gradients in place before the optimiser step.
+
+        ``params``: the learned tensors (``trainable_parameters()``), their ``p.grad`` whole: the
+        gradient of ``Objective.loss`` summed over the workers (unscaled under fp16).
+        ``aux[name]``: for each term named in :attr:`aux_gradients`, its gradients, a list aligned
+        with ``params`` (``aux[name][i]`` is d term / d ``params[i]``), summed over the workers
+        like ``p.grad``; the trainer gives zeros for a tensor the term does not reach, so an entry
+        is ``None`` only when a caller other than the trainer passes one.
+        Returns ``None`` or this step's diagnostics: scalars () that join the objective's (their
+        mean over the epoch's steps, as ``diag/<name>``; names of their own).
+        """
+        return None
 
     def end_epoch(self, epoch: int, model: nn.Module) -> None:
         """After the optimiser steps of 0-based ``epoch``."""
@@ -147,14 +169,16 @@ class StepHooks:
         pass
 
 
-class Method:
+class Method(Generic[S]):
     """A prompt-learning method; subclass it and override what differs (docs/methods.md).
 
-    Class attributes: ``name`` (a lowercase identifier), ``display``, ``label`` (a fixed tag shown
-    after the display name in tables, e.g. "zero-shot"), ``summary`` (one line), ``order`` (the
-    position in report tables: lower first), ``Settings`` (a frozen dataclass of settings, every
-    field with a default), ``trains`` (False: evaluated as built, no few-shot training subset),
-    ``reference_format`` (one line naming the reference code's checkpoint format, or ``None``).
+    Generic in its settings: ``class PLOT(Method[Settings])`` types ``settings`` in every hook and
+    sets the class attribute ``Settings`` (a frozen dataclass of settings, every field with a
+    default; :class:`NoSettings` when none). Other class attributes: ``name`` (a lowercase
+    identifier), ``display``, ``label`` (a fixed tag shown after the display name in tables, e.g.
+    "zero-shot"), ``summary`` (one line), ``order`` (the position in report tables: lower first),
+    ``trains`` (False: evaluated as built, no few-shot training subset), ``reference_format`` (one
+    line naming the reference code's checkpoint format, or ``None``).
     """
 
     name: ClassVar[str] = ""
@@ -162,17 +186,24 @@ class Method:
     label: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
     order: ClassVar[int] = 500
-    Settings: ClassVar[type] = NoSettings
+    Settings: ClassVar[type[Any]] = NoSettings
     trains: ClassVar[bool] = True
     reference_format: ClassVar[str | None] = None
-    #: constant entries of the trial id (``None``: none). A built-in method sets what its trials'
-    #: ids held before methods owned their settings (with :data:`LEGACY_ID_DEFAULTS`), so that
-    #: they keep their ids; a new method leaves it ``None``.
-    id_constants: ClassVar[Mapping[str, Any] | None] = None
     #: where it was found (set by the registry): "built-in", "entry point ...", "dotted path ..."
     origin: str = ""
     #: what a configuration names it by: its name, or the dotted path it was loaded from
     ref: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """``Settings`` from the type argument (``Method[Settings]``, ``DeepPromptMethod[Settings]``),
+        unless the class sets it itself (as methods written before 0.4.0 do)."""
+        super().__init_subclass__(**kwargs)
+        if "Settings" in vars(cls):
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin, args = typing.get_origin(base), typing.get_args(base)
+            if isinstance(origin, type) and issubclass(origin, Method) and args and isinstance(args[0], type):
+                cls.Settings = args[0]
 
     # ----- configuration
 
@@ -181,174 +212,67 @@ class Method:
         :class:`Preset`)."""
         return Preset()
 
-    def check(self, cfg: Any) -> None:
-        """Rules across keys that field metadata cannot say; raise ConfigError naming the key."""
+    def check(self, cfg: TrialConfig) -> None:
+        """Rules across keys that field metadata cannot say (``cfg.settings`` is this method's
+        ``Settings``); raise ConfigError naming the key."""
 
-    def id_fields(self, settings: Any) -> dict[str, Any]:
+    def id_fields(self, settings: S) -> dict[str, Any]:
         """The settings as they enter the trial id: ``{"<name>.<field>": value}``, unless a field
-        names its own ``id_key``; with :attr:`id_constants` over :data:`LEGACY_ID_DEFAULTS`."""
+        names its own ``id_key``; a built-in's over what its ids held before (the registry's
+        :data:`~rayot.methods.LEGACY_IDS`)."""
+        from rayot.methods import legacy_ids  # the registry imports this module
+
         out = {}
-        for f in dataclasses.fields(settings):
+        for f in dataclasses.fields(cast("DataclassInstance", settings)):
             out[f.metadata.get("id_key") or f"{self.name}.{f.name}"] = plain(getattr(settings, f.name))
-        if self.id_constants is None:
-            return out
-        return {**LEGACY_ID_DEFAULTS, **self.id_constants, **out}
+        return {**legacy_ids(self), **out}
 
     # ----- the model
 
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
-        """The prompt module around ``clip`` (frozen) for ``classnames``, from the trial's prompt
-        shapes (``prompt``: :class:`rayot.config.PromptConfig`) and the method's settings. Its
-        learned tensors draw from torch's global generator, which the caller has seeded."""
+    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: PromptConfig, settings: S) -> nn.Module:
+        """The prompt module around ``clip`` (frozen; ``clip.model`` is open_clip's ``CLIP``) for
+        ``classnames``, from the trial's prompt shapes and the method's settings. Its learned
+        tensors draw from torch's global generator, which the caller has seeded."""
         raise NotImplementedError(f"method {self.name!r} does not say how to build its model")
 
-    def for_dataset(self, model: nn.Module, settings: Any, dataset: str) -> None:
+    def for_dataset(self, model: nn.Module, settings: S, dataset: str) -> None:
         """Called before the model trains on or is evaluated on ``dataset``: dataset-dependent
         state (a zero-shot classifier's template). The classes are set by the caller."""
 
-    def architecture(self, prompt: Any, settings: Any) -> Any:
+    def architecture(self, prompt: PromptConfig, settings: S) -> list[Any]:
         """What trials of this method must share (besides data, model and schedule) to train as one
-        computation: the prompt module's class and shapes, as JSON-able values. Two methods that
-        build the same module with the same shapes may return the same and pack together."""
+        computation: the prompt module's class and shapes, as a list of JSON-able values. Two
+        methods that build the same module with the same shapes may return the same and pack
+        together."""
         return [self.name, plain(prompt)]
 
     # ----- training
 
-    def references(self, settings: Any, dataset: str) -> References:
+    def references(self, settings: S, dataset: str) -> References:
         """The frozen features the loss needs on ``dataset`` (see :class:`References`)."""
         return References()
 
-    def loss(self, batch: Batch, settings: Any) -> Objective:
+    def loss(self, batch: Batch, settings: S) -> Objective:
         """The objective on ``batch``: cross-entropy on the logits unless overridden."""
         return Objective(cross_entropy(batch.output.logits, batch.labels))
 
-    def step_hooks(self, settings: Any, epochs: int) -> StepHooks:
+    def step_hooks(self, settings: S, epochs: int) -> StepHooks:
         """A fresh :class:`StepHooks` for one trial that trains ``epochs`` epochs."""
         return StepHooks()
 
     # ----- reference checkpoints
 
-    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
+    def export_reference(self, model: nn.Module, settings: S) -> dict[str, Tensor]:
         """The learned tensors under the reference code's key names (detached copies)."""
         raise NotImplementedError(f"method {self.name!r} declares no reference checkpoint format")
 
-    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
+    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: S) -> None:
         """Load the learned tensors of a reference checkpoint's state dict into ``model``; a
         ModelError names the first key that is missing, of another shape or foreign."""
         raise NotImplementedError(f"method {self.name!r} declares no reference checkpoint format")
 
     def __repr__(self) -> str:
         return f"<method {self.name} ({self.origin or 'not registered'})>"
-
-
-#: The keys every trial id held before methods owned their settings, at their defaults then.
-LEGACY_ID_DEFAULTS: Mapping[str, Any] = {
-    "data.template": "default", "loss.lambda_ot": 10.0, "loss.regularizer": "ot", "loss.eta": 0.5,
-    "loss.modality": "joint", "loss.solver": "emd", "loss.epsilon": 0.05, "loss.tau": 1.0,
-    "loss.n_iters": 100, "loss.kg_weight": 0.0, "loss.text_l1": 0.0, "loss.image_l1": 0.0,
-    "loss.logit_kl": 0.0, "optim.gpa_mean": 0.0, "optim.gpa_std": 0.0,
-}
-#: What a method without a regularizer of that kind held in those keys.
-NO_REGULARIZER_ID: Mapping[str, Any] = {"loss.lambda_ot": 0.0, "loss.regularizer": "none"}
-#: The warm-up of the Dassl toolbox that most reference trainers run on: one epoch at 1e-5.
-DASSL_WARMUP: Mapping[str, Any] = {"optim.warmup_epochs": 1, "optim.warmup_lr": 1e-5}
-#: The transfer protocols (trained on imagenet, evaluated on other datasets).
-TRANSFER_PROTOCOLS: tuple[str, ...] = ("cross_dataset", "domain_generalization", "transfer")
-
-
-def named_templates(template: str, dataset: str, named: Mapping[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
-    """The class text templates a ``template`` setting names on ``dataset``: ``"default"`` = "a photo
-    of a {}.", ``"dataset"`` = the dataset's own template (docs/protocol.md §7), a name of ``named``
-    (a method's own sets), or the literal template itself."""
-    if named and template in named:
-        return named[template]
-    if template == "default":
-        return (DEFAULT_TEMPLATE,)
-    if template == "dataset":
-        return (template_for(dataset),)
-    return (template,)
-
-
-def check_template(template: str, key: str, names: tuple[str, ...] = ()) -> None:
-    """ConfigError unless ``template`` is a known name or a literal template with ``{}``."""
-    known = ("default", "dataset", *names)
-    if template not in known and "{}" not in template:
-        raise ConfigError(f"config key {key!r}: {template!r} is neither one of {', '.join(known)} "
-                          "nor a template with {}")
-
-
-def template_setting(default: str, help: str, names: tuple[str, ...] = ()) -> Any:
-    """A method's ``template`` setting (:func:`named_templates`): checked when it loads, entering the
-    trial id as ``data.template`` (where it was before methods owned their settings)."""
-    return setting(default, id_key="data.template", help=help,
-                   check=lambda value, key: check_template(value, key, names))
-
-
-def deep_prompt_shapes(prompt: Any) -> dict[str, Any]:
-    """The constructor arguments of :class:`~rayot.model.prompts.PromptedCLIP` from a prompt section."""
-    return dict(n_ctx_text=prompt.n_ctx_text, n_ctx_vision=prompt.n_ctx_vision, depth_text=prompt.depth_text,
-                depth_vision=prompt.depth_vision, ctx_init=prompt.ctx_init)
-
-
-class DeepPromptMethod(Method):
-    """A method whose model is :class:`~rayot.model.prompts.PromptedCLIP` (text and vision deep
-    prompts, either side possibly off) and whose reference saves it in the Dassl key layout
-    (:mod:`rayot.model.dassl_keys`). Methods of this kind with equal shapes pack together."""
-
-    reference_format = "Dassl model.pth.tar: the deep prompts under the reference's key names"
-    #: the reference saves the text context alone, key ``ctx`` (text depth 1, no vision prompts)
-    text_only_reference: ClassVar[bool] = False
-    #: keys the reference saves but never uses (accepted and ignored on import)
-    unused_reference_keys: ClassVar[Any] = None
-
-    def check(self, cfg: Any) -> None:
-        if cfg.prompt.depth_text == 0:
-            raise ConfigError("config key 'prompt.depth_text': must be >= 1 (the text prompt is learned)")
-
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
-        return PromptedCLIP(clip, classnames, **deep_prompt_shapes(prompt))
-
-    def architecture(self, prompt: Any, settings: Any) -> Any:
-        return ["PromptedCLIP", deep_prompt_shapes(prompt)]
-
-    def _layout(self) -> Any:
-        return Layout(self.display, text_only=self.text_only_reference, ignore=self.unused_reference_keys)
-
-    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
-        return export_state(model, self._layout())
-
-    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
-        import_state(model, state, self._layout())
-
-
-class ModuleMethod(Method):
-    """A method whose model is one module class (:attr:`module`) built from :meth:`shapes`, and whose
-    reference format, when it declares one, the module reads and writes itself
-    (``reference_state()`` and ``load_reference(state)``)."""
-
-    module: ClassVar[type[nn.Module]]
-
-    def shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
-        """The module's constructor arguments besides the CLIP and the class names."""
-        raise NotImplementedError
-
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
-        return self.module(clip, classnames, **self.shapes(prompt, settings))
-
-    def architecture(self, prompt: Any, settings: Any) -> Any:
-        return [self.module.__name__, plain(self.shapes(prompt, settings))]
-
-    def own_module(self, model: nn.Module) -> nn.Module:
-        """``model`` if it is this method's module, else a ModelError naming both."""
-        if not isinstance(model, self.module):
-            raise ModelError(f"{self.display}: expected a {self.module.__name__}, got {type(model).__name__}")
-        return model
-
-    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
-        return self.own_module(model).reference_state()
-
-    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
-        self.own_module(model).load_reference(state)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -362,3 +286,28 @@ def class_rows(text: Tensor, labels: Tensor) -> Tensor:
     if text.dim() == 2:
         return text[labels]
     return text[torch.arange(len(labels), device=labels.device), labels]
+
+
+#: Names this module held before 0.4.0 -> (the module, the name) they are now. Deprecated in 0.4.0,
+#: removed in 0.6.0.
+_MOVED: dict[str, tuple[str, str]] = {
+    **{name: ("rayot.methods.family", name) for name in (
+        "DASSL_WARMUP", "TRANSFER_PROTOCOLS", "named_templates", "check_template", "template_setting",
+        "deep_prompt_shapes", "DeepPromptMethod", "ModuleMethod")},
+    # the trial ids' legacy entries are one table of the registry now (LEGACY_IDS), made of these
+    "LEGACY_ID_DEFAULTS": ("rayot.methods", "_LEGACY_ID_DEFAULTS"),
+    "NO_REGULARIZER_ID": ("rayot.methods", "_NO_REGULARIZER_ID"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A name that moved out of the contract module, with a DeprecationWarning saying where."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, attr = _MOVED[name]
+    where = "rayot.methods.LEGACY_IDS" if attr != name else module
+    warnings.warn(f"rayot.methods.base.{name} is deprecated since 0.4.0 and will be removed in 0.6.0: "
+                  f"use {where}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(module), attr)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
-from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, ModuleMethod, Preset
+from rayot.methods.base import NoSettings, Preset
+from rayot.methods.family import DASSL_WARMUP, ModuleMethod
 from rayot.model.adapter import encode_text_embeddings
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
@@ -32,6 +33,9 @@ from rayot.model.prompts import (
     phrase_token_ids,
     read_reference_tensors,
 )
+
+if TYPE_CHECKING:
+    from rayot.config import PromptConfig
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
-        device, dtype = self._adopt(clip)
+        device, dtype = self.adopt_clip(clip)
         model = clip.model
         _check_setting("n_ctx", n_ctx, 1)
         embed_dim = model.visual.output_dim
@@ -109,14 +113,14 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
         self.ctx = nn.Parameter(ctx)  # (n_ctx, W)
         self.meta_net = MetaNet(embed_dim, hidden, width, device, dtype)
 
-        self._init_classes(classnames)
+        self.init_classes(classnames)
 
-    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+    def prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         return phrase_token_ids(self.tokenizer, self.ctx_init, self.n_ctx, names)
 
     # ----- nn.Module plumbing -----
 
-    def _learned(self) -> dict[str, nn.Parameter]:
+    def learned(self) -> dict[str, nn.Parameter]:
         return {"ctx": self.ctx, **dict(self.meta_net.named_parameters(prefix="meta_net"))}
 
     def reference_state(self) -> dict[str, Tensor]:
@@ -130,7 +134,7 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
         tensors are cast to the parameters' dtype. ModelError names the first missing or
         mis-shaped key.
         """
-        own = self._learned()
+        own = self.learned()
         shapes = {k: tuple(p.shape) for k, p in own.items()}
         found = read_reference_tensors(state, shapes, "CoCoOp", ("", "prompt_learner."))
         with torch.no_grad():
@@ -216,12 +220,11 @@ class CoCoOpCLIP(FrozenCLIPPrompts):
                 for m, f, t in zip(models, images, feats.split(counts), strict=True)]
 
 
-class CoCoOp(ModuleMethod):
+class CoCoOp(ModuleMethod[NoSettings]):
     name = "cocoop"
     display = "CoCoOp"
     summary = "context + a meta-net token from each image; the B × C prompts in one text-encoder call"
     order = 20
-    id_constants = NO_REGULARIZER_ID
     reference_format = "Dassl model.pth.tar: the prompt learner's ctx and meta_net.* (prefix optional)"
     module = CoCoOpCLIP
 
@@ -234,5 +237,5 @@ class CoCoOp(ModuleMethod):
                    "of KaiyangZhou/CoOp@ff61507c; docs/peers.md §3",
         )
 
-    def shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
+    def shapes(self, prompt: PromptConfig, settings: NoSettings) -> dict[str, Any]:
         return dict(n_ctx=prompt.n_ctx_text, ctx_init=prompt.ctx_init)

@@ -7,15 +7,15 @@ cross-entropy. Its reference saves the prompt learner alone (key ``ctx``).
 
 from __future__ import annotations
 
-from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, DeepPromptMethod, Preset
+from rayot.methods.base import NoSettings, Preset
+from rayot.methods.family import DASSL_WARMUP, DeepPromptMethod
 
 
-class CoOp(DeepPromptMethod):
+class CoOp(DeepPromptMethod[NoSettings]):
     name = "coop"
     display = "CoOp"
     summary = "learned text context, 4 tokens from 'a photo of a'"
     order = 10
-    id_constants = NO_REGULARIZER_ID
     text_only_reference = True
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:

@@ -8,15 +8,15 @@ regulariser, no prompt averaging.
 
 from __future__ import annotations
 
-from rayot.methods.base import DASSL_WARMUP, NO_REGULARIZER_ID, DeepPromptMethod, Preset
+from rayot.methods.base import NoSettings, Preset
+from rayot.methods.family import DASSL_WARMUP, DeepPromptMethod
 
 
-class IVLP(DeepPromptMethod):
+class IVLP(DeepPromptMethod[NoSettings]):
     name = "ivlp"
     display = "IVLP"
     summary = "independent deep prompts on both towers, 4 + 4 tokens, depth 9, cross-entropy only"
     order = 60
-    id_constants = NO_REGULARIZER_ID
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(

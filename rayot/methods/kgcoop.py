@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from rayot.data.specs import template_for
-from rayot.methods.base import (
-    DASSL_WARMUP,
-    NO_REGULARIZER_ID,
-    Batch,
-    DeepPromptMethod,
-    Objective,
-    Preset,
-    References,
-    cross_entropy,
-    named_templates,
-    template_setting,
-)
+from rayot.methods.base import Batch, Objective, Preset, References, cross_entropy
+from rayot.methods.family import DASSL_WARMUP, DeepPromptMethod, named_templates, template_setting
 from rayot.transport import compute_dtype
 from rayot.typed import setting
 
@@ -42,13 +31,11 @@ class Settings:
                                      "or a template with {}", ("kgcoop",))
 
 
-class KgCoOp(DeepPromptMethod):
+class KgCoOp(DeepPromptMethod[Settings]):
     name = "kgcoop"
     display = "KgCoOp"
     summary = "learned text context + W · (1 − mean cos(t_c, w_c)) to the hand-made class features, W = 8"
     order = 30
-    Settings = Settings
-    id_constants = NO_REGULARIZER_ID
     text_only_reference = True
     #: its prompt learner saves a meta-net and bias vectors that its forward never uses
     unused_reference_keys = re.compile(r"^(prompt_learner\.)?(meta_net\.|bias_vectors$)")
@@ -63,13 +50,13 @@ class KgCoOp(DeepPromptMethod):
                    "(W = 8.0), htyao89/KgCoOp@c43ccc32; docs/peers.md §4.3",
         )
 
-    def references(self, settings: Any, dataset: str) -> References:
+    def references(self, settings: Settings, dataset: str) -> References:
         if not settings.kg_weight:
             return References()
         own = {"kgcoop": (TEMPLATES.get(dataset, template_for(dataset)),)}
         return References(templates=named_templates(settings.template, dataset, own))
 
-    def loss(self, batch: Batch, settings: Any) -> Objective:
+    def loss(self, batch: Batch, settings: Settings) -> Objective:
         ce = cross_entropy(batch.output.logits, batch.labels)
         if not settings.kg_weight:
             return Objective(ce)

@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.errors import ConfigError, ModelError
-from rayot.methods.base import (
-    DASSL_WARMUP,
-    NO_REGULARIZER_ID,
-    TRANSFER_PROTOCOLS,
-    ModuleMethod,
-    Preset,
-)
+from rayot.methods.base import NoSettings, Preset
+from rayot.methods.family import DASSL_WARMUP, TRANSFER_PROTOCOLS, ModuleMethod
 from rayot.model.adapter import encode_image_prompted, encode_text_tokens
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import (
@@ -38,6 +33,9 @@ from rayot.model.prompts import (
     phrase_token_ids,
     read_reference_tensors,
 )
+
+if TYPE_CHECKING:
+    from rayot.config import PromptConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
-        device, dtype = self._adopt(clip)
+        device, dtype = self.adopt_clip(clip)
         model = clip.model
         layers = min(len(model.transformer.resblocks), len(model.visual.transformer.resblocks))
         _check_setting("n_ctx", n_ctx, 1)
@@ -105,14 +103,14 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         self.proj_weight = nn.Parameter(weight.detach().clone())  # (J, W_v, W_t)
         self.proj_bias = nn.Parameter(bias.detach().clone())  # (J, W_v)
 
-        self._init_classes(classnames)
+        self.init_classes(classnames)
 
-    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+    def prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         return phrase_token_ids(self.tokenizer, self.ctx_init, self.n_ctx, names)
 
     # ----- nn.Module plumbing -----
 
-    def _learned(self) -> dict[str, nn.Parameter]:
+    def learned(self) -> dict[str, nn.Parameter]:
         return {
             "text_prompts": self.text_prompts,
             "proj_weight": self.proj_weight,
@@ -131,7 +129,7 @@ class MaPLeCLIP(FrozenCLIPPrompts):
 
     def reference_state(self) -> dict[str, Tensor]:
         """The learned tensors under the reference's whole-model keys (``prompt_learner.*``)."""
-        own = self._learned()
+        own = self.learned()
         return {
             _PREFIX + key: own[name][row].detach().clone()
             for key, (name, row) in self._reference_keys().items()
@@ -146,7 +144,7 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         ``depth`` (their prompts would otherwise be dropped without a word).
         """
         keys = self._reference_keys()
-        own = self._learned()
+        own = self.learned()
         for key in state:
             if (
                 key.startswith(_PREFIX + "compound_prompt")
@@ -199,12 +197,11 @@ class MaPLeCLIP(FrozenCLIPPrompts):
         )
 
 
-class MaPLe(ModuleMethod):
+class MaPLe(ModuleMethod[NoSettings]):
     name = "maple"
     display = "MaPLe"
     summary = "coupled prompts: 2 tokens, depth 9, vision prompts = per-layer projections of the text ones"
     order = 40
-    id_constants = NO_REGULARIZER_ID
     reference_format = "Dassl model.pth.tar: prompt_learner.ctx, proj, compound_prompts_text, compound_prompt_projections"
     module = MaPLeCLIP
 
@@ -220,6 +217,6 @@ class MaPLe(ModuleMethod):
                    "docs/peers.md §5",
         )
 
-    def shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
+    def shapes(self, prompt: PromptConfig, settings: NoSettings) -> dict[str, Any]:
         # the vision prompts are projections of the text ones: the text shapes are the module's
         return dict(n_ctx=prompt.n_ctx_text, depth=prompt.depth_text, ctx_init=prompt.ctx_init)

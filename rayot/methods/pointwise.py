@@ -8,10 +8,9 @@ It is Prompt-OT with the plan fixed to the identity / B: ``L = CE + lambda * eta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from rayot.methods.base import template_setting
-from rayot.methods.prompt_ot import PromptOT
+from rayot.methods.family import template_setting
+from rayot.methods.prompt_ot import TransportRegularised
 from rayot.transport import MODALITIES
 from rayot.typed import setting
 
@@ -25,14 +24,12 @@ class Settings:
     template: str = template_setting("default", "frozen class text features: default, dataset, or a template with {}")
 
 
-class PointWise(PromptOT):
+class PointWise(TransportRegularised[Settings]):
     name = "pointwise"
     display = "Point-wise"
     label = "identity pairing"
     summary = "Prompt-OT with the identity pairing: λ · η · mean ||z_i − z0_i||²"
     order = 80
-    Settings = Settings
-    id_constants = {"loss.regularizer": "pointwise"}
 
-    def pairing(self, settings: Any) -> str:
+    def pairing(self, settings: Settings) -> str:
         return "pointwise"

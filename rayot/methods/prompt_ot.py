@@ -20,23 +20,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
 from rayot.errors import ConfigError
-from rayot.methods.base import (
-    Batch,
-    DeepPromptMethod,
-    Objective,
-    Preset,
-    References,
-    class_rows,
-    cross_entropy,
-    named_templates,
-    template_setting,
-)
+from rayot.methods.base import Batch, Objective, Preset, References, class_rows, cross_entropy
+from rayot.methods.family import DeepPromptMethod, named_templates, template_setting
 from rayot.transport import (
     MODALITIES,
     SOLVERS,
@@ -52,10 +43,17 @@ from rayot.transport import (
 )
 from rayot.typed import setting
 
+if TYPE_CHECKING:
+    from rayot.config import TrialConfig
+
 #: the regulariser's pairings: the OT plan, the identity (the point-wise ablation), none
 REGULARIZERS: tuple[str, ...] = ("ot", "pointwise", "none")
 #: a plan whose off-diagonal mass is below this pairs each sample with its own frozen features
 IDENTITY_TOLERANCE = 1e-6
+
+
+#: why the solvers' own settings cannot show in the conformance kit's trial
+_SINKHORN_ONLY = "used by the sinkhorn and unbalanced solvers only; the kit's trial solves with emd"
 
 
 @dataclass(frozen=True)
@@ -69,20 +67,34 @@ class Settings:
                             help="z = [image; text] (joint), image (vision) or text features alone")
     solver: str = setting("emd", choices=SOLVERS, id_key="loss.solver",
                           help="emd (exact, POT), sinkhorn or unbalanced (log-domain, torch, on device)")
-    epsilon: float = setting(0.05, minimum=0, id_key="loss.epsilon",
+    epsilon: float = setting(0.05, minimum=0, id_key="loss.epsilon", inert=_SINKHORN_ONLY,
                              help="entropic regularisation of the Sinkhorn solvers, in units of the cost")
-    tau: float = setting(1.0, positive=True, id_key="loss.tau", help="marginal relaxation of the unbalanced solver")
-    n_iters: int = setting(100, positive=True, id_key="loss.n_iters", help="Sinkhorn iterations (fixed)")
+    tau: float = setting(1.0, positive=True, id_key="loss.tau", inert=_SINKHORN_ONLY,
+                         help="marginal relaxation of the unbalanced solver")
+    n_iters: int = setting(100, positive=True, id_key="loss.n_iters", inert=_SINKHORN_ONLY,
+                           help="Sinkhorn iterations (fixed)")
     template: str = template_setting("default", "frozen class text features: default, dataset, or a template with {}")
 
 
-class PromptOT(DeepPromptMethod):
-    name = "prompt_ot"
-    display = "Prompt-OT"
-    summary = "deep prompts (depth 12) + λ · OT between adapted and frozen joint features, λ 10, η 0.5"
-    order = 90
-    Settings = Settings
-    id_constants = {}  # every legacy key is a setting of its own
+class Regularised(Protocol):
+    """What the regulariser reads of a method's settings: Prompt-OT's, and its ablation's."""
+
+    @property
+    def lambda_ot(self) -> float: ...
+    @property
+    def eta(self) -> float: ...
+    @property
+    def modality(self) -> str: ...
+    @property
+    def template(self) -> str: ...
+
+
+R = TypeVar("R", bound=Regularised)
+
+
+class TransportRegularised(DeepPromptMethod[R]):
+    """Deep prompts and ``CE + λ · Σ_ij π_ij C_ij`` with the pairing π of :meth:`pairing`: Prompt-OT
+    and its point-wise ablation, with Prompt-OT's prompts and schedule."""
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
@@ -95,36 +107,55 @@ class PromptOT(DeepPromptMethod):
                    "(--div 10), ChongQingNoSubway/Prompt-OT@f042f023; docs/method.md",
         )
 
-    def check(self, cfg: Any) -> None:
-        super().check(cfg)
-        s = cfg.settings
-        if self.pairing(s) == "ot" and s.solver != "emd" and s.epsilon <= 0:
-            raise ConfigError(f"config key '{self.name}.epsilon': solver {s.solver} needs epsilon > 0")
-
-    def pairing(self, settings: Any) -> str:
+    def pairing(self, settings: R) -> str:
         """How adapted and frozen features are paired: ``ot``, ``pointwise`` or ``none``."""
-        return settings.regularizer
+        raise NotImplementedError
 
-    def _regularised(self, settings: Any) -> bool:
+    def solver(self, settings: R) -> dict[str, Any]:
+        """The solver's arguments of :func:`transport_term` when the pairing is ``ot``."""
+        return {}
+
+    def _regularised(self, settings: R) -> bool:
         return self.pairing(settings) != "none" and settings.lambda_ot > 0
 
-    def references(self, settings: Any, dataset: str) -> References:
+    def references(self, settings: R, dataset: str) -> References:
         if not self._regularised(settings):
             return References()
         return References(image=True, templates=named_templates(settings.template, dataset))
 
-    def loss(self, batch: Batch, settings: Any) -> Objective:
+    def loss(self, batch: Batch, settings: R) -> Objective:
         ce = cross_entropy(batch.output.logits, batch.labels)
         if not self._regularised(settings):
             return Objective(ce)
+        assert batch.image_ref is not None and batch.text_ref is not None  # references() asked for both
         out, s, pairing = batch.output, settings, self.pairing(settings)
-        solver = dict(solver=s.solver, epsilon=s.epsilon, tau=s.tau, n_iters=s.n_iters) if pairing == "ot" else {}
+        solver = self.solver(s) if pairing == "ot" else {}
         reg, plan = transport_term(
             out.image.float(), batch.image_ref.float(), class_rows(out.text, batch.labels).float(),  # (B, D)
             batch.text_ref[batch.labels], eta=s.eta, modality=s.modality, regularizer=pairing, **solver)
         offdiag = torch.zeros((), device=reg.device) if plan is None else off_diagonal_mass(plan)
         diagnostics = {"ot_offdiag_mass": offdiag, "ot_nonidentity_frac": (offdiag > IDENTITY_TOLERANCE).float()}
         return Objective(ce + s.lambda_ot * reg, diagnostics)
+
+
+class PromptOT(TransportRegularised[Settings]):
+    name = "prompt_ot"
+    display = "Prompt-OT"
+    summary = "deep prompts (depth 12) + λ · OT between adapted and frozen joint features, λ 10, η 0.5"
+    order = 90
+
+    def check(self, cfg: TrialConfig) -> None:
+        super().check(cfg)
+        s: Settings = cfg.settings
+        if self.pairing(s) == "ot" and s.solver != "emd" and s.epsilon <= 0:
+            raise ConfigError(f"config key '{self.name}.epsilon': solver {s.solver} needs epsilon > 0")
+
+    def pairing(self, settings: Settings) -> str:
+        return settings.regularizer
+
+    def solver(self, settings: Settings) -> dict[str, Any]:
+        s = settings
+        return dict(solver=s.solver, epsilon=s.epsilon, tau=s.tau, n_iters=s.n_iters)
 
 
 def prompt_ot_loss(

@@ -22,17 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rayot.data.specs import DEFAULT_TEMPLATE
-from rayot.methods.base import (
+from rayot.methods.base import Batch, Objective, Preset, References, StepHooks, cross_entropy
+from rayot.methods.family import (
     DASSL_WARMUP,
-    NO_REGULARIZER_ID,
     TRANSFER_PROTOCOLS,
-    Batch,
     DeepPromptMethod,
-    Objective,
-    Preset,
-    References,
-    StepHooks,
-    cross_entropy,
     named_templates,
     template_setting,
 )
@@ -59,14 +53,12 @@ class Settings:
                                      "or a template", ("ensemble",))
 
 
-class PromptSRC(DeepPromptMethod):
+class PromptSRC(DeepPromptMethod[Settings]):
     name = "promptsrc"
     display = "PromptSRC"
     summary = ("deep prompts + L1 to frozen text (25) and image (10) features + logit KL / (B·C) + "
                "60-template anchor + Gaussian prompt aggregation")
     order = 50
-    Settings = Settings
-    id_constants = NO_REGULARIZER_ID
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         transfer, few_shot = protocol in TRANSFER_PROTOCOLS, protocol == "few_shot"
@@ -86,14 +78,14 @@ class PromptSRC(DeepPromptMethod):
                    "muzairkhattak/PromptSRC@bb95c77b; docs/peers.md §6.4",
         )
 
-    def references(self, settings: Any, dataset: str) -> References:
+    def references(self, settings: Settings, dataset: str) -> References:
         s = settings
         image = s.image_l1 > 0 or s.logit_kl > 0
         text = s.text_l1 > 0 or s.logit_kl > 0
         templates = named_templates(s.template, dataset, {"ensemble": ensemble_templates()}) if text else ()
         return References(image=image, templates=templates)
 
-    def loss(self, batch: Batch, settings: Any) -> Objective:
+    def loss(self, batch: Batch, settings: Settings) -> Objective:
         out, s = batch.output, settings
         loss = cross_entropy(out.logits, batch.labels)
         if s.text_l1:
@@ -101,11 +93,12 @@ class PromptSRC(DeepPromptMethod):
         if s.image_l1:
             loss = loss + s.image_l1 * l1_consistency(out.image, batch.image_ref)
         if s.logit_kl:
+            assert batch.image_ref is not None and batch.text_ref is not None  # references() asked for both
             frozen_logits = batch.logit_scale * batch.image_ref.float() @ batch.text_ref.T  # (B, n_cls)
             loss = loss + s.logit_kl * logit_kl(out.logits, frozen_logits)
         return Objective(loss)
 
-    def step_hooks(self, settings: Any, epochs: int) -> StepHooks:
+    def step_hooks(self, settings: Settings, epochs: int) -> StepHooks:
         if settings.gpa_std <= 0:
             return StepHooks()
         return GaussianPromptAggregation(gpa_weights(settings.gpa_mean, settings.gpa_std, epochs))

@@ -8,14 +8,18 @@ template per dataset, the table of docs/protocol.md §7.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from rayot.data.specs import DEFAULT_TEMPLATE
-from rayot.methods.base import NO_REGULARIZER_ID, Method, Preset, named_templates, template_setting
+from rayot.methods.base import Method, Preset
+from rayot.methods.family import named_templates, template_setting
 from rayot.model.loading import LoadedCLIP
 from rayot.model.prompts import FrozenCLIPPrompts
+
+if TYPE_CHECKING:
+    from rayot.config import PromptConfig
 
 
 @dataclass(frozen=True)
@@ -31,14 +35,14 @@ class ZeroShotCLIP(FrozenCLIPPrompts):
 
     def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: tuple[str, ...]) -> None:
         super().__init__()
-        self._adopt(clip)
+        self.adopt_clip(clip)
         self.templates = tuple(templates)
-        self._init_classes(classnames)
+        self.init_classes(classnames)
 
-    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+    def prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         return [self.tokenizer.encode(self.templates[0].format(n)) for n in names]
 
-    def _learned(self) -> dict[str, nn.Parameter]:
+    def learned(self) -> dict[str, nn.Parameter]:
         return {}
 
     def encode_text(self) -> Tensor:
@@ -69,15 +73,13 @@ class ZeroShotCLIP(FrozenCLIPPrompts):
         return [done[(m.templates, tuple(m.classnames))] for m in models]
 
 
-class ZeroShot(Method):
+class ZeroShot(Method[Settings]):
     name = "zeroshot"
     display = "CLIP"
     label = "zero-shot"
     summary = "the frozen CLIP with the per-dataset template; nothing trains"
     order = 0
     trains = False
-    Settings = Settings
-    id_constants = NO_REGULARIZER_ID
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
         return Preset(
@@ -87,12 +89,12 @@ class ZeroShot(Method):
                    "docs/peers.md §1",
         )
 
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
+    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: PromptConfig, settings: Settings) -> nn.Module:
         # the templates follow the dataset evaluated (for_dataset); until then "a photo of a {}."
         return ZeroShotCLIP(clip, classnames, (DEFAULT_TEMPLATE,))
 
-    def for_dataset(self, model: nn.Module, settings: Any, dataset: str) -> None:
+    def for_dataset(self, model: nn.Module, settings: Settings, dataset: str) -> None:
         model.templates = named_templates(settings.template, dataset)
 
-    def architecture(self, prompt: Any, settings: Any) -> Any:
+    def architecture(self, prompt: PromptConfig, settings: Settings) -> list[Any]:
         return ["ZeroShotCLIP"]

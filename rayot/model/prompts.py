@@ -12,10 +12,12 @@ Only the prompt tensors train; the CLIP model stays frozen and in eval mode.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,22 +56,29 @@ class PromptOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+#: The names a subclass overrode before 0.4.0 -> their public names (deprecated in 0.4.0, removed
+#: in 0.6.0).
+_RENAMED = {"_learned": "learned", "_prompt_token_ids": "prompt_token_ids"}
+
+
 class FrozenCLIPPrompts(nn.Module):
     """What every prompt module shares: a frozen CLIP kept
     in eval mode, its temperature, its frozen features, and the token ids of the class prompts.
 
-    A subclass sets ``clip`` and ``tokenizer``, ends its ``__init__`` with :meth:`_init_classes`,
-    and implements :meth:`_learned` (its learned tensors by name), :meth:`_prompt_token_ids` (the
-    tokens of each class prompt, the learned positions as placeholders), ``encode_text()`` and
+    A subclass starts its ``__init__`` with :meth:`adopt_clip` (which sets ``clip``, open_clip's
+    ``CLIP`` itself, and ``tokenizer``), ends it with :meth:`init_classes`, and implements
+    :meth:`learned` (its learned tensors by name), :meth:`prompt_token_ids` (the tokens of each
+    class prompt, the learned positions as placeholders), ``encode_text()`` and
     ``encode_image(images)``.
     """
 
-    clip: nn.Module
+    #: the frozen open_clip ``CLIP`` (``LoadedCLIP.model``, not the ``LoadedCLIP``)
+    clip: open_clip.CLIP
     tokenizer: Any
     #: whether the class features depend on each image (``PromptOutput.text`` (B, n_cls, D)): then
     #: ``encode_text(image_features)`` takes the frozen image features (B, D) of the batch
     text_per_image: bool = False
-    #: how many prompts each class has: ``_prompt_token_ids`` gives that many rows per class, in a
+    #: how many prompts each class has: ``prompt_token_ids`` gives that many rows per class, in a
     #: row c * k + j for prompt j of class c (``text_tokens`` (n_cls * k, L))
     prompts_per_class: int = 1
     #: whether several modules of this class can run as one computation (:mod:`rayot.model.packed`):
@@ -82,33 +91,62 @@ class FrozenCLIPPrompts(nn.Module):
         ``packs_fused``."""
         raise NotImplementedError
 
-    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass written before 0.4.0 overrides ``_learned`` / ``_prompt_token_ids``: they
+        serve as ``learned`` / ``prompt_token_ids``, with a DeprecationWarning."""
+        super().__init_subclass__(**kwargs)
+        for old, new in _RENAMED.items():
+            if old in vars(cls) and new not in vars(cls):
+                warnings.warn(f"{cls.__qualname__}.{old} is deprecated since 0.4.0 and will be removed in "
+                              f"0.6.0: name it {new}", DeprecationWarning, stacklevel=2)
+                setattr(cls, new, vars(cls)[old])
+
+    def prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+        """The token ids of each class prompt (without SOS and EOT), the learned positions as
+        placeholders: ``prompts_per_class`` rows per class, row c * k + j for prompt j of class c."""
         raise NotImplementedError
 
-    def _learned(self) -> dict[str, nn.Parameter]:
+    def learned(self) -> dict[str, nn.Parameter]:
         """The learned tensors by name: what trains, is saved and is loaded."""
         raise NotImplementedError
 
+    def _learned(self) -> dict[str, nn.Parameter]:
+        _deprecated("_learned", "learned")
+        return self.learned()
+
+    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+        _deprecated("_prompt_token_ids", "prompt_token_ids")
+        return self.prompt_token_ids(names)
+
+    def _adopt(self, clip: LoadedCLIP) -> tuple[torch.device, torch.dtype]:
+        _deprecated("_adopt", "adopt_clip")
+        return self.adopt_clip(clip)
+
+    def _init_classes(self, classnames: list[str]) -> None:
+        _deprecated("_init_classes", "init_classes")
+        self.init_classes(classnames)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The learned tensors, the only parameters an optimizer should see."""
-        return list(self._learned().values())
+        return list(self.learned().values())
 
     def prompt_state_dict(self) -> dict[str, Tensor]:
         """The learned tensors only (kilobytes to megabytes), detached copies on their device."""
-        return {k: p.detach().clone() for k, p in self._learned().items()}
+        return {k: p.detach().clone() for k, p in self.learned().items()}
 
     def load_prompt_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load tensors saved by ``prompt_state_dict``; any key or shape difference is a ModelError."""
-        own = self._learned()
+        own = self.learned()
         check_prompt_state(own, state)
         with torch.no_grad():
             for key, value in state.items():
                 own[key].copy_(value)
 
-    def _adopt(self, clip: LoadedCLIP) -> tuple[torch.device, torch.dtype]:
-        """The start of a subclass's ``__init__``: take ``clip`` frozen (after checking that its
-        towers and tokenizer can take prompts); returns the device and the dtype of the learned
-        tensors: float32 master copies even for a low-precision model, float64 for a float64 one."""
+    def adopt_clip(self, clip: LoadedCLIP) -> tuple[torch.device, torch.dtype]:
+        """The start of a subclass's ``__init__``: take ``clip.model`` frozen as ``self.clip``
+        (after checking that its towers and tokenizer can take prompts) and its tokenizer as
+        ``self.tokenizer``; returns the device and the dtype of the learned tensors: float32
+        master copies even for a low-precision model, float64 for a float64 one."""
         check_supported(clip.model, repr(clip.model_name))
         self.tokenizer = check_tokenizer(clip)
         clip.model.requires_grad_(False)
@@ -117,7 +155,7 @@ class FrozenCLIPPrompts(nn.Module):
         dtype = self.clip.positional_embedding.dtype
         return self.clip.positional_embedding.device, torch.float64 if dtype == torch.float64 else torch.float32
 
-    def _init_classes(self, classnames: list[str]) -> None:
+    def init_classes(self, classnames: list[str]) -> None:
         """The end of a subclass's ``__init__``: the class prompt buffers, then eval mode."""
         self.register_buffer("text_tokens", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("text_eot", torch.empty(0, dtype=torch.long), persistent=False)
@@ -130,7 +168,7 @@ class FrozenCLIPPrompts(nn.Module):
         if not classnames:
             raise ModelError("class names: the list is empty")
         names = [prompt_classname(c) for c in classnames]
-        ids = self._prompt_token_ids(names)
+        ids = self.prompt_token_ids(names)
         rows = [name for name in names for _ in range(self.prompts_per_class)]
         tokens = tokenize_ids(self.tokenizer, self.clip.context_length, ids, rows)
         tokens = tokens.to(self.clip.positional_embedding.device)
@@ -225,7 +263,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
         ctx_init: str | None = "a photo of a",
     ) -> None:
         super().__init__()
-        device, dtype = self._adopt(clip)
+        device, dtype = self.adopt_clip(clip)
         model = clip.model
         text_layers = len(model.transformer.resblocks)
         vision_layers = len(model.visual.transformer.resblocks)
@@ -259,7 +297,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
             nn.init.normal_(vision, std=_INIT_STD)
             self.vision_prompts = nn.Parameter(vision)
 
-        self._init_classes(classnames)
+        self.init_classes(classnames)
 
     # ----- construction helpers -----
 
@@ -274,7 +312,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
         with torch.no_grad():
             return emb[torch.tensor(ids[:n_ctx], device=emb.device)]  # (n_ctx, W)
 
-    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+    def prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         if self.n_ctx_text:
             # Placeholder ids for the context positions; their embeddings are overwritten.
             placeholder = self.tokenizer.encode("X") * self.n_ctx_text
@@ -288,7 +326,7 @@ class PromptedCLIP(FrozenCLIPPrompts):
 
     # ----- nn.Module plumbing -----
 
-    def _learned(self) -> dict[str, nn.Parameter]:
+    def learned(self) -> dict[str, nn.Parameter]:
         return {name: p for name in ("text_prompts", "vision_prompts")
                 if (p := getattr(self, name)) is not None}
 
@@ -325,6 +363,11 @@ class PromptedCLIP(FrozenCLIPPrompts):
 
 
 # ----- shared by every prompt module -----
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"FrozenCLIPPrompts.{old} is deprecated since 0.4.0 and will be removed in 0.6.0: use {new}",
+                  DeprecationWarning, stacklevel=3)
 
 
 def check_tokenizer(clip: LoadedCLIP) -> Any:

@@ -28,23 +28,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayot.errors import ConfigError, ModelError
-from rayot.methods import Batch, Method, Objective, Preset, cross_entropy
-from rayot.model.adapter import encode_image_prompted, encode_text_tokens
-from rayot.model.loading import LoadedCLIP
-from rayot.model.prompts import (
+from rayot.methods import (
+    Batch,
+    ConfigError,
     FrozenCLIPPrompts,
+    LoadedCLIP,
+    Method,
+    ModelError,
+    Objective,
+    Preset,
     PromptOutput,
+    cross_entropy,
+    encode_image_prompted,
+    encode_text_tokens,
+    no_autocast,
     read_reference_tensors,
+    setting,
 )
-from rayot.transport import no_autocast
-from rayot.typed import setting
+
+if TYPE_CHECKING:
+    from rayot.methods import PromptConfig, TrialConfig
 
 __all__ = ["PLOT", "PLOTCLIP", "Settings", "sinkhorn_plans"]
 
@@ -66,12 +75,11 @@ class Settings:
     global_term: bool = setting(False, help="add s · cos(mean image feature, mean prompt feature)")
 
 
-class PLOT(Method):
+class PLOT(Method[Settings]):
     name = "plot"
     display = "PLOT"
     summary = "N text prompts per class matched to M prompted views of the image by OT inside the logit"
     order = 85
-    Settings = Settings
     reference_format = "Dassl model.pth.tar of PLOT++: prompt_learner.ctx, prompt_learner.ctx_vision"
 
     def preset(self, protocol: str, dataset: str, shots: int = 16) -> Preset:
@@ -88,8 +96,8 @@ class PLOT(Method):
                    "presets only: other protocols take the few-shot one of their shot count",
         )
 
-    def check(self, cfg: Any) -> None:
-        s = cfg.settings
+    def check(self, cfg: TrialConfig) -> None:
+        s: Settings = cfg.settings
         if s.init == "templates" and not s.templates:
             raise ConfigError(f"config key '{self.name}.templates': init templates needs at least one phrase")
         if cfg.prompt.n_ctx_text < 1:
@@ -98,31 +106,31 @@ class PLOT(Method):
             raise ConfigError(f"config key 'prompt.n_ctx_vision': {s.n_views} views need at least one "
                               f"visual prompt token each (or {self.name}.n_views=0)")
 
-    def _shapes(self, prompt: Any, settings: Any) -> dict[str, Any]:
+    def _shapes(self, prompt: PromptConfig, settings: Settings) -> dict[str, Any]:
         return dict(n_prompts=settings.n_prompts, n_ctx=prompt.n_ctx_text, n_views=settings.n_views,
                     n_ctx_vision=prompt.n_ctx_vision,
                     templates=settings.templates if settings.init == "templates" else ())
 
-    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
+    def build(self, clip: LoadedCLIP, classnames: list[str], prompt: PromptConfig, settings: Settings) -> nn.Module:
         s = settings
         return PLOTCLIP(clip, classnames, **self._shapes(prompt, s), epsilon=s.epsilon, max_iter=s.max_iter,
                         thresh=s.thresh, global_term=s.global_term)
 
-    def architecture(self, prompt: Any, settings: Any) -> Any:
+    def architecture(self, prompt: PromptConfig, settings: Settings) -> list[Any]:
         shapes = self._shapes(prompt, settings)
         return ["PLOTCLIP", {**shapes, "templates": list(shapes["templates"])}]
 
-    def loss(self, batch: Batch, settings: Any) -> Objective:
+    def loss(self, batch: Batch, settings: Settings) -> Objective:
         plan = batch.output.extras["plan"]  # (B, C, M, N), no gradient
         return Objective(cross_entropy(batch.output.logits, batch.labels),
                          {"plan_kl_uniform": plan_kl_from_uniform(plan)})
 
-    def export_reference(self, model: nn.Module, settings: Any) -> dict[str, Tensor]:
-        own = _expect(model)._learned()
+    def export_reference(self, model: nn.Module, settings: Settings) -> dict[str, Tensor]:
+        own = _expect(model).learned()
         return {f"prompt_learner.{k}": v.detach().clone() for k, v in own.items()}
 
-    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Any) -> None:
-        own = _expect(model)._learned()
+    def import_reference(self, model: nn.Module, state: Mapping[str, Any], settings: Settings) -> None:
+        own = _expect(model).learned()
         found = read_reference_tensors(state, {k: tuple(v.shape) for k, v in own.items()}, "PLOT",
                                        ("prompt_learner.", ""))
         with torch.no_grad():
@@ -156,7 +164,7 @@ class PLOTCLIP(FrozenCLIPPrompts):
                  epsilon: float = 0.1, max_iter: int = 100, thresh: float = 1e-2,
                  global_term: bool = False) -> None:
         super().__init__()
-        device, dtype = self._adopt(clip)
+        device, dtype = self.adopt_clip(clip)
         model = clip.model
         self.n_prompts, self.n_ctx, self.n_views = n_prompts, n_ctx, n_views
         self.prompts_per_class = n_prompts  # text_tokens: (C * N, L), row c * N + n
@@ -185,16 +193,16 @@ class PLOTCLIP(FrozenCLIPPrompts):
                                  dtype=dtype)
             nn.init.normal_(vision, std=_INIT_STD)
             self.ctx_vision = nn.Parameter(vision)  # (M, n_ctx_v, Wv)
-        self._init_classes(classnames)
+        self.init_classes(classnames)
 
     # ----- classes: N prompts per class (prompts_per_class), rows class-major (c * N + n)
 
-    def _prompt_token_ids(self, names: list[str]) -> list[list[int]]:
+    def prompt_token_ids(self, names: list[str]) -> list[list[int]]:
         placeholder = self.tokenizer.encode("X") * self.n_ctx
         return [placeholder + self.fixed_words[n] + self.tokenizer.encode(f"{name}.")
                 for name in names for n in range(self.n_prompts)]
 
-    def _learned(self) -> dict[str, nn.Parameter]:
+    def learned(self) -> dict[str, nn.Parameter]:
         return {"ctx": self.ctx, **({"ctx_vision": self.ctx_vision} if self.ctx_vision is not None else {})}
 
     # ----- features
