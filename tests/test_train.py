@@ -15,6 +15,7 @@ from rayot import results
 from rayot.checkpoints import load_checkpoint
 from rayot.cli import app
 from rayot.errors import DataError, TrainingError
+from rayot.methods import Batch, DeepPromptMethod, NoSettings, Objective, StepHooks, cross_entropy
 from rayot.train import Progress, lr_at_epoch, run_trial
 
 
@@ -71,6 +72,41 @@ def test_nan_loss_stops_the_trial_naming_step_and_terms(synth_root, tmp_path, mo
     monkeypatch.setattr(P, "transport_term", lambda *a, **k: nan)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: total=nan.*regularizer=nan"):
         run_trial(_cfg(synth_root, tmp_path))
+
+
+class _HalvesTheGradients(StepHooks):
+    def gradients(self, params, aux):
+        for p in params:
+            p.grad.mul_(0.5)
+        return {"halved": torch.ones(()), "grad_norm": torch.cat([p.grad.flatten() for p in params]).norm()}
+
+
+class ReportsFromItsHooks(DeepPromptMethod[NoSettings]):
+    """Its step hooks report diagnostics; its loss reports itself as one."""
+
+    name = "reports_from_its_hooks"
+    display = "Reports from its hooks"
+
+    def loss(self, batch: Batch, settings: NoSettings) -> Objective:
+        ce = cross_entropy(batch.output.logits, batch.labels)
+        return Objective(ce, {"loss_itself": ce.detach()})
+
+    def step_hooks(self, settings: NoSettings, epochs: int) -> StepHooks:
+        return _HalvesTheGradients()
+
+
+def test_epoch_metrics_are_means_and_step_hooks_report_diagnostics(synth_root, tmp_path):
+    """The epoch's loss, ce and reg are the means over its steps, as the diagnostics are; what a
+    step hook's ``gradients`` returns joins them as diag/<name>."""
+    cfg = _cfg(synth_root, tmp_path, method="test_train:ReportsFromItsHooks", **{"optim.log_every": 1})
+    outcome, seen = _losses(cfg)
+    assert len(outcome.history) == 2 and len(seen) > 2
+    for h in outcome.history:
+        steps = [p.loss for p in seen if p.epoch + 1 == h["epoch"]]
+        assert h["loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-5)
+        assert h["ce"] == pytest.approx(h["loss"], rel=1e-6) and h["reg"] == pytest.approx(0.0, abs=1e-6)
+        assert h["diag/loss_itself"] == pytest.approx(h["loss"], rel=1e-5)
+        assert h["diag/halved"] == 1.0 and h["diag/grad_norm"] > 0
 
 
 def test_empty_training_subset_is_a_clear_error(synth_root, tmp_path):

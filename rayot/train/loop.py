@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,9 @@ from rayot.train.sampling import GlobalBatchSlices, SeededAugment, batches
 
 log = logging.getLogger(__name__)
 
-#: Per-epoch metrics of every trial; a method's diagnostics join them as ``diag/<name>``.
+#: Per-epoch metrics of every trial: the means over the epoch's steps of the loss, its
+#: cross-entropy and the rest (``reg``), and the rate; a method's diagnostics join them as
+#: ``diag/<name>``, means too.
 EPOCH_METRICS = ("loss", "ce", "reg", "lr")
 #: Keys of a member's epoch checkpoint that its method's StepHooks state may not use.
 _STATE_KEYS = frozenset({"prompt", "optimizer", "epoch", "train_seconds", "trial_id", "world_size", "history",
@@ -144,7 +146,8 @@ class Member:
         self.lr = 0.0
         self.pending: list[Tensor] = []  # (total, ce, rest) of each step since the last check
         self.first = 0  # the step of pending[0]
-        self.last = [math.nan] * 3
+        self.last = [math.nan] * 3  # the last checked step's (total, ce, rest), for the progress display
+        self.loss_sum: Tensor | None = None  # this epoch's (total, ce, rest) summed over its steps
         self.aux: dict[str, Tensor] = {}  # this step's aux terms, for the step hooks
         self.diagnostics: dict[str, Tensor] = {}  # this epoch's sums
         self.diagnostic_steps = 0
@@ -168,7 +171,7 @@ class Member:
             group["lr"] = self.lr
         self.model.train()
         self.batches = batches(self.loader)
-        self.pending, self.first = [], 0
+        self.pending, self.first, self.loss_sum = [], 0, None
         self.diagnostics, self.diagnostic_steps = {}, 0
 
     def loss(self, out: Any, labels: Tensor, image_ref: Tensor | None, epoch: int) -> tuple[Tensor, Tensor]:
@@ -176,11 +179,23 @@ class Member:
         objective = trial_objective(self.cfg, self.model, out, labels, image_ref, self.text_ref, epoch)
         with torch.no_grad():
             ce = F.cross_entropy(out.logits.float(), labels)
-            for name, value in objective.diagnostics.items():  # summed on the device: no sync per step
-                self.diagnostics[name] = self.diagnostics.get(name, 0.0) + value.detach().float()
+        self.add_diagnostics(objective.diagnostics)
         self.diagnostic_steps += 1
         self.aux = {name: objective.aux[name] for name in self.step_hooks.aux_gradients}
         return objective.loss, ce
+
+    def add_diagnostics(self, values: Mapping[str, Tensor] | None) -> None:
+        """Add a step's diagnostics to the epoch's sums (on the device: no sync per step)."""
+        with torch.no_grad():
+            for name, value in (values or {}).items():
+                self.diagnostics[name] = self.diagnostics.get(name, 0.0) + value.detach().float()
+
+    def log_step(self, loss: Tensor, ce: Tensor) -> None:
+        """Keep a step's total, cross-entropy and other terms: for the next finiteness check and
+        the epoch's means."""
+        terms = torch.stack([loss.detach(), ce.detach(), loss.detach() - ce.detach()])
+        self.pending.append(terms)
+        self.loss_sum = terms.float() if self.loss_sum is None else self.loss_sum + terms.float()
 
     def check_due(self, step: int) -> bool:
         return len(self.pending) == self.cfg.optim.log_every or step == self.steps - 1
@@ -201,13 +216,15 @@ class Member:
                 "world_size": self.cfg.world_size, "history": self.history, "stopped_at": self.stopped_at, **own}
 
     def metrics(self) -> dict[str, float]:
-        """The epoch's metrics: the last logged loss, cross-entropy and other terms, the rate, and
-        the mean of each of the method's diagnostics over the epoch's steps (one sync)."""
-        out = {"loss": self.last[0], "ce": self.last[1], "reg": self.last[2], "lr": self.lr}
-        if self.diagnostics and self.diagnostic_steps:
-            names = sorted(self.diagnostics)
-            means = (torch.stack([self.diagnostics[n] for n in names]) / self.diagnostic_steps).tolist()
-            out.update({DIAGNOSTIC_PREFIX + n: float(v) for n, v in zip(names, means, strict=True)})
+        """The epoch's metrics: the means over its steps of the loss, the cross-entropy, the other
+        terms and each of the method's diagnostics (those of its loss and of its step hooks), and
+        the rate (one sync)."""
+        names = sorted(self.diagnostics)
+        sums = [self.loss_sum if self.loss_sum is not None else torch.full((3,), math.nan)]
+        sums += [self.diagnostics[n].reshape(1).to(sums[0].device) for n in names]
+        means = (torch.cat(sums) / max(self.diagnostic_steps, 1)).tolist()
+        out = {"loss": means[0], "ce": means[1], "reg": means[2], "lr": self.lr}
+        out.update({DIAGNOSTIC_PREFIX + n: float(v) for n, v in zip(names, means[3:], strict=True)})
         return out
 
 
@@ -351,11 +368,10 @@ def train_pack(
                     for name in grads:
                         grads[name] = hooks.sum_tensors(grads[name], m.params)
                     m.scaler.unscale_(m.optimizer)  # the method sees the true gradients
-                    m.step_hooks.gradients(m.params, grads)
+                    m.add_diagnostics(m.step_hooks.gradients(m.params, grads))
                 m.scaler.step(m.optimizer)
                 m.scaler.update()
-                # logged: total, cross-entropy, and every weighted term beside it
-                m.pending.append(torch.stack([loss.detach(), ce.detach(), loss.detach() - ce.detach()]))
+                m.log_step(loss, ce)  # total, cross-entropy, and every weighted term beside it
             due = [m for m in stepping if m.check_due(step)]
             if due:
                 errors = {i: e for i, m in enumerate(due) if (e := check_finite(m.pending, m.first, epoch))}
@@ -370,9 +386,10 @@ def train_pack(
             break
         seconds = seconds_before + time.perf_counter() - t0
         for m in done:
-            log.info("%sepoch %d/%d: loss %.4f (ce %.4f, reg %.4f), lr %.2e", "" if alone else f"{m.trial_id} ",
-                     epoch + 1, m.cfg.optim.epochs, *m.last, m.lr)
             m.end_epoch(epoch)
+            h = m.history[-1]
+            log.info("%sepoch %d/%d: mean loss %.4f (ce %.4f, reg %.4f), lr %.2e", "" if alone else f"{m.trial_id} ",
+                     epoch + 1, m.cfg.optim.epochs, h["loss"], h["ce"], h["reg"], m.lr)
         if validate is not None:
             for tid, scores in validate(done).items():
                 next(m for m in done if m.trial_id == tid).history[-1].update(scores)
