@@ -220,7 +220,7 @@ def plan(spec_path: Path) -> tuple[list[C.TrialConfig], dict[str, float]]:
     """What the dry run computes besides its storage scans, timed step by step."""
     from rich.console import Console
 
-    from rayot.sweep.runner import TrialState, plan_table
+    from rayot.sweep.view import TrialState, plan_table
 
     times: dict[str, float] = {}
     cpu = time.process_time()

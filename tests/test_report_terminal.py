@@ -215,7 +215,7 @@ def test_log_lines_outside_a_terminal_are_never_wrapped(monkeypatch) -> None:
 
 def test_the_plan_shows_a_settings_column_only_where_settings_differ() -> None:
     from rayot import config as C
-    from rayot.sweep.runner import TrialState, plan_table
+    from rayot.sweep.view import TrialState, plan_table
 
     def states(*overrides: list[str]) -> list[TrialState]:
         cfgs = [C.load_config(None, o) for o in overrides]

@@ -119,11 +119,11 @@ def test_grid_search_enumerates_every_value(tmp_path):
 
 def test_optuna_draws_the_same_rounds_from_the_same_seed_and_scores(tmp_path):
     spec = _spec(tmp_path, {**SEARCH, "algorithm": "optuna", "num_samples": 6, "batch": 3})
-    assert S.rounds(spec.search) == 2
+    assert spec.search.rounds == 2
 
     def run():
         cells = _cells(spec)
-        optuna = {c.search_id: S.OptunaRounds(spec.search, c.metric) for c in cells}
+        optuna = S.algorithms(cells, spec.search)
         first = S.draw_round(cells, spec.search, 0, optuna)
         lams = [t.settings.lambda_ot for t in first]
         # told the first round's scores (best near λ = 5), it draws the second

@@ -112,7 +112,7 @@ def test_the_plans_claim_is_the_load_check_itself(tmp_path):
     spec = load_spec(_write(tmp_path))
     cells = S.preview(S.cells_of(spec, expand(spec)), spec.search)
     assert S.validation_only(spec.search, "prompt_ot", cells[0].trials) is None
-    from rayot.sweep.runner import search_plan
+    from rayot.sweep.view import search_plan
 
     assert any("scored on validation images only" in str(p) for p in search_plan(spec.search, cells, {}))
     sneaked = Search(**{**spec.search.__dict__, "space": {"validation.enabled": {"choice": [False]}}})
@@ -186,7 +186,7 @@ def test_too_many_search_trials_over_the_cells_are_refused(tmp_path, monkeypatch
 
 
 def test_a_large_dry_run_prints_a_summary_and_the_full_table_on_request(tmp_path, monkeypatch, capsys):
-    from rayot.sweep.runner import PLAN_ROWS
+    from rayot.sweep.view import PLAN_ROWS
 
     base = {**BASE, "method": "zeroshot", "optim": {"epochs": 0}}
     raw = {"name": "big", "base": base, "grid": {"seed": list(range(1, PLAN_ROWS + 2))},

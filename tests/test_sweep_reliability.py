@@ -18,11 +18,12 @@ from rayot import config as C
 from rayot import results
 from rayot.errors import ConfigError, DataError, RayotError, TrainingError
 from rayot.sweep import cluster
-from rayot.sweep.runner import LiveView, TrialState, _reconcile, _tune_errors
+from rayot.sweep.runner import _reconcile, _tune_errors
 from rayot.sweep.spec import Resources, expand, load_spec, replaced_axes
-from rayot.sweep.worker import record_failure
+from rayot.sweep.view import LiveView, TrialState
 from rayot.train import PeerFailure, TrialHooks, run_trial
 from rayot.train.collectives import agree as _agree
+from rayot.train.record import record_failure
 
 # ----------------------------------------------------------------------------- cluster
 

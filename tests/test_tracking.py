@@ -364,8 +364,8 @@ class FakeTuneTrial:
         from rayot.sweep.packs import pack_id
 
         self.config = {"trial": {"trial_id": pack_id(cfgs),
-                                 "members": [{"trial_id": C.trial_id(c), "config": C.to_json(c)} for c in cfgs],
-                                 "resources": {}, "sweep": "t", "owner": {}, "fault": None}}
+                                 "members": [{"trial_id": C.trial_id(c), "config": c} for c in cfgs],
+                                 "resources": {}, "sweep": "t", "owner": {}, "switches": {}}}
         self.local_path = str(folder / self.config["trial"]["trial_id"])
         self.error = error
 

@@ -108,13 +108,8 @@ def sweep(
                       "it out", highlight=False, soft_wrap=True)
     if dry_run:
         from rayot.sweep.packs import make_packs
-        from rayot.sweep.runner import (
-            PLAN_ROWS,
-            TrialState,
-            plan_summary,
-            plan_table,
-            unsaved_as_pending,
-        )
+        from rayot.sweep.runner import unsaved_as_pending
+        from rayot.sweep.view import PLAN_ROWS, TrialState, plan_summary, plan_table
 
         done = unsaved_as_pending(scan.statuses, trials, storage_of(s, trials).checkpoints, console)
         states = [TrialState(C.trial_id(c), c, status=done.get(C.trial_id(c), "pending")) for c in trials]
@@ -138,7 +133,7 @@ def sweep(
         for line in T.where(track):
             console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
         if cells:
-            from rayot.sweep.runner import search_plan
+            from rayot.sweep.view import search_plan
 
             for part in search_plan(s.search, previewed, done, full=full):
                 console.print(part, highlight=False, soft_wrap=True)
@@ -157,7 +152,8 @@ def sweep(
     try:
         with interrupts:
             if cells:
-                from rayot.sweep.runner import run_search, search_table
+                from rayot.sweep.runner import run_search
+                from rayot.sweep.view import search_table
 
                 searched = run_search(s, cells, **run)
                 print_table(console, search_table(searched, s.search))
@@ -225,7 +221,7 @@ def _finish(console: Console, summaries: list, t0: float, results_location: str,
             trial_ids: list[str] | None = None, search_ids: list[str] = ()) -> None:
     """The end of a sweep: its summary, failures, where everything is, the table; the exit status."""
     from rayot import trackers as T
-    from rayot.sweep.runner import SweepSummary, failures_table, summary_table
+    from rayot.sweep.view import SweepSummary, failures_table, summary_table
 
     summary = SweepSummary([st for sm in summaries for st in sm.states])
     print_table(console, summary_table(summary))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-log = logging.getLogger(__name__)
 
 
 def train(
@@ -35,6 +32,7 @@ def train(
     from rayot.errors import ConfigError, RayotError
     from rayot.results import result_rows
     from rayot.train import resolve_device, run_trial
+    from rayot.train.record import write_outcome
 
     cfg = C.load_config(config, overrides or [])
     if plan_only:
@@ -90,34 +88,10 @@ def train(
         bar.stop()
     rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, history=outcome.history)
     trackers.finish(T.final_metrics(rows))
-    ckpt = _save_prompts(cfg, tid, outcome.prompt_state)  # first: a done row promises saved prompts
-    path = results.write_trial_rows(cfg.output.results, tid, rows)
+    path, ckpt = write_outcome(cfg, outcome, rows)
     for r in outcome.evals:
         console.print(f"{r.protocol:>22} {r.eval_dataset:>16} {r.split:>6}: {r.accuracy:6.2f}% of {r.n_test}")
     console.print(f"results: {path}\ncheckpoint: {ckpt}")
     for line in T.where(track):
         console.print(f"tracking: {line}", highlight=False, soft_wrap=True)
 
-
-def _save_prompts(cfg, tid: str, prompt_state) -> str:
-    """Save a trained trial's prompts, or record the trial as failed and raise one RayotError.
-
-    The prompts go before the result rows: a ``done`` row is written only once its prompts are
-    saved, so a later sweep never counts as done a trial whose prompts are lost.
-    """
-    from rayot import results
-    from rayot.checkpoints import prompt_checkpoint_name, save_checkpoint
-    from rayot.errors import RayotError
-
-    try:
-        return save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, prompt_state)
-    except Exception as exc:  # noqa: BLE001 - storage refused the prompts: the trial failed
-        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        error = f"trial {tid}: saving its prompts to {cfg.output.checkpoints} failed ({problem})"
-        try:
-            results.write_failure_rows(cfg.output.results, tid, [results.failure_row(cfg, error)])
-            recorded = "recorded as failed, not done"
-        except Exception as write_error:  # noqa: BLE001 - the error below is what the user needs
-            log.debug("trial %s: recording its failure failed too: %s", tid, write_error)
-            recorded = "no result written"
-        raise RayotError(f"{error}; {recorded}") from exc

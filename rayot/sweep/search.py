@@ -4,9 +4,9 @@ A sweep's ``search:`` section (:class:`rayot.sweep.spec.Search`, docs/search.md)
 settings of one method in every cell of the grid (its trials grouped by everything but the seed
 and the searched keys). Per cell:
 
-1. **Samples** are drawn by Ray Tune's own machinery: its sampling functions and variant
-   generator (``random``, ``grid``; seeded), or its Optuna integration (``optuna``, TPE; in rounds
-   of ``batch`` samples, told each round's scores). Each sample is a *search trial*: the cell's
+1. **Samples** are asked of the search's algorithm (:mod:`rayot.sweep.algorithms`: Ray Tune's
+   variant generator or its Optuna integration), in rounds, told each round's scores before the
+   next. Each sample is a *search trial*: the cell's
    configuration with the sample's values, the search's training seed and ``validation.enabled``,
    so it trains without the held-out classes and is scored on validation images only
    (:mod:`rayot.train.validation`). Search trials are ordinary trials to the sweep: results,
@@ -36,6 +36,7 @@ import numpy as np
 from rayot import config as C
 from rayot import results
 from rayot.errors import ConfigError
+from rayot.sweep.algorithms import Algorithm
 from rayot.sweep.spec import (
     MAX_SEARCH_TRIALS,
     Search,
@@ -147,73 +148,19 @@ def retrain_trials(cell: Cell, params: dict[str, Any]) -> list[C.TrialConfig]:
     return [C.replace(one_per_seed[s], **params) for s in cell.seeds]
 
 
-def _domains(search: Search) -> dict[str, Any]:
-    """The space as Ray Tune's domain objects (``grid`` turns ``choice`` into ``grid_search``)."""
-    from ray import tune
-
-    out = {}
-    for key, sampler in search.space.items():
-        (name, args), = sampler.items()
-        if name in ("choice", "grid_search"):
-            out[key] = tune.grid_search(args) if name == "grid_search" or search.algorithm == "grid" \
-                else tune.choice(args)
-        else:
-            out[key] = getattr(tune, name)(*args)
-    return out
+def algorithms(cells: list[Cell], search: Search) -> dict[str, Algorithm]:
+    """Each cell's algorithm, by search id, before it drew anything."""
+    return {c.search_id: search.algorithm_type(search, c.metric) for c in cells}
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _variant_samples(search: Search) -> list[dict[str, Any]]:
-    """``random`` and ``grid``: Ray Tune's variant generator, ``num_samples`` times over the space
-    (every grid_search combination each time), from a random state seeded with the search's seed."""
-    from ray.tune.search.variant_generator import generate_variants
-
-    space = _domains(search)
-    rng = np.random.RandomState(search.seed)
-    samples = []
-    for _ in range(search.num_samples):
-        for _, resolved in generate_variants(dict(space), random_state=rng):
-            samples.append({k: _plain(resolved[k]) for k in search.space})
-    return samples
-
-
-class OptunaRounds:
-    """``optuna``: Ray Tune's Optuna integration (TPE, seeded), asked for ``batch`` samples a round
-    and told each round's final scores before the next."""
-
-    def __init__(self, search: Search, metric: str) -> None:
-        try:
-            import optuna
-            from ray.tune.search.optuna import OptunaSearch
-        except ImportError as exc:
-            raise ConfigError("search.algorithm optuna needs Optuna: pip install 'rayot[optuna]'") from exc
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.searcher = OptunaSearch(space=_domains(search), metric=metric, mode="max",
-                                     sampler=optuna.samplers.TPESampler(seed=search.seed))
-        self.metric = metric
-
-    def ask(self, n: int, start: int) -> list[dict[str, Any]]:
-        return [{k: _plain(v) for k, v in self.searcher.suggest(f"sample-{start + i}").items()} for i in range(n)]
-
-    def tell(self, start: int, scores: list[float | None]) -> None:
-        for i, score in enumerate(scores):
-            result = None if score is None else {self.metric: score}
-            self.searcher.on_trial_complete(f"sample-{start + i}", result=result, error=score is None)
-
-
-def draw_round(cells: list[Cell], search: Search, round_no: int, optuna: dict[str, OptunaRounds]) -> list[C.TrialConfig]:
-    """The search trials of round ``round_no`` (0-based) of every cell, added to the cells."""
+def draw_round(cells: list[Cell], search: Search, round_no: int, drawing: dict[str, Algorithm]) -> list[C.TrialConfig]:
+    """The search trials of round ``round_no`` (0-based) of every cell, asked of its algorithm in
+    ``drawing`` (:func:`algorithms`) and added to the cells."""
     new = []
+    start = round_no * search.round_size
+    n = min(search.round_size, search.sample_count - start)
     for cell in cells:
-        start = round_no * search.rounds_batch
-        if search.algorithm == "optuna":
-            n = min(search.rounds_batch, search.num_samples - start)
-            drawn = optuna[cell.search_id].ask(n, start) if n > 0 else []
-        else:
-            drawn = _variant_samples(search) if round_no == 0 else []
+        drawn = drawing[cell.search_id].ask(n, start) if n > 0 else []
         for params in drawn:
             cell.samples.append(params)
             cell.trials.append(_search_trial(cell.config, search, cell.config.seed, params))
@@ -225,8 +172,7 @@ def preview(cells: list[Cell], search: Search) -> list[Cell]:
     """Copies of ``cells`` with their first round of samples drawn (checked: a sample's value of the
     wrong type fails here, before Ray starts); the cells themselves are left as they are."""
     copies = [Cell(c.search_id, c.config, c.grid, c.seeds, c.metric) for c in cells]
-    optuna = {c.search_id: OptunaRounds(search, c.metric) for c in copies} if search.algorithm == "optuna" else {}
-    draw_round(copies, search, 0, optuna)
+    draw_round(copies, search, 0, algorithms(copies, search))
     return copies
 
 
@@ -237,10 +183,6 @@ def check_sets(spec: SweepSpec, sets: dict[str, Any]) -> None:
     if clash:
         raise ConfigError(f"--set {clash[0]}: the sweep's search varies {clash[0]}; leave it out of --set "
                           "(or out of search.space)")
-
-
-def rounds(search: Search) -> int:
-    return math.ceil(search.num_samples / search.rounds_batch) if search.algorithm == "optuna" else 1
 
 
 # ----------------------------------------------------------------------------- outcomes and the choice

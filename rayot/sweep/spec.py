@@ -39,6 +39,7 @@ from typing import Any
 from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError
+from rayot.sweep.algorithms import ALGORITHMS, Algorithm
 from rayot.trackers import Tracking, parse_tracking
 
 ALIASES = C.ALIASES
@@ -69,7 +70,6 @@ _NOT_SEARCHABLE: dict[str, str] = {
 MAX_SAMPLES = 10_000
 #: The most search trials a sweep's searches may draw together (cells times samples per search).
 MAX_SEARCH_TRIALS = 100_000
-ALGORITHMS = ("random", "grid", "optuna")
 SCHEDULERS = ("none", "asha", "hyperband")
 METRICS = ("hm", "seen", "held_out", "accuracy")
 
@@ -112,20 +112,24 @@ class Search(_SearchKeys):
     scheduler: Scheduler = field(default_factory=Scheduler)
 
     @property
+    def algorithm_type(self) -> type[Algorithm]:
+        """How its samples are drawn (rayot.sweep.algorithms)."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
     def sample_count(self) -> int:
         """Samples one search draws: ``num_samples`` times over the space, each time every
         combination of its grid_search keys (with algorithm grid, of its choice keys too)."""
-        enumerated = ("choice", "grid_search") if self.algorithm == "grid" else ("grid_search",)
-        combos = math.prod(len(args) for sampler in self.space.values()
-                           for name, args in sampler.items() if name in enumerated)
-        return self.num_samples if self.algorithm == "optuna" else self.num_samples * combos
+        return self.algorithm_type.sample_count(self)
 
     @property
-    def rounds_batch(self) -> int:
+    def round_size(self) -> int:
         """Samples drawn per round: optuna learns from each round's scores before the next."""
-        if self.batch:
-            return self.batch
-        return 4 if self.algorithm == "optuna" else self.num_samples
+        return self.algorithm_type.round_size(self)
+
+    @property
+    def rounds(self) -> int:
+        return math.ceil(self.sample_count / self.round_size)
 
 
 @dataclass(frozen=True)
@@ -336,14 +340,20 @@ def _load_methods(spec: SweepSpec, sets: Mapping[str, Any]) -> None:
 def _absolute_paths(cfg: C.TrialConfig) -> C.TrialConfig:
     """Ray runs trials in other working directories: local paths become absolute.
 
-    Only keys left out of the trial id are touched, so the ids match those of `rayot train`.
+    Only keys left out of the trial id are touched, so the ids match those of `rayot train`; the
+    resolved configuration is copied with them, not built again (a path has no rule to check).
     """
-    keys = ("data.root", "output.results", "output.checkpoints", "model.cache_dir")
-    flat = C.flatten(cfg)
-    updates = {
-        k: os.path.abspath(flat[k]) for k in keys if flat[k] and "://" not in flat[k]
-    }
-    return C.replace(cfg, **updates)
+
+    def local(path: str | None) -> str | None:
+        return os.path.abspath(path) if path and "://" not in path else path
+
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, root=local(cfg.data.root)),
+        model=dataclasses.replace(cfg.model, cache_dir=local(cfg.model.cache_dir)),
+        output=dataclasses.replace(cfg.output, results=local(cfg.output.results),
+                                   checkpoints=local(cfg.output.checkpoints)),
+    )
 
 
 def storage_of(spec: SweepSpec, trials: list[C.TrialConfig]) -> C.OutputConfig:
@@ -386,14 +396,14 @@ def parse_search(raw: Any) -> Search | None:
     if scheduler_raw.get("type", "none") == "hyperband":
         scheduler_raw.setdefault("brackets", 3)
     rest = {k: v for k, v in raw.items() if k not in ("space", "scheduler")}
-    if rest.get("algorithm") == "grid":
-        rest.setdefault("num_samples", 1)  # each time over the grid draws the same trials again
-    search = C.build_dataclass(_SearchKeys, rest, "search.")
-    scheduler = C.build_dataclass(Scheduler, scheduler_raw, "search.scheduler.")
-    search = Search(**dataclasses.asdict(search), space=space, scheduler=scheduler)
-    if search.algorithm not in ALGORITHMS:
-        raise ConfigError(f"search.algorithm: unknown algorithm {search.algorithm!r} "
+    keys = C.build_dataclass(_SearchKeys, rest, "search.")
+    if keys.algorithm not in ALGORITHMS:
+        raise ConfigError(f"search.algorithm: unknown algorithm {keys.algorithm!r} "
                           f"(known: {', '.join(ALGORITHMS)}; optuna needs `pip install rayot[optuna]`)")
+    if "num_samples" not in rest:
+        keys = dataclasses.replace(keys, num_samples=ALGORITHMS[keys.algorithm].default_num_samples)
+    scheduler = C.build_dataclass(Scheduler, scheduler_raw, "search.scheduler.")
+    search = Search(**dataclasses.asdict(keys), space=space, scheduler=scheduler)
     if scheduler.type not in SCHEDULERS:
         raise ConfigError(f"search.scheduler.type: unknown scheduler {scheduler.type!r} (known: {', '.join(SCHEDULERS)})")
     if scheduler.grace_period < 1 or scheduler.reduction_factor <= 1 or scheduler.brackets < 1:
@@ -412,15 +422,10 @@ def parse_search(raw: Any) -> Search | None:
                           "outside base-to-novel)")
     if not 0 <= search.holdout < 1:
         raise ConfigError(f"search.holdout: {search.holdout} is outside [0, 1)")
-    if search.algorithm == "optuna" and any("grid_search" in sampler for sampler in space.values()):
-        key = next(k for k, v in space.items() if "grid_search" in v)
-        raise ConfigError(f"search.space.{key}: algorithm optuna draws from distributions; use choice, not grid_search")
-    if search.algorithm == "grid":
-        for key, sampler in space.items():
-            name = next(iter(sampler))
-            if name not in ("choice", "grid_search"):
-                raise ConfigError(f"search.space.{key}: algorithm grid needs a finite list of values "
-                                  f"(choice or grid_search), not {name}")
+    for key, sampler in space.items():
+        problem = search.algorithm_type.space_problem(next(iter(sampler)))
+        if problem:
+            raise ConfigError(f"search.space.{key}: {problem}")
     return search
 
 

@@ -2,7 +2,7 @@
 
 Thin subclasses of ``ray.air.integrations.mlflow.MLflowLoggerCallback``,
 ``ray.air.integrations.wandb.WandbLoggerCallback`` and ``ray.tune.logger.TBXLoggerCallback``. Ray's
-versions name runs from Tune's trial objects, log Tune's whole trial config (here a JSON string) as
+versions name runs from Tune's trial objects, log Tune's whole trial config (here the members' configurations) as
 parameters and every result key as a metric over Tune's iteration; these log what
 :mod:`rayot.trackers` says instead: run name = trial id, parameters = the resolved configuration,
 ``loss``/``ce``/``reg``/``lr`` over the epoch, the final accuracies, and the outcome.
@@ -18,7 +18,6 @@ every member's run failed too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -31,6 +30,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLo
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
+from rayot import config as C
 from rayot import trackers as T
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class _Member:
 
     trial: Any  # the Tune trial, hashed by identity
     trial_id: str
-    cfg: Mapping[str, Any] = field(compare=False, repr=False)  # its resolved configuration, as a tree
+    cfg: C.TrialConfig = field(compare=False, repr=False)  # its resolved configuration
 
     @property
     def params(self) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class _Members:
 
     def of(self, trial: Any) -> tuple[_Member, ...]:
         if trial not in self._of:
-            self._of[trial] = tuple(_Member(trial, m["trial_id"], json.loads(m["config"]))
+            self._of[trial] = tuple(_Member(trial, m["trial_id"], m["config"])
                                     for m in trial.config["trial"]["members"])
         return self._of[trial]
 

@@ -8,12 +8,10 @@ library (:func:`rayot.train.run_trial`) through :class:`RayTrainHooks`.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +27,18 @@ from rayot.checkpoints import (
     EPOCH_STATE_FILE,
     epoch_folder_name,
     newest_complete_epoch,
-    prompt_checkpoint_name,
     read_epoch_state,
-    save_checkpoint,
     trials_without_prompts,
     write_epoch_checkpoint,
 )
 from rayot.errors import RayotError
-from rayot.results import failure_row, result_rows
+from rayot.results import result_rows
 from rayot.sweep import leases, search
 from rayot.sweep.cluster import worker_resources
 from rayot.sweep.packs import pack_id
 from rayot.sweep.spec import Resources
 from rayot.train import DistributedHooks, MemberResult, PeerFailure, run_pack
+from rayot.train.record import error_text, log_name, record_failure, write_outcome
 
 log = logging.getLogger(__name__)
 
@@ -137,38 +134,6 @@ class RayTrainHooks(DistributedHooks):
                 os._exit(1)  # a hard worker death, as a lost node would cause
 
 
-def _error_text(exc: BaseException | str) -> str:
-    if isinstance(exc, str) or isinstance(exc, RayotError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def log_name(cfg: C.TrialConfig) -> str:
-    """Where a failed trial's traceback goes: ``<checkpoints>/logs/<trial id>.log``."""
-    return f"{cfg.output.checkpoints.rstrip('/')}/logs/{C.trial_id(cfg)}.log"
-
-
-def record_failure(cfg: C.TrialConfig, exc: BaseException | str, sweep: str) -> str | None:
-    """Record a failed trial: its row (with the error) and its traceback; returns the log's path.
-
-    A trial already ``done`` keeps its result (a failure never replaces one). Recording is
-    attempted once: if the storage refuses it, the problem is logged and ``None`` returned, and
-    nothing is retried, so a broken storage cannot multiply a trial's attempts.
-    """
-    tid = C.trial_id(cfg)
-    if isinstance(exc, BaseException):
-        text = "".join(traceback.format_exception(exc))
-    else:
-        text = exc + "\n"
-    try:
-        results.write_failure_rows(cfg.output.results, tid, [failure_row(cfg, _error_text(exc), sweep=sweep)])
-        return results.write_file(cfg.output.checkpoints, f"logs/{tid}.log", text.encode())
-    except Exception as write_error:  # noqa: BLE001 - a failure to record must not fail again
-        log.error("trial %s failed (%s) and its failure could not be recorded: %s",
-                  tid, _error_text(exc), write_error)
-        return None
-
-
 def train_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train rank of one pack of trials (a lone trial is a pack of one).
 
@@ -179,7 +144,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     members of its pack go on.
     """
     switches.adopt(loop_config["switches"])
-    cfgs = [C.from_dict(json.loads(c)) for c in loop_config["configs"]]
+    cfgs: list[C.TrialConfig] = loop_config["configs"]
     hooks = RayTrainHooks(loop_config.get("coordinator"))
     if hooks.world_size != cfgs[0].world_size:
         raise RuntimeError(f"trial {C.trial_id(cfgs[0])} is for {cfgs[0].world_size} workers, "
@@ -195,34 +160,31 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if isinstance(exc, torch.OutOfMemoryError) and hooks.world_size > 1:
             raise  # the other ranks may sit in a collective: only Ray Train can stop them
         paths = [record_failure(cfg, exc, sweep) for cfg in cfgs]
-        ray.train.report({"status": "failed", "error": _error_text(exc), "log": paths[0] or ""})
+        ray.train.report({"status": "failed", "error": error_text(exc), "log": paths[0] or ""})
         return
     failed = [_record_member(m, sweep, hooks.rank) for m in members]
     final: dict[str, Any] = {"status": "failed" if all(failed) else "done"}
     if len(members) > 1:  # each member's own outcome, not the pack's (the live view shows members)
         final["members"] = {C.trial_id(m.cfg): {"status": "failed" if f else "done",
-                                                **({"error": _error_text(m.error)} if m.error else {})}
+                                                **({"error": error_text(m.error)} if m.error else {})}
                             for m, f in zip(members, failed, strict=True)}
     ray.train.report(final)
 
 
 def _record_member(member: MemberResult, sweep: str, rank: int) -> bool:
     """Write a member's result (rank 0) or its failure (the rank where it failed); whether it failed."""
-    cfg, tid = member.cfg, C.trial_id(member.cfg)
+    cfg, outcome = member.cfg, member.outcome
     if member.error is not None:
         if not isinstance(member.error, PeerFailure):
             record_failure(cfg, member.error, sweep)
         return True
     if rank != 0:
         return False
-    outcome = member.outcome
+    rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, sweep=sweep,
+                       history=outcome.history, stopped_at=outcome.stopped_at)
     try:
-        save_checkpoint(cfg.output.checkpoints, prompt_checkpoint_name(tid), cfg, outcome.prompt_state)
-        rows = result_rows(cfg, outcome.evals, train_seconds=outcome.train_seconds, sweep=sweep,
-                           history=outcome.history, stopped_at=outcome.stopped_at)
-        results.write_trial_rows(cfg.output.results, tid, rows)
-    except Exception as exc:  # noqa: BLE001 - storage refused the result: a retry cannot help
-        record_failure(cfg, RayotError(f"trial {tid}: writing its result failed: {_error_text(exc)}"), sweep)
+        write_outcome(cfg, outcome, rows, sweep=sweep)
+    except RayotError:  # storage refused the result: recorded as failed where it could be
         return True
     return False
 
@@ -247,7 +209,7 @@ def tune_driver(param: dict[str, Any]) -> None:
     pack of one, as before packing; ``{"status", "members": {trial id: {...}}}`` for a pack.
     """
     switches.adopt(param["switches"])
-    cfgs = [C.from_dict(json.loads(m["config"])) for m in param["members"]]
+    cfgs: list[C.TrialConfig] = [m["config"] for m in param["members"]]
     sweep = param["sweep"]
     owner = leases.Owner(**param["owner"])
     outcome: dict[str, dict[str, Any]] = {}
@@ -258,7 +220,7 @@ def tune_driver(param: dict[str, Any]) -> None:
             try:  # two sweeps on one storage: the second skips what the first runs
                 lease = leases.acquire(cfg.output.results, tid, owner, ttl_s=param.get("lease_ttl_s", 120.0))
             except Exception as exc:  # noqa: BLE001 - storage problem: recorded like any failure
-                outcome[tid] = {"status": "failed", "error": _error_text(exc), "log": record_failure(cfg, exc, sweep) or ""}
+                outcome[tid] = {"status": "failed", "error": error_text(exc), "log": record_failure(cfg, exc, sweep) or ""}
                 continue
             if not isinstance(lease, leases.Lease):
                 outcome[tid] = {"status": "busy", "error": lease.describe()}
@@ -324,7 +286,7 @@ def _run_failed(cfgs: list[C.TrialConfig], exc: BaseException, param: dict[str, 
     outcome = {}
     for cfg in cfgs:
         if results.trial_status(cfg.output.results, C.trial_id(cfg)) != "done":
-            outcome[C.trial_id(cfg)] = {"status": "failed", "error": _error_text(exc),
+            outcome[C.trial_id(cfg)] = {"status": "failed", "error": error_text(exc),
                                         "log": record_failure(cfg, exc, param["sweep"]) or ""}
     return outcome
 
@@ -340,7 +302,7 @@ def _fit(cfgs: list[C.TrialConfig], param: dict[str, Any]) -> dict[str, dict[str
     def trainer() -> TorchTrainer:
         return TorchTrainer(
             train_worker,
-            train_loop_config={"configs": [C.to_json(c) for c in cfgs], "sweep": param["sweep"],
+            train_loop_config={"configs": cfgs, "sweep": param["sweep"],
                                "switches": param["switches"], "coordinator": param.get("coordinator")},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=r["num_workers"], use_gpu="GPU" in per_worker, resources_per_worker=per_worker
