@@ -70,7 +70,8 @@ class Settings:
                         help="the contexts start from the templates (PLOT++) or N(0, 0.02) (PLOT)")
     templates: tuple[str, ...] = setting(TEMPLATES, help="the phrases the N contexts start from, in turn")
     epsilon: float = setting(0.1, positive=True, help="entropic regularisation of the plan (cost 1 - cos)")
-    max_iter: int = setting(100, positive=True, help="Sinkhorn iterations at most")
+    # the tiny trial's plans converge within 100 iterations (thresh): the kit tries a single one
+    max_iter: int = setting(100, positive=True, help="Sinkhorn iterations at most", test_value=1)
     thresh: float = setting(1e-2, minimum=0, help="a problem stops once its mean |Δr| is below this")
     global_term: bool = setting(False, help="add s · cos(mean image feature, mean prompt feature)")
 

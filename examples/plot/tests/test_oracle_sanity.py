@@ -17,7 +17,7 @@ from plot_reference import (
     sinkhorn_reference,
 )
 
-import rayot.model  # noqa: F401  (registers the tiny open_clip configurations)
+import rayot.methods  # noqa: F401  (registers the tiny open_clip configurations)
 
 CLASSES = ["red circle", "blue square", "green_triangle", "yellow star", "black cross"]
 
