@@ -18,11 +18,8 @@ from plot_reference import plot_logits, plot_loss, prompt_tokens, sinkhorn_refer
 from rayot_plot import PLOTCLIP, plan_kl_from_uniform, sinkhorn_plans
 from torch.testing import assert_close
 
-from rayot import config as C
 from rayot import methods
-from rayot.checkpoints import from_reference, load_reference_file
-from rayot.methods import Batch
-from rayot.model import LoadedCLIP
+from rayot.methods import Batch, LoadedCLIP, from_reference, load_reference_file
 from rayot.testing import Kit, parametrize_with_checks
 
 CLASSES = ["dog", "sea_lion", "golden retriever", "airplane", "x"]
@@ -79,7 +76,7 @@ def test_forward_and_loss_equal_the_reference_computation(uneven, templates, vie
     assert_close(out.logits, want, rtol=1e-10, atol=1e-10)
     labels = torch.tensor([0, 3, 1, 4])
     objective = methods.get("plot").loss(
-        Batch(out, labels, None, None, model.logit_scale, 0), C.load_config(None, ["method=plot"]).settings)
+        Batch(out, labels, None, None, model.logit_scale, 0), methods.get("plot").Settings())
     prefixes = [TEMPLATES[n % 3] if templates else "X X X" for n in range(2)]
     reference = plot_loss(uneven.model, images, labels, model.ctx.detach(),
                           prompt_tokens(prefixes, CLASSES, 32),
