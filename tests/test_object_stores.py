@@ -28,10 +28,22 @@ pytest.importorskip("gcp_storage_emulator")
 BUCKET = "rayot-test"
 
 
-@pytest.fixture(scope="module", params=["s3", "gcs"])
-def server(request):
-    with emulators.start(request.param, buckets=(BUCKET,)) as s:
+@pytest.fixture(scope="module")
+def s3_server():
+    """One S3 server for the module, behind a proxy that some tests take off the network."""
+    with emulators.start_s3(buckets=(BUCKET,), proxy=True) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def gcs_server():
+    with emulators.start_gcs(buckets=(BUCKET,)) as s:
+        yield s
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def server(request):
+    return request.getfixturevalue(f"{request.param}_server")
 
 
 @pytest.fixture
@@ -112,7 +124,7 @@ def test_leases_are_atomic_there(store):
 
 # --- racing processes -------------------------------------------------------------------------------
 
-ROUNDS = 30
+ROUNDS = 12  # 6 fresh leases and 6 take-overs, each raced by every racer
 RACERS = 4
 
 
@@ -159,30 +171,30 @@ def test_racing_processes_end_with_exactly_one_holder_per_round(store):
 # --- a store that stops answering -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _flaky_server():
-    with emulators.start_s3(buckets=(BUCKET,), proxy=True) as s:
-        yield s
+#: How long the tests' outages last: longer than the clients' own retries, which a retry budget
+#: under a minute (RAYOT_STORAGE_RETRY_S, set by flaky_s3) cuts to 2 quick tries
+OUTAGE_S = 0.5
 
 
 @pytest.fixture
-def flaky_s3(_flaky_server, monkeypatch):
-    """An S3 server behind a proxy that the test takes off the network and brings back."""
-    for k, v in _flaky_server.env.items():
+def flaky_s3(s3_server, monkeypatch):
+    """The S3 server, which the test takes off the network and brings back."""
+    for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
-    yield _flaky_server
-    _flaky_server.proxy.up()
+    monkeypatch.setenv(storage.RETRY_ENV, "30")
+    yield s3_server
+    s3_server.proxy.up()
 
 
 def test_a_short_outage_is_ridden_out(flaky_s3, monkeypatch):
     location = flaky_s3.uri(BUCKET, "outage")
     results.write_trial_rows(location, "t1", [_row("t1")])
     flaky_s3.proxy.down()
-    threading.Timer(1.5, flaky_s3.proxy.up).start()
+    threading.Timer(OUTAGE_S, flaky_s3.proxy.up).start()
     start = time.monotonic()
     results.write_trial_rows(location, "t2", [_row("t2")])
     lease = leases.acquire(location, "t2", Owner.new("a"))
-    assert time.monotonic() - start >= 1.5
+    assert time.monotonic() - start >= OUTAGE_S
     assert isinstance(lease, Lease)
     assert results.finished_trials(location) == {"t1": "done", "t2": "done"}
 
@@ -215,13 +227,13 @@ def test_retrying_backs_off_within_its_budget_and_logs_an_outage_once(caplog):
 def test_a_store_that_stays_down_is_one_clear_error(flaky_s3, monkeypatch):
     location = flaky_s3.uri(BUCKET, "down")
     results.write_trial_rows(location, "t1", [_row("t1")])
-    monkeypatch.setenv(storage.RETRY_ENV, "2")
+    monkeypatch.setenv(storage.RETRY_ENV, "1")
     monkeypatch.setattr(storage, "_S3_ATTEMPTS", 1)  # no client-side retries inside each try
     storage._object_filesystem.cache_clear()
     flaky_s3.proxy.down()
     try:
         with pytest.raises(storage.StorageUnavailable, match=r"results location 's3://rayot-test/down': "
-                           r"the store did not answer for \d+ s \(\d+ tries; RAYOT_STORAGE_RETRY_S=2\)"):
+                           r"the store did not answer for \d+ s \(\d+ tries; RAYOT_STORAGE_RETRY_S=1\)"):
             results.finished_trials(location)
     finally:
         flaky_s3.proxy.up()
@@ -279,10 +291,10 @@ def test_a_run_that_failed_in_an_outage_waits_for_the_store(flaky_s3, monkeypatc
     assert _outage_over(location, RuntimeError("a bug in the training code")) is False
     assert _outage_over("/tmp/local", OSError("Could not connect to server")) is False
     flaky_s3.proxy.down()
-    threading.Timer(1.5, flaky_s3.proxy.up).start()
+    threading.Timer(OUTAGE_S, flaky_s3.proxy.up).start()
     start = time.monotonic()
     assert _outage_over(location, RuntimeError("ActorDiedError: ... curlCode: 7, Could not connect to server")) is True
-    assert time.monotonic() - start >= 1.4  # it returned once the store answered again
+    assert time.monotonic() - start >= OUTAGE_S - 0.1  # it returned once the store answered again
 
 
 def test_a_damaged_file_is_not_mistaken_for_a_store_that_does_not_answer():
