@@ -131,7 +131,7 @@ def tiny_clip() -> LoadedCLIP:
 def test_a_prompt_module_written_before_0_4_still_works(tiny_clip):
     """The private names a subclass overrode and called (``_adopt``, ``_init_classes``,
     ``_learned``, ``_prompt_token_ids``) serve the public ones, each with a DeprecationWarning."""
-    with pytest.deprecated_call(match="_learned is deprecated since 0.4.0"):
+    with pytest.warns(DeprecationWarning) as overridden:
         class OldStyle(FrozenCLIPPrompts):
             def __init__(self, clip: LoadedCLIP, classnames: list[str]) -> None:
                 super().__init__()
@@ -145,8 +145,11 @@ def test_a_prompt_module_written_before_0_4_still_works(tiny_clip):
             def _learned(self) -> dict[str, nn.Parameter]:
                 return {"ctx": self.ctx}
 
-    with pytest.deprecated_call(match="_adopt is deprecated"):
+    assert sorted(str(w.message).split(" is ")[0].rsplit(".", 1)[1] for w in overridden) == [
+        "_learned", "_prompt_token_ids"]
+    with pytest.warns(DeprecationWarning) as called:
         model = OldStyle(tiny_clip, ["cat", "dog"])
+    assert ["_adopt" in str(called[0].message), "_init_classes" in str(called[1].message)] == [True, True]
     assert model.clip is tiny_clip.model and model.trainable_parameters() == [model.ctx]
     assert model.learned() == {"ctx": model.ctx} and list(model.prompt_state_dict()) == ["ctx"]
     assert model.text_tokens.shape[0] == 2 and not model.training and not model.clip.training
