@@ -4,7 +4,7 @@ Starts moto's S3 server on loopback (rayot.emulators, its request log on), write
 Prompt-OT trials (seeds x five λ, the offline demo world of sweeps/smoke.yaml, packs of 8) with its
 results and checkpoints on ``s3://rayot-scale/nN/``, and fills the results location the way a
 sweep leaves it: 80% of the trials with their ``done`` rows (base and novel, 20 epochs of metrics,
-written by rayot.results.result_rows), 10% with a failure row, 10% with nothing, plus two
+written by rayot.train.rows.result_rows), 10% with a failure row, 10% with nothing, plus two
 unreadable files; and a lease for every trial, 10% live (another host's sweep), 90% expired.
 Filling is not measured (boto3, 8 threads, straight to the server). Then it times, for each N:
 
@@ -64,6 +64,7 @@ from rayot import emulators, results, storage
 from rayot.sweep import leases
 from rayot.sweep.packs import make_packs
 from rayot.sweep.spec import expand, load_spec
+from rayot.train import rows as trial_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "rayot-scale"
@@ -245,13 +246,13 @@ def plan(spec_path: Path) -> tuple[list[C.TrialConfig], dict[str, float]]:
 
 def result_bytes(cfg: C.TrialConfig, kind: str) -> bytes:
     if kind == "done":
-        evals = [results.EvalResult("base2novel", "synthetic", split, 40 + cfg.seed % 7, 60, 12)
+        evals = [trial_rows.EvalResult("base2novel", "synthetic", split, 40 + cfg.seed % 7, 60, 12)
                  for split in ("base", "novel")]
         history = [{"epoch": e, "loss": 1.0 / e, "ce": 0.9 / e, "reg": 0.1 / e, "lr": 0.002}
                    for e in range(1, 21)]
-        rows = results.result_rows(cfg, evals, train_seconds=12.5, sweep="scale", history=history)
+        rows = trial_rows.result_rows(cfg, evals, train_seconds=12.5, sweep="scale", history=history)
     else:
-        rows = [results.failure_row(cfg, "RuntimeError: CUDA out of memory (simulated)", sweep="scale")]
+        rows = [trial_rows.failure_row(cfg, "RuntimeError: CUDA out of memory (simulated)", sweep="scale")]
     buffer = pa.BufferOutputStream()
     pq.write_table(results.make_table(rows), buffer)
     return buffer.getvalue().to_pybytes()

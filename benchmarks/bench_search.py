@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from rayot import results
+from rayot import search_records
 
 
 def run(spec: dict, name: str, work: Path) -> tuple[float, list[dict]]:
@@ -36,7 +36,7 @@ def run(spec: dict, name: str, work: Path) -> tuple[float, list[dict]]:
     seconds = time.monotonic() - t0
     if out.returncode != 0:
         sys.exit(f"{name}: rayot sweep failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    rows = results.read_search_records([str(work / name / "results")]).to_pylist()
+    rows = search_records.read_search_records([str(work / name / "results")]).to_pylist()
     return seconds, sorted(rows, key=lambda r: r["sample"])
 
 

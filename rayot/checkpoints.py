@@ -31,7 +31,7 @@ import logging
 import pickle
 import types
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -226,45 +226,7 @@ def reference_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
-
 # ----- rayot's own prompt checkpoints -----
-
-
-def prompt_checkpoint_name(trial_id: str) -> str:
-    """Where a trial's final prompts go under the checkpoint location, for `rayot train` and sweeps."""
-    return f"{trial_id}/prompt.pt"
-
-
-def trials_without_prompts(location: str, trial_ids: Iterable[str]) -> list[str]:
-    """The trials of ``trial_ids`` whose final prompts are not under the checkpoint ``location``
-    (no ``<location>/<trial id>/prompt.pt``), sorted.
-
-    A ``done`` result promises saved prompts: rayot saves them before it writes a trial's done
-    rows. Rows of earlier versions may break the promise (they were written first, and a checkpoint
-    folder that refused the prompts left them alone); a sweep runs such a trial again and a report
-    names it. One look per trial, :data:`rayot.results.SCAN_THREADS` at a time on an object store.
-    """
-    from rayot import results, storage
-
-    ids = sorted(set(trial_ids))
-    if not ids:
-        return []
-    fs, base = results.filesystem(location, "checkpoint")
-
-    def saved(tid: str) -> bool:
-        path = f"{base.rstrip('/')}/{prompt_checkpoint_name(tid)}"
-        return storage.retrying(lambda: fs.get_file_info(path).type == pafs.FileType.File,
-                                location=location, what="checkpoint")
-
-    found = results.scan_map(location, saved, ids)
-    return [tid for tid, ok in zip(ids, found, strict=True) if not ok]
-
-
-def without_prompts_line(location: str, trial_ids: Sequence[str], consequence: str) -> str:
-    """One line naming the ``done`` trials whose prompts are not saved, and what follows from it."""
-    shown = ", ".join(trial_ids[:5]) + (f" (+{len(trial_ids) - 5} more)" if len(trial_ids) > 5 else "")
-    return (f"{len(trial_ids)} trial(s) have a done result but no saved prompts under {location} "
-            f"(rows written before rayot saved the prompts first): {shown}; {consequence}")
 
 
 def checkpoint_payload(cfg: C.TrialConfig, prompt_state: dict[str, Tensor]) -> dict[str, Any]:

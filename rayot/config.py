@@ -44,6 +44,7 @@ from rayot import methods
 from rayot.data import protocols as _protocols
 from rayot.data.specs import DATASETS
 from rayot.errors import ConfigError
+from rayot.metrics import VALIDATION_SPLIT
 from rayot.typed import (
     build_dataclass,
     dotted_tree,
@@ -514,7 +515,7 @@ def eval_targets(cfg: TrialConfig) -> list[tuple[str, str, str]]:
 
 
 #: The splits of a search trial's rows (never those of a test evaluation).
-VALIDATION_SPLITS = ("val_seen", "val_held_out", "val")
+VALIDATION_SPLITS: tuple[str, ...] = tuple(VALIDATION_SPLIT.values())
 
 
 def validation_splits(cfg: TrialConfig) -> tuple[str, ...]:

@@ -1,8 +1,9 @@
 """The results schema and its storage: one Parquet file per trial, written atomically.
 
 This module is the single place where the schema of a result row is defined. `rayot train`
-and `rayot sweep` write rows with :func:`write_trial_rows`; `rayot report` reads them back with
-:func:`read_results`. Nothing is ever parsed from logs.
+and `rayot sweep` build a trial's rows (:mod:`rayot.train.rows`) and write them with
+:func:`write_trial_rows`; `rayot report` reads them back with :func:`read_results`. Nothing is
+ever parsed from logs. The searches' records live beside the rows (:mod:`rayot.search_records`).
 
 One row per (trial, evaluation): a base-to-novel trial writes a ``base`` and a ``novel`` row;
 a cross-dataset or domain-generalization trial writes one ``all`` row per target dataset. A
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
-import json
 import logging
 import os
 import re
@@ -88,12 +88,21 @@ SCHEMA = pa.schema(
         # a search trial that the search's scheduler stopped early: the epoch it stopped after
         # (its rows are its scores then); null for every other trial. Added in 0.3
         pa.field("stopped_at", pa.int64()),
+        # what the report shows of the method, recorded at training time so that a report renders
+        # without the method (or torch) installed: its display name, the fixed label after it
+        # (e.g. "zero-shot"), where it sorts (its order) and whether it trains. Added in 0.4; null
+        # in earlier files (the report then knows the built-ins of that time: rayot.report.names)
+        pa.field("method_display", pa.string()),
+        pa.field("method_label", pa.string()),
+        pa.field("method_order", pa.int64()),
+        pa.field("method_trains", pa.bool_()),
     ]
 )
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 #: Columns added after the first files were written: a file without them reads them as null.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("epoch_metrics", "stopped_at")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("epoch_metrics", "stopped_at", "method_display", "method_label",
+                                     "method_order", "method_trains")
 _REQUIRED = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS)
 #: Result columns filled from the trial id's view of the method's settings (rayot.config.id_fields).
 SETTING_ID_KEYS: dict[str, str] = {"lambda_ot": "loss.lambda_ot", "regularizer": "loss.regularizer",
@@ -109,6 +118,10 @@ _DEFAULTS: dict[str, Any] = {
     "train_seconds": None,
     "epoch_metrics": None,
     "stopped_at": None,
+    "method_display": None,
+    "method_label": None,
+    "method_order": None,
+    "method_trains": None,
     **dict.fromkeys(SETTING_ID_KEYS),
 }
 
@@ -144,6 +157,10 @@ def trial_path(location: str, trial_id: str) -> tuple[pafs.FileSystem, str]:
     fs, base = filesystem(location)
     return fs, f"{base.rstrip('/')}/{trial_id}.parquet"
 
+
+#: The folder under a results location that holds the searches' records (:mod:`rayot.search_records`),
+#: not trial rows: the readers here leave it out.
+SEARCHES = "searches"
 
 #: The name of a temporary file of :func:`write_file` (``.<32 hex digits>.tmp``).
 _TEMPORARY = re.compile(r"^\.[0-9a-f]{32}\.tmp$")
@@ -367,14 +384,21 @@ def _inspect(fs: pafs.FileSystem, path: str, trial_id: str | None = None) -> tup
     A trial is done only when every row of its file says so. A file that is empty, truncated, not
     Parquet, not of :data:`SCHEMA`, without rows, or with rows of another trial is unreadable.
     """
+    return _judge(lambda: pq.ParquetFile(path, filesystem=fs), trial_id, in_store=True)
+
+
+def _judge(open_file: Callable[[], pq.ParquetFile], trial_id: str | None, *,
+           in_store: bool) -> tuple[str | None, str | None]:
+    """:func:`_inspect` of the file ``open_file`` opens, in a store (where an error that says the
+    store did not answer is raised: no verdict on the file) or already read into memory."""
     try:
-        with pq.ParquetFile(path, filesystem=fs) as pf:
+        with open_file() as pf:
             foreign = _not_a_result(pf.schema_arrow.names)
             if foreign:
                 return None, foreign
             table = pf.read(columns=["trial_id", "status"])
     except (pa.ArrowException, OSError) as exc:
-        if storage.transient(exc):  # the store did not answer: not a verdict on the file
+        if in_store and storage.transient(exc):
             raise
         return None, f"not a readable Parquet file ({exc})"
     if table.num_rows == 0:
@@ -468,27 +492,6 @@ def _trial_files(location: str) -> list[tuple[pafs.FileSystem, str, str, int | N
     return sorted(out, key=lambda t: t[1])
 
 
-def _judge(source: pa.NativeFile, trial_id: str) -> tuple[str | None, str | None]:
-    """:func:`_inspect` of a file already read (the same rules and the same problems)."""
-    try:
-        with pq.ParquetFile(source) as pf:
-            foreign = _not_a_result(pf.schema_arrow.names)
-            if foreign:
-                return None, foreign
-            table = pf.read(columns=["trial_id", "status"])
-    except (pa.ArrowException, OSError) as exc:
-        return None, f"not a readable Parquet file ({exc})"
-    if table.num_rows == 0:
-        return None, "holds no rows"
-    ids = set(table.column("trial_id").to_pylist())
-    if ids != {trial_id}:
-        return None, f"rows of trial(s) {sorted(map(str, ids))}, not {trial_id}"
-    statuses = set(table.column("status").to_pylist())
-    if not statuses <= {"done", "failed"}:
-        return None, f"unknown status {sorted(map(str, statuses - {'done', 'failed'}))}"
-    return ("done" if statuses == {"done"} else "failed"), None
-
-
 @dataclass(frozen=True)
 class ResultScan:
     """One scan of a results location: the status of every trial with a readable result file, and
@@ -521,7 +524,9 @@ def scan_results(location: str) -> ResultScan:
             if storage.transient(exc):
                 raise
             return None, f"not a readable Parquet file ({exc})"
-        return None if fetched is None else _judge(pa.BufferReader(fetched.data), trial_id)
+        if fetched is None:
+            return None
+        return _judge(lambda: pq.ParquetFile(pa.BufferReader(fetched.data)), trial_id, in_store=False)
 
     verdicts = scan_map(location, lambda e: storage.retrying(lambda: look(e), location=location, what="results"),
                         files)
@@ -644,202 +649,40 @@ def _read_one(fs: pafs.FileSystem, path: str, *, remote: bool = False) -> pa.Tab
         raise _Unreadable(f"results file {path}: columns of the wrong type ({exc})") from exc
 
 
-# ----------------------------------------------------------------------------- a trial's rows
+# ----------------------------------------------------------------------------- saved prompts
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    """One evaluation of a trial: its correct count on a test split."""
-
-    protocol: str
-    eval_dataset: str
-    split: str
-    n_correct: int
-    n_test: int
-    n_classes: int
-
-    @property
-    def accuracy(self) -> float:
-        return 100.0 * self.n_correct / self.n_test
+def prompt_checkpoint_name(trial_id: str) -> str:
+    """Where a trial's final prompts go under the checkpoint location, for `rayot train` and sweeps."""
+    return f"{trial_id}/prompt.pt"
 
 
-def trial_fields(cfg: Any, sweep: str | None) -> dict[str, Any]:
-    """The columns every row of a trial shares (``cfg``: a :class:`rayot.config.TrialConfig`)."""
-    from rayot import config as C
+def trials_without_prompts(location: str, trial_ids: Iterable[str]) -> list[str]:
+    """The trials of ``trial_ids`` whose final prompts are not under the checkpoint ``location``
+    (no ``<location>/<trial id>/prompt.pt``), sorted.
 
-    ids = C.id_fields(cfg)
-    return {
-        "trial_id": C.trial_id(cfg),
-        "method": C.method_of(cfg).name,
-        "dataset": cfg.data.dataset,
-        "seed": cfg.seed,
-        "shots": cfg.data.shots,
-        "backbone": cfg.model.name,
-        "pretrained": cfg.model.checkpoint or cfg.model.pretrained or "random",
-        **{column: ids.get(key) for column, key in SETTING_ID_KEYS.items()},
-        "epochs": cfg.optim.epochs,
-        "sweep": sweep,
-        "config": C.to_json(cfg),
-    }
-
-
-def result_rows(cfg: Any, results: Sequence[EvalResult], *, train_seconds: float, sweep: str | None = None,
-                history: Sequence[Mapping[str, float]] | None = None,
-                stopped_at: int | None = None) -> list[dict[str, Any]]:
-    """The Parquet rows of a finished trial: one per evaluation; ``history``: its epochs' metrics;
-    ``stopped_at``: the epoch after which a search's scheduler stopped it."""
-    shared = trial_fields(cfg, sweep)
-    metrics = json.dumps([dict(h) for h in history]) if history else None
-    return [
-        {
-            **shared,
-            "status": "done",
-            "protocol": r.protocol,
-            "eval_dataset": r.eval_dataset,
-            "split": r.split,
-            "accuracy": r.accuracy,
-            "n_correct": r.n_correct,
-            "n_test": r.n_test,
-            "n_classes": r.n_classes,
-            "train_seconds": train_seconds,
-            "epoch_metrics": metrics,
-            "stopped_at": stopped_at,
-        }
-        for r in results
-    ]
-
-
-def failure_row(cfg: Any, error: str, *, sweep: str | None = None) -> dict[str, Any]:
-    """The single row that records a failed trial with its error (no accuracy)."""
-    return {
-        **trial_fields(cfg, sweep),
-        "status": "failed",
-        "protocol": cfg.data.protocol,
-        "eval_dataset": cfg.data.dataset,
-        "split": "",
-        "error": error,
-    }
-
-
-# ----------------------------------------------------------------------------- searches' records
-
-#: The folder under a results location that holds the searches' records (not trial rows).
-SEARCHES = "searches"
-
-#: One row per sample of a search (a sweep's ``search:`` section, docs/search.md): what was tried,
-#: how it scored on validation, and which sample the search chose. Written after the search, under
-#: ``<results>/searches/<search id>.parquet``.
-SEARCH_SCHEMA = pa.schema(
-    [
-        pa.field("search_id", pa.string(), nullable=False),  # hash of the cell and of the search section
-        pa.field("sweep", pa.string()),
-        pa.field("method", pa.string(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
-        pa.field("shots", pa.int64(), nullable=False),
-        pa.field("cell", pa.string(), nullable=False),  # JSON: the cell's configuration (seed: the search's)
-        pa.field("space", pa.string(), nullable=False),  # JSON: the space as the sweep file says it
-        pa.field("algorithm", pa.string(), nullable=False),  # random | grid | optuna
-        pa.field("scheduler", pa.string(), nullable=False),  # JSON: {"type": "asha", ...} or {"type": "none"}
-        pa.field("metric", pa.string(), nullable=False),  # hm | seen | held_out | accuracy
-        pa.field("search_seed", pa.int64(), nullable=False),
-        pa.field("sample", pa.int64(), nullable=False),  # 0-based, in the order the algorithm drew them
-        pa.field("trial_id", pa.string(), nullable=False),  # the sample's search trial
-        pa.field("params", pa.string(), nullable=False),  # JSON: {dotted key: value} of the space
-        pa.field("status", pa.string(), nullable=False),  # done | failed | missing
-        pa.field("score", pa.float64()),  # the metric after the sample's last epoch (percent)
-        pa.field("epochs_trained", pa.int64()),
-        pa.field("epochs", pa.int64(), nullable=False),  # the schedule's length (what no early stop trains)
-        pa.field("stopped_at", pa.int64()),  # the scheduler stopped it after this epoch
-        pa.field("chosen", pa.bool_(), nullable=False),
-        pa.field("retrain_trial_ids", pa.string(), nullable=False),  # JSON: the chosen setting's test trials
-        pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
-
-
-def write_search_record(location: str, search_id: str, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write a search's record (one row per sample, :data:`SEARCH_SCHEMA`) atomically, replacing
-    an earlier one; returns its path."""
-    now = _dt.datetime.now(_dt.timezone.utc)
-    table = pa.Table.from_pylist([{"written_at": now, **row} for row in rows], schema=SEARCH_SCHEMA)
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
-    return write_file(location, f"{SEARCHES}/{search_id}.parquet", buffer.getvalue().to_pybytes())
-
-
-def read_search_records(locations: Iterable[str]) -> pa.Table:
-    """Every search record under the given results locations (``<location>/searches/*.parquet``);
-    an unreadable record is logged and left out."""
-    tables = []
-    for location in locations:
-        fs, base = filesystem(location)
-        info = fs.get_file_info(base)
-        if info.type != pafs.FileType.Directory:
-            continue
-        folder = f"{base.rstrip('/')}/{SEARCHES}"
-        for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-            if entry.type != pafs.FileType.File or not entry.base_name.endswith(".parquet"):
-                continue
-            try:
-                tables.append(pq.read_table(entry.path, filesystem=fs).select(SEARCH_SCHEMA.names).cast(SEARCH_SCHEMA))
-            except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
-                log.warning("search record %s: not readable (%s); left out", entry.path, exc)
-    if not tables:
-        return SEARCH_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
-
-
-# ----------------------------------------------------------------------------- search samples tested
-
-
-def _values(table: Any, name: str) -> list[Any]:
-    """A column of a pyarrow table or a pandas frame as a list."""
-    column = table[name]
-    return column.to_pylist() if hasattr(column, "to_pylist") else column.tolist()
-
-
-def search_samples_with_test_rows(rows: Any, records: Any) -> dict[str, str]:
-    """Trials that a search record lists as samples but whose finished rows are test evaluations
-    (split ``base``, ``novel`` or ``all``): trial id -> ``sample N of search S (sweep W)``.
-
-    A search trial is scored on validation splits only. Before a search space was limited to
-    training keys, a space could switch ``validation`` off: its samples then read the test images
-    and wrote test rows, with the id and rows of an ordinary trial of the same settings; the search
-    record that lists them is what tells them apart. Such rows are no result of the sweep's plan
-    (test numbers of settings a search drew), so the report leaves them out and the sweep's dry run
-    names them. A trial that a record also lists as a retrain trial (a chosen setting's test trial)
-    is not one of them. ``rows``: result rows (:data:`SCHEMA`), ``records``: search records
-    (:data:`SEARCH_SCHEMA`), either as pyarrow tables or pandas frames.
+    A ``done`` result promises saved prompts: rayot saves them before it writes a trial's done
+    rows. Rows of earlier versions may break the promise (they were written first, and a checkpoint
+    folder that refused the prompts left them alone); a sweep runs such a trial again and a report
+    names it. One look per trial, :data:`SCAN_THREADS` at a time on an object store. A scan of
+    files, not a read of them: torch is not needed (the report runs without it).
     """
-    from rayot.config import VALIDATION_SPLITS
+    ids = sorted(set(trial_ids))
+    if not ids:
+        return []
+    fs, base = filesystem(location, "checkpoint")
 
-    if len(records) == 0 or len(rows) == 0:
-        return {}
-    retrain: set[str] = set()
-    for text in set(_values(records, "retrain_trial_ids")):
-        try:
-            retrain.update(json.loads(text or "[]"))
-        except (json.JSONDecodeError, TypeError):
-            continue  # a malformed record names no retrain trial
-    sample_of = {}
-    for tid, sample, search_id, sweep in zip(_values(records, "trial_id"), _values(records, "sample"),
-                                             _values(records, "search_id"), _values(records, "sweep"), strict=True):
-        sample_of.setdefault(tid, f"sample {sample} of search {search_id}" + (f" (sweep {sweep})" if sweep else ""))
-    tested = {tid for tid, status, split in zip(_values(rows, "trial_id"), _values(rows, "status"),
-                                                _values(rows, "split"), strict=True)
-              if status == "done" and split and split not in VALIDATION_SPLITS}
-    return {tid: sample_of[tid] for tid in sorted(tested & set(sample_of)) if tid not in retrain}
+    def saved(tid: str) -> bool:
+        path = f"{base.rstrip('/')}/{prompt_checkpoint_name(tid)}"
+        return storage.retrying(lambda: fs.get_file_info(path).type == pafs.FileType.File,
+                                location=location, what="checkpoint")
+
+    found = scan_map(location, saved, ids)
+    return [tid for tid, ok in zip(ids, found, strict=True) if not ok]
 
 
-def tested_search_samples(location: str, statuses: Mapping[str, str]) -> dict[str, str]:
-    """:func:`search_samples_with_test_rows` under one results location, reading the search records
-    and the result files of their samples only: result file path -> which sample wrote it.
-    ``statuses``: the location's trials with a readable result file (:func:`scan_results`)."""
-    records = read_search_records([location])
-    sampled = sorted(set(_values(records, "trial_id")) & set(statuses))
-    if not sampled:
-        return {}
-    paths = {tid: f"{location.rstrip('/')}/{tid}.parquet" for tid in sampled}
-    rows = read_results(paths.values(), skip_unreadable=True)
-    return {paths[tid]: what for tid, what in search_samples_with_test_rows(rows, records).items()}
+def without_prompts_line(location: str, trial_ids: Sequence[str], consequence: str) -> str:
+    """One line naming the ``done`` trials whose prompts are not saved, and what follows from it."""
+    shown = ", ".join(trial_ids[:5]) + (f" (+{len(trial_ids) - 5} more)" if len(trial_ids) > 5 else "")
+    return (f"{len(trial_ids)} trial(s) have a done result but no saved prompts under {location} "
+            f"(rows written before rayot saved the prompts first): {shown}; {consequence}")

@@ -40,7 +40,7 @@ from typing import Any
 from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError
-from rayot.methods import DIAGNOSTIC_PREFIX
+from rayot.metrics import DIAGNOSTIC_PREFIX, VALIDATION_PREFIX, harmonic_mean, validation_scores
 from rayot.train import EPOCH_METRICS, TrialHooks
 
 log = logging.getLogger(__name__)
@@ -294,33 +294,24 @@ def final_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """The final accuracies (percent) of a trial's result rows.
 
     Base-to-novel: ``base``, ``novel`` and ``hm`` (the harmonic mean, the rule of
-    :func:`rayot.report.harmonic_mean`); any other evaluation: ``acc/<eval dataset>``. A search
+    :func:`rayot.metrics.harmonic_mean`); any other evaluation: ``acc/<eval dataset>``. A search
     trial's validation scores: ``val/seen``, ``val/held_out`` and ``val/hm``, or ``val/accuracy``,
     the names of its epoch metrics.
     """
     out: dict[str, float] = {}
+    validation: dict[str, float] = {}  # accuracy by validation split
     for r in rows:
         if r.get("status", "done") != "done" or r.get("accuracy") is None:
             continue
-        if r["split"] in _VALIDATION_NAMES:
-            out[_VALIDATION_NAMES[r["split"]]] = float(r["accuracy"])
+        if r["split"] in C.VALIDATION_SPLITS:
+            validation[r["split"]] = float(r["accuracy"])
         elif r["protocol"] == "base2novel" and r["split"] in ("base", "novel"):
             out[r["split"]] = float(r["accuracy"])
         else:
             out[f"acc/{r['eval_dataset']}"] = float(r["accuracy"])
     if "base" in out and "novel" in out:
-        from rayot.report.aggregate import harmonic_mean
-
         out["hm"] = harmonic_mean(out["base"], out["novel"])
-    if "val/seen" in out and "val/held_out" in out:
-        from rayot.report.aggregate import harmonic_mean
-
-        out["val/hm"] = harmonic_mean(out["val/seen"], out["val/held_out"])
-    return out
-
-
-#: A search trial's result splits (rayot.config.VALIDATION_SPLITS) as its tracked metrics.
-_VALIDATION_NAMES = {"val_seen": "val/seen", "val_held_out": "val/held_out", "val": "val/accuracy"}
+    return out | {VALIDATION_PREFIX + metric: score for metric, score in validation_scores(validation).items()}
 
 
 def final_metrics_of(location: str, trial_id: str) -> dict[str, float]:

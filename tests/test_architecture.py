@@ -16,6 +16,9 @@ from rayot import methods
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rayot"
 REGISTRY = PACKAGE / "methods" / "__init__.py"
+#: the built-ins as results written before 0.4 knew them, for the report (a fixed table: later rows
+#: describe their method themselves, so a new method needs no line there)
+EARLIER = PACKAGE / "report" / "earlier.py"
 #: every built-in's key and display name (the zero-shot method's display name is "CLIP", the model)
 NAMES = {name: {name, *(d for d in [methods.get(name).display] if d != "CLIP")} for name in methods.BUILTINS}
 #: the one place a module names another method, and why: Prompt-OT's ``regularizer`` setting has
@@ -46,7 +49,7 @@ def test_a_method_is_named_only_in_its_own_module_and_the_registry():
     file path or repository that contains a method's name (a citation) is not naming it."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path == REGISTRY:
+        if path in (REGISTRY, EARLIER):
             continue
         words = _words(path)
         for key, names in NAMES.items():
@@ -128,3 +131,61 @@ def test_every_cited_design_document_is_in_the_repository():
             if not (ROOT / "docs" / f"{match.group(1)}.md").is_file():
                 missing.add(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert not missing, sorted(missing)
+
+
+def test_the_report_knows_the_earlier_built_ins_as_the_registry_does():
+    from rayot.report.earlier import BUILTINS_BEFORE_0_4
+
+    assert set(BUILTINS_BEFORE_0_4) <= set(methods.BUILTINS)
+    for name, facts in BUILTINS_BEFORE_0_4.items():
+        m = methods.get(name)
+        assert facts == (m.display, m.label, m.order, m.trains), name
+
+
+#: what a torch-free report must not import: the training stack and the method registry
+TRAINING_STACK = ("torch", "open_clip", "rayot.methods")
+
+
+#: in a fresh interpreter: the report library, `rayot report --help`, then a whole `rayot report`
+#: run, each followed by a line ``<step>:<the modules of TRAINING_STACK imported so far>``
+STEPS = """
+import sys
+def imported(step): print(f"{step}:" + ",".join(m for m in STACK if m in sys.modules))
+import rayot.report, rayot.cli.report
+imported("import")
+from rayot.cli import main
+def rayot(*args):
+    sys.argv = ["rayot", *args]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+rayot("report", "--help")
+imported("help")
+rayot("report", "-r", RESULTS, "-o", OUT)
+imported("report")
+"""
+
+
+def test_the_report_imports_neither_torch_nor_open_clip_nor_the_methods(tmp_path: Path):
+    """The report renders results copied to a machine without the training stack: the library,
+    the command's help and a whole `rayot report` run (figures and the saved-prompts check too)."""
+    from rayot import config as C
+    from rayot.results import write_trial_rows
+    from rayot.train.rows import EvalResult, result_rows
+
+    results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for method in ("zeroshot", "prompt_ot"):
+        for seed in (1, 2):
+            cfg = C.load_config(None, [f"method={method}", "data.protocol=base2novel", f"seed={seed}",
+                                       f"output.checkpoints={checkpoints}"])
+            evals = [EvalResult("base2novel", cfg.data.dataset, s, 700 + seed, 1000, 10) for s in ("base", "novel")]
+            write_trial_rows(str(results), C.trial_id(cfg), result_rows(cfg, evals, train_seconds=1.0))
+    code = f"STACK, RESULTS, OUT = {TRAINING_STACK!r}, {str(results)!r}, {str(tmp_path / 'report')!r}" + STEPS
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    steps = dict(line.split(":", 1) for line in run.stdout.splitlines() if line.split(":")[0] in
+                 ("import", "help", "report"))
+    assert steps == {"import": "", "help": "", "report": ""}, steps
+    assert "Prompt-OT" in (tmp_path / "report" / "report.md").read_text()

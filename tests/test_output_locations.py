@@ -20,9 +20,10 @@ from conftest import rayot_cli, tiny_overrides
 
 from rayot import config as C
 from rayot import results
-from rayot.checkpoints import save_checkpoint, trials_without_prompts
-from rayot.results import EvalResult, result_rows
+from rayot.checkpoints import save_checkpoint
+from rayot.results import trials_without_prompts
 from rayot.sweep.spec import expand, load_spec
+from rayot.train.rows import EvalResult, result_rows
 
 
 def _one_error_line(err: str) -> str:

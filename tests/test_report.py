@@ -596,3 +596,69 @@ def test_the_diagnostics_table_shows_each_variant_s_last_epoch(tmp_path):
     plain = tmp_path / "none"
     _b2n(plain, "prompt_ot", "dtd", 1, 80.0, 70.0)  # results of an earlier version: no table
     assert "diagnostics" not in [t.key for t in build_report(read_results([str(plain)]), figures=False).tables]
+
+
+# ------------------------------------------------------------------ self-describing results
+
+
+def _trainer_rows(method: str, seed: int, base: float, novel: float) -> tuple[str, list[dict]]:
+    """A base-to-novel trial's rows as the trainer builds them (rayot.train.rows), method facts included."""
+    from rayot import config as C
+    from rayot.train.rows import EvalResult, result_rows
+
+    cfg = C.load_config(None, [f"method={method}", "data.dataset=dtd", "data.protocol=base2novel", f"seed={seed}"])
+    evals = [EvalResult("base2novel", "dtd", split, round(acc * 10), 1000, 47)
+             for split, acc in (("base", base), ("novel", novel))]
+    return C.trial_id(cfg), result_rows(cfg, evals, train_seconds=1.0)
+
+
+def _write_without_method_facts(loc: Path, tid: str, rows: list[dict]) -> None:
+    """A trial's file as rayot before 0.4 wrote it: none of the ``method_*`` columns."""
+    import pyarrow.parquet as pq
+
+    loc.mkdir(parents=True, exist_ok=True)
+    table = make_table(rows)
+    pq.write_table(table.drop([c for c in table.column_names if c.startswith("method_")]), loc / f"{tid}.parquet")
+
+
+TRIALS = [("prompt_ot", 84.0, 76.0), ("zeroshot", 80.0, 74.0), ("pointwise", 83.0, 75.0), ("coop", 82.0, 63.0)]
+
+
+def test_rows_record_what_the_report_shows_of_their_method():
+    from rayot import methods
+
+    for name, *_ in TRIALS:
+        _, rows = _trainer_rows(name, 1, 80.0, 70.0)
+        m = methods.get(name)
+        assert {(r["method_display"], r["method_label"], r["method_order"], r["method_trains"]) for r in rows} == {
+            (m.display, m.label, m.order, m.trains)}
+
+
+def test_results_without_the_method_columns_render_the_same_tables(tmp_path: Path):
+    """Files of earlier versions (no method_* columns) render as today's: names, labels, order."""
+    for name, base, novel in TRIALS:
+        tid, rows = _trainer_rows(name, 1, base, novel)
+        write_trial_rows(str(tmp_path / "now"), tid, rows)
+        _write_without_method_facts(tmp_path / "before", tid, rows)
+    before = read_results([str(tmp_path / "before")])
+    assert before.column("method_display").null_count == before.num_rows
+    now, earlier = _build(tmp_path / "now"), _build(tmp_path / "before")
+    labels = [r.label for r in _table(now, "base2novel_comparison").rows]
+    assert labels == ["CLIP (zero-shot)", "CoOp", "Point-wise (identity pairing)", "Prompt-OT"]
+    assert to_markdown(earlier).replace(str(tmp_path / "before"), str(tmp_path / "now")) == to_markdown(now)
+
+
+def test_a_method_not_installed_here_keeps_its_name_and_place_from_its_rows(tmp_path: Path):
+    tid, rows = _trainer_rows("coop", 1, 82.0, 63.0)
+    write_trial_rows(str(tmp_path), tid, rows)
+    tid, rows = _trainer_rows("prompt_ot", 1, 84.0, 76.0)
+    write_trial_rows(str(tmp_path), tid, rows)
+    tid, rows = _trainer_rows("kgcoop", 1, 81.0, 72.0)  # rows of a plug-in: a name no registry knows
+    plugin = [{**r, "method": "my_plugin", "method_display": "MyPlugin", "method_label": "v2",
+               "method_order": 15, "method_trains": True} for r in rows]
+    write_trial_rows(str(tmp_path), tid, plugin)
+    labels = [r.label for r in _table(_build(tmp_path), "base2novel_comparison").rows]
+    assert labels == ["CoOp", "MyPlugin (v2)", "Prompt-OT"]
+    _write_without_method_facts(tmp_path, tid, plugin)  # as an earlier version wrote it: as spelled, last
+    labels = [r.label for r in _table(_build(tmp_path), "base2novel_comparison").rows]
+    assert labels == ["CoOp", "Prompt-OT", "my_plugin"]

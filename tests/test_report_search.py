@@ -25,17 +25,9 @@ from rayot.report.search import group_searches, read_searches
 from rayot.report.to_html import to_html
 from rayot.report.to_latex import to_latex
 from rayot.report.to_markdown import to_markdown
-from rayot.results import (
-    SEARCH_SCHEMA,
-    EvalResult,
-    failure_row,
-    read_results,
-    read_search_records,
-    result_rows,
-    write_failure_rows,
-    write_search_record,
-    write_trial_rows,
-)
+from rayot.results import read_results, write_failure_rows, write_trial_rows
+from rayot.search_records import SEARCH_SCHEMA, read_search_records, write_search_record
+from rayot.train.rows import EvalResult, failure_row, result_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEARCHED = "Prompt-OT (λ chosen on validation)"
@@ -305,7 +297,7 @@ def test_the_search_figure_and_why_it_is_not_drawn(tmp_path: Path):
     figure = next(f for f in report.figures if f.key == "search_scores")
     assert figure.png.startswith(PNG_MAGIC) and len(figure.png) > 5000
     assert "search_scores" not in {f.key for f in _build(tmp_path, searches=False, figures=True).figures}
-    groups = group_searches(read_searches(read_search_records([str(tmp_path)])))
+    groups = group_searches(read_searches(read_search_records([str(tmp_path)])), {})
     assert all(s.is_log(KEY) for g in groups.values() for s in g)
     assert F.search_scores({}) == "Validation score against the searched values: no searches in the results."
     # a search none of whose samples finished: the table says so, the figure is skipped with why
@@ -328,7 +320,7 @@ def test_a_categorical_search_is_drawn_on_a_categorical_axis(tmp_path: Path):
     record = read_search_records([str(tmp_path)]).to_pandas()
     record["params"] = [json.dumps({"prompt_ot.regularizer": r}) for r in ("ot", "pointwise", "none", "ot")]
     record["space"] = json.dumps({"prompt_ot.regularizer": {"choice": ["ot", "pointwise", "none"]}})
-    out = F.search_scores(group_searches(read_searches(record)))
+    out = F.search_scores(group_searches(read_searches(record), {}))
     assert not isinstance(out, str) and out.png.startswith(PNG_MAGIC)
 
 
@@ -363,7 +355,7 @@ def test_searches_of_one_method_in_different_cells_get_rows_of_their_own(tmp_pat
         for dataset in ("dtd", "eurosat"):
             _search(tmp_path, dataset, _samples(3.7), [], search_id=f"s-{dataset}-{eps}",
                     cell_extra=(f"prompt_ot.epsilon={eps}",))
-    groups = group_searches(read_searches(read_search_records([str(tmp_path)])))
+    groups = group_searches(read_searches(read_search_records([str(tmp_path)])), {})
     assert [sv.label for sv in groups] == [
         "Prompt-OT (ε=0.05, λ chosen on validation)", "Prompt-OT (ε=0.1, λ chosen on validation)",
     ]

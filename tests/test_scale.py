@@ -125,13 +125,14 @@ def s3_zoo():
 
 
 def test_judging_bytes_agrees_with_judging_the_file(local_zoo):
-    # the scan judges fetched bytes (_judge), trial_status judges the file (_inspect): one verdict
+    # the scan judges fetched bytes, trial_status judges the file (_inspect): one verdict
     fs = pafs.LocalFileSystem()
     for name, data in _zoo().items():
         if not name.endswith(".parquet") or "/" in name:
             continue
         trial_id = name[: -len(".parquet")]
-        assert results._judge(pa.BufferReader(data), trial_id) == results._inspect(fs, f"{local_zoo}/{name}", trial_id), name
+        fetched = results._judge(lambda d=data: pq.ParquetFile(pa.BufferReader(d)), trial_id, in_store=False)
+        assert fetched == results._inspect(fs, f"{local_zoo}/{name}", trial_id), name
 
 
 def test_local_scan_answers_as_the_sequential_one(local_zoo, caplog):

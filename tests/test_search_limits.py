@@ -21,17 +21,12 @@ from conftest import tiny_overrides
 from rayot import config as C
 from rayot.data import read_dataset
 from rayot.errors import ConfigError
-from rayot.results import (
-    EvalResult,
-    read_results,
-    read_search_records,
-    result_rows,
-    write_search_record,
-    write_trial_rows,
-)
+from rayot.results import read_results, write_trial_rows
+from rayot.search_records import read_search_records, write_search_record
 from rayot.sweep import search as S
 from rayot.sweep.spec import MAX_SAMPLES, Search, expand, load_spec
 from rayot.train import run_trial
+from rayot.train.rows import EvalResult, result_rows
 
 BASE = {"method": "prompt_ot", "data": {"dataset": "synthetic", "root": "data", "protocol": "base2novel"},
         "model": {"name": "rayot-tiny", "pretrained": None}, "optim": {"epochs": 8}}

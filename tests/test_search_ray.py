@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rayot import results
+from rayot import search_records
 from rayot.data import read_dataset
 from rayot.data.validation import held_out_labels
 
@@ -56,7 +56,7 @@ def _sweep(spec: Path, *args: str, env: dict | None = None, **popen) -> subproce
 
 
 def _record(location: Path) -> list[dict]:
-    rows = results.read_search_records([str(location)]).to_pylist()
+    rows = search_records.read_search_records([str(location)]).to_pylist()
     return sorted(rows, key=lambda r: r["sample"])
 
 

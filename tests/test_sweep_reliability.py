@@ -278,7 +278,7 @@ def test_live_view_follows_each_member_of_a_pack(synth_root, tmp_path):
 
 
 def test_a_failure_never_replaces_a_done_result_and_a_dead_driver_gets_a_row_and_a_log(synth_root, tmp_path):
-    from rayot.results import EvalResult, result_rows
+    from rayot.train.rows import EvalResult, result_rows
 
     done_cfg, lost_cfg = _trial(synth_root, tmp_path), _trial(synth_root, tmp_path, seed=2)
     rows = result_rows(done_cfg, [EvalResult("base2novel", "synthetic", "base", 1, 2, 12)], train_seconds=1.0)

@@ -45,7 +45,8 @@ def report(
     """Aggregate finished trials into tables (Markdown, LaTeX, HTML, CSV) and figures (PNG)."""
     from rayot.report import build_report, parse_formats, print_report, write_report
     from rayot.report.frame import split_method_specs
-    from rayot.results import check_writable, read_readable_results, read_search_records
+    from rayot.results import check_writable, read_readable_results
+    from rayot.search_records import read_search_records
 
     wanted = parse_formats(formats)  # fail on a bad format before reading anything
     dataset_list = [d.strip() for item in datasets or [] for d in item.split(",") if d.strip()]
@@ -82,13 +83,13 @@ def report(
 
 def _unsaved_prompts(table) -> str | None:
     """One line naming the ``done`` trials whose prompts are not saved where their configuration
-    put them (rows of earlier versions: :func:`rayot.checkpoints.trials_without_prompts`); None when
+    put them (rows of earlier versions: :func:`rayot.results.trials_without_prompts`); None when
     every one is. Only local checkpoint folders that exist are looked at: results copied here
     without their checkpoints are not judged."""
     import json
     import os
 
-    from rayot.checkpoints import trials_without_prompts, without_prompts_line
+    from rayot.results import trials_without_prompts, without_prompts_line
 
     by_location: dict[str, list[str]] = {}
     for row in table.select(["trial_id", "status", "config"]).to_pylist():

@@ -65,7 +65,7 @@ def sweep(
     # Typer's Rich help keeps the docstring's line breaks and wraps only lines that do not fit:
     # one exit status a line, each under 76 characters, reads whole on an 80-column terminal.
     from rayot import config as C
-    from rayot import results
+    from rayot import results, search_records
     from rayot.errors import ConfigError
     from rayot.sweep.spec import expand, load_spec, plan_notes, storage_of
 
@@ -102,7 +102,7 @@ def sweep(
                 else "it belongs to no trial of this sweep and is left as it is")
         console.print(f"warning: results file {path} is unreadable ({problem}); {fate}", highlight=False,
                       soft_wrap=True, markup=False)
-    for path, sample in results.tested_search_samples(results_location, scan.statuses).items():
+    for path, sample in search_records.tested_search_samples(results_location, scan.statuses).items():
         console.print(f"warning: results file {path} holds test rows written by {sample}, which ran with "
                       "validation switched off (refused since); no result of this plan, rayot report leaves "
                       "it out", highlight=False, soft_wrap=True)
@@ -250,7 +250,7 @@ def _print_report(console: Console, location: str, trial_ids: list[str], search_
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from rayot import results
+    from rayot import results, search_records
     from rayot.report import build_report, print_report
 
     table = results.read_results([location], skip_unreadable=True)
@@ -260,7 +260,7 @@ def _print_report(console: Console, location: str, trial_ids: list[str], search_
         return
     searches = None
     if search_ids:
-        searches = results.read_search_records([location])
+        searches = search_records.read_search_records([location])
         searches = searches.filter(pc.is_in(searches.column("search_id"), value_set=pa.array(list(search_ids), pa.string())))
     print_report(build_report(table, figures=False, searches=searches), console)
 

@@ -30,9 +30,9 @@ def train(
     from rayot.checkpoints import check_init_from
     from rayot.cli._common import ensure_synthetic
     from rayot.errors import ConfigError, RayotError
-    from rayot.results import result_rows
     from rayot.train import resolve_device, run_trial
     from rayot.train.record import write_outcome
+    from rayot.train.rows import result_rows
 
     cfg = C.load_config(config, overrides or [])
     if plan_only:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rayot.metrics import DIAGNOSTIC_PREFIX as DIAGNOSTIC_PREFIX  # re-exported: diag/<name>
 from rayot.model.prompts import PromptOutput
 from rayot.typed import plain
 
@@ -109,10 +110,6 @@ class Batch:
     text_ref: Tensor | None
     logit_scale: Tensor
     epoch: int
-
-
-#: The prefix under which a method's diagnostics are logged and kept (``diag/<name>``).
-DIAGNOSTIC_PREFIX = "diag/"
 
 
 @dataclass

@@ -11,7 +11,7 @@ Aggregation follows docs/protocol.md §5 (see :data:`rayot.report.build.RULE`). 
 
 from __future__ import annotations
 
-from rayot.report.aggregate import harmonic_mean
+from rayot.metrics import harmonic_mean
 from rayot.report.build import RULE, build_report
 from rayot.report.model import Cell, Column, Figure, Report, ReportTable, Row
 from rayot.report.to_terminal import print_report, rich_table

@@ -16,13 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rayot.metrics import harmonic_mean
+
 log = logging.getLogger(__name__)
-
-
-def harmonic_mean(base: float, novel: float) -> float:
-    """HM = 2·B·N / (B + N); 0 when both are 0."""
-    total = base + novel
-    return 0.0 if total == 0 else 2.0 * base * novel / total
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from rayot.report import search as S
 from rayot.report import tables as T
 from rayot.report.frame import assign_variants, search_trial_ids, select, to_frame
 from rayot.report.model import Report, ReportTable
+from rayot.report.names import describe_methods
 from rayot.report.published import load_published
-from rayot.results import search_samples_with_test_rows
+from rayot.search_records import search_samples_with_test_rows
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ RULE = (
 def without_tested_search_samples(table: pa.Table | pd.DataFrame,
                                   searches: pa.Table | pd.DataFrame | None) -> pa.Table | pd.DataFrame:
     """``table`` less the test rows that search samples wrote with validation switched off
-    (:func:`rayot.results.search_samples_with_test_rows`), each trial named in one warning."""
+    (:func:`rayot.search_records.search_samples_with_test_rows`), each trial named in one warning."""
     found = search_samples_with_test_rows(table, searches) if searches is not None else {}
     for tid, sample in found.items():
         log.warning("results of trial %s (%s.parquet): test rows written by %s, which ran with validation "
@@ -71,7 +72,7 @@ def build_report(
             averages are over the datasets the published ones average over.
         figures: draw the figures (PNG bytes in the report).
         sources: where the rows came from, for messages and the report's header.
-        searches: the hyper-parameter searches' records (:data:`rayot.results.SEARCH_SCHEMA`, e.g.
+        searches: the hyper-parameter searches' records (:data:`rayot.search_records.SEARCH_SCHEMA`, e.g.
             from ``read_search_records`` of the same locations): a table of the searches, a figure
             of their validation scores, and beside each searched method's rows in the base-to-novel
             tables a row of the settings chosen on validation. None or empty: none of these.
@@ -85,7 +86,7 @@ def build_report(
     groups: dict = {}
     if searches is not None:
         found = S.select_searches(S.read_searches(searches), methods=methods, datasets=datasets)
-        groups = S.group_searches(found)
+        groups = S.group_searches(found, describe_methods(done))
     if done.empty and not groups:
         extra = f" ({len(failed)} failed trials)" if len(failed) else ""
         searched = search_trial_ids(table.to_pandas() if isinstance(table, pa.Table) else table)

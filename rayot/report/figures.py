@@ -16,10 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from rayot import methods
 from rayot.report.frame import SearchedVariant, Variant
 from rayot.report.model import Figure
-from rayot.report.names import dataset_name, format_value, method_name, setting_label, sort_datasets
+from rayot.report.names import dataset_name, format_value, setting_label, sort_datasets
 from rayot.report.search import METRIC_AXES, Search
 from rayot.report.tables import B2NResults, FewShotResults
 
@@ -76,12 +75,13 @@ def hm_vs_lambda(res: B2NResults | None) -> Figure | str:
         for other_values, points in groups.items():
             if len({x for x, _ in points}) < 2:
                 continue
-            name = method_name(method)
+            name = variants[0].about.display
             extra = ", ".join(f"{setting_label(k)}={format_value(x)}" for k, x in zip(others, other_values, strict=True))
             series.append((f"{name} ({extra})" if extra else name, sorted(points, key=lambda p: p[0])))
     if not series:
         return "HM against λ: no method was run at more than one λ value."
-    references = [v for v in res.variants if _evaluated_as_built(v.method)]
+    # a method that trains nothing (the frozen model): a reference line
+    references = [v for v in res.variants if not v.about.trains]
     panels = ["average", *res.datasets] if len(res.datasets) > 1 else ["average"]
     nrows, ncols = _grid(len(panels))
     fig = MplFigure(figsize=(3.6 * ncols, 2.9 * nrows))
@@ -340,9 +340,3 @@ def all_figures(b2n: B2NResults | None, few: FewShotResults | None) -> tuple[lis
             log.info("figure skipped: %s", out)
             skipped.append(out)
     return figures, skipped
-
-
-def _evaluated_as_built(method: str) -> bool:
-    """A method that trains nothing (the frozen model): a reference line in the figures."""
-    known = methods.known(method)
-    return known is not None and not known.trains

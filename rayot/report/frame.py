@@ -15,15 +15,17 @@ import functools
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
 
 from rayot.errors import RayotError
+from rayot.metrics import VALIDATION_SPLIT
 from rayot.report.names import (
+    MethodFacts,
+    describe_methods,
     format_value,
-    method_rank,
     searched_label,
     sort_methods,
     variant_label,
@@ -73,21 +75,20 @@ IGNORED_KEYS: frozenset[str] = frozenset(
 )
 IGNORED_SUFFIXES: tuple[str, ...] = ("_dir", "_path", "_root", "_uri", "_workers")
 _MISSING = "<unset>"
-#: The splits of a search trial's rows start with it (``val_seen``, ``val_held_out``, ``val``):
-#: validation scores, never test numbers. A test evaluation's split is ``base``, ``novel`` or ``all``.
-SEARCH_SPLIT_PREFIX = "val"
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A method and the values of the settings that distinguish it from its siblings."""
+    """A method and the values of the settings that distinguish it from its siblings; ``about``:
+    what the report shows of the method (as its rows describe it)."""
 
     method: str
     settings: tuple[tuple[str, object], ...]
+    about: MethodFacts = field(kw_only=True, compare=False)
 
     @property
     def label(self) -> str:
-        return variant_label(self.method, self.settings)
+        return variant_label(self.about, self.settings)
 
     @property
     def key(self) -> str:
@@ -108,10 +109,11 @@ class SearchedVariant:
     protocol: str
     keys: tuple[str, ...]
     settings: tuple[tuple[str, object], ...] = ()
+    about: MethodFacts = field(kw_only=True, compare=False)
 
     @property
     def label(self) -> str:
-        return searched_label(self.method, self.keys, self.settings)
+        return searched_label(self.about, self.keys, self.settings)
 
     @property
     def key(self) -> str:
@@ -145,13 +147,14 @@ def _ignored(key: str) -> bool:
 
 def search_trial_ids(df: pd.DataFrame) -> set[str]:
     """The trials of hyper-parameter searches among result rows: a trial with a validation split
-    (:data:`SEARCH_SPLIT_PREFIX`), or whose configuration enables ``validation`` (a failed search
-    trial's row has no split). Their rows are validation scores: no table, average or figure of
-    test results may use them (the searches' own table reads the search records instead).
+    (:data:`rayot.metrics.VALIDATION_SPLIT`; a test evaluation's is ``base``, ``novel`` or ``all``),
+    or whose configuration enables ``validation`` (a failed search trial's row has no split). Their
+    rows are validation scores: no table, average or figure of test results may use them (the
+    searches' own table reads the search records instead).
     """
     if df.empty:
         return set()
-    by_split = df["split"].fillna("").astype(str).str.startswith(SEARCH_SPLIT_PREFIX)
+    by_split = df["split"].isin(list(VALIDATION_SPLIT.values()))
     by_config = df["config"].map(lambda c: isinstance(c, str) and _config(c).get("validation.enabled") is True)
     return set(df.loc[by_split | by_config.astype(bool), "trial_id"])
 
@@ -254,7 +257,7 @@ def select(
                     column = done["config"].map(lambda c, k=key: _config(c).get(k, _MISSING))
                 mask &= column.map(lambda x, w=value: _same_setting(x, w))
             if not mask.any():
-                known = ", ".join(sort_methods(done["method"].unique())) or "none"
+                known = ", ".join(sort_methods(done["method"].unique(), describe_methods(done))) or "none"
                 raise RayotError(f"--methods {spec!r}: no finished trials match (methods: {known})")
             keep |= mask
             keep_failed |= failed["method"] == method
@@ -324,6 +327,7 @@ def assign_variants(done: pd.DataFrame) -> pd.DataFrame:
     flat = flat.astype(object).where(flat.notna(), _MISSING)
     config_keys = [c for c in flat.columns if c not in trials.columns]
     trials = trials.join(flat[config_keys])
+    described = describe_methods(done)
     variant_of: dict[str, Variant] = {}
     for method, group in trials.groupby("method"):
         keys = _method_setting_keys(group, config_keys)
@@ -331,7 +335,7 @@ def assign_variants(done: pd.DataFrame) -> pd.DataFrame:
             log.debug("method %s: trials differ in %s", method, ", ".join(keys))
         for tid, row in group.iterrows():
             settings = tuple((k, _plain(row[k])) for k in keys)
-            variant_of[str(tid)] = Variant(str(method), settings)
+            variant_of[str(tid)] = Variant(str(method), settings, about=described[str(method)])
     return done.assign(variant=done["trial_id"].map(variant_of))
 
 
@@ -344,9 +348,8 @@ def _plain(value: object) -> object:
 
 def variant_sort_key(variant: Variant) -> tuple:
     """Methods in their report order, then by setting values (numbers numerically)."""
-    rank = method_rank(variant.method)
     values = tuple(
         (0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v))
         for _, v in variant.settings
     )
-    return (rank, variant.method, values)
+    return (*variant.about.rank, values)

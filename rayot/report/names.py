@@ -1,16 +1,22 @@
 """Names the report shows: dataset order, method display names, setting labels.
 
-Method names come from the methods themselves (:mod:`rayot.methods`); unknown methods (a plug-in
-not installed where the report runs), datasets and settings are shown as they are spelled in the
-results, so a new method needs no change here to appear in a report.
+What the report shows of a method (:class:`MethodFacts`) comes from its result rows, which record
+it when the method trains (:func:`describe_methods`): the report imports no method, and a plug-in
+not installed where the report runs keeps its name and place. Rows of versions before 0.4 record
+none of it: a built-in of that time is then shown as it was (:mod:`rayot.report.earlier`), any
+other method as it is spelled in the results. Datasets and settings unknown here are shown as
+spelled too, so a new method needs no change here to appear in a report.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from rayot import methods
+import pandas as pd
+
+from rayot.report.earlier import BUILTINS_BEFORE_0_4
 
 #: The usual order of the base-to-novel benchmark (docs/protocol.md §1).
 DATASETS: tuple[str, ...] = (
@@ -76,15 +82,62 @@ def sort_datasets(keys: Iterable[str], order: Iterable[str] = DATASETS + DG_TARG
     return sorted(set(keys), key=lambda k: (rank.get(k, len(rank)), k))
 
 
-def method_rank(method: str) -> int:
-    """Where a method sorts in tables (its ``order``; unknown methods after every known one)."""
-    known = methods.known(method)
-    return known.order if known is not None else 10_000
+#: Where a method sorts that its rows do not place: after every one they do.
+UNKNOWN_ORDER = 10_000
 
 
-def sort_methods(keys: Iterable[str]) -> list[str]:
+@dataclass(frozen=True)
+class MethodFacts:
+    """What the report shows of a method: its ``display`` name, the fixed ``label`` after it
+    (e.g. "zero-shot"), its ``order`` (baselines first, the method of the paper last) and whether
+    it ``trains`` (one that does not is a reference line in the figures)."""
+
+    name: str
+    display: str
+    label: str | None = None
+    order: int = UNKNOWN_ORDER
+    trains: bool = True
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        """The sort key of tables and figures: the order, then the name."""
+        return (self.order, self.name)
+
+
+def method_facts(method: str, described: Mapping[str, MethodFacts]) -> MethodFacts:
+    """``method`` as its rows describe it (:func:`describe_methods`); else as a built-in of the
+    versions before 0.4 was; else by its name alone, after every other method."""
+    if method in described:
+        return described[method]
+    if method in BUILTINS_BEFORE_0_4:
+        return MethodFacts(method, *BUILTINS_BEFORE_0_4[method])
+    return MethodFacts(method, method)
+
+
+def describe_methods(rows: pd.DataFrame) -> dict[str, MethodFacts]:
+    """Every method of result rows (columns of :data:`rayot.results.SCHEMA`), as its newest row
+    that records a display name describes it; one whose rows record none: :func:`method_facts`."""
+    recorded = rows[rows["method_display"].notna()].sort_values("finished_at", kind="stable")
+    newest = recorded.drop_duplicates("method", keep="last").set_index("method")
+    out = {}
+    for method in rows["method"].unique():
+        if method not in newest.index:
+            out[method] = method_facts(method, {})
+            continue
+        row = newest.loc[method]
+        out[method] = MethodFacts(
+            method,
+            str(row["method_display"]),
+            None if pd.isna(row["method_label"]) else str(row["method_label"]),
+            UNKNOWN_ORDER if pd.isna(row["method_order"]) else int(row["method_order"]),
+            True if pd.isna(row["method_trains"]) else bool(row["method_trains"]),
+        )
+    return out
+
+
+def sort_methods(keys: Iterable[str], described: Mapping[str, MethodFacts]) -> list[str]:
     """Methods in their report order: baselines first, the method of the paper last."""
-    return sorted(set(keys), key=lambda k: (method_rank(k), k))
+    return sorted(set(keys), key=lambda k: method_facts(k, described).rank)
 
 
 def format_value(value: object) -> str:
@@ -103,27 +156,20 @@ def setting_label(key: str) -> str:
     return SETTING_LABELS.get(key, SETTING_LABELS.get(key.rsplit(".", 1)[-1], key))
 
 
-def method_name(method: str) -> str:
-    """Display name of a method without its settings (its ``display``); unknown ones as spelled."""
-    return methods.display_name(method)
-
-
-def _labelled(method: str, parts: Iterable[str]) -> str:
+def _labelled(method: MethodFacts, parts: Iterable[str]) -> str:
     """``Name (label, part, ...)``: the display name, the method's fixed label, then ``parts``."""
-    known = methods.known(method)
-    name, fixed = (known.display, known.label) if known is not None else (method, None)
-    shown = ([fixed] if fixed else []) + list(parts)
-    return f"{name} ({', '.join(shown)})" if shown else name
+    shown = ([method.label] if method.label else []) + list(parts)
+    return f"{method.display} ({', '.join(shown)})" if shown else method.display
 
 
-def variant_label(method: str, settings: Iterable[tuple[str, object]]) -> str:
+def variant_label(method: MethodFacts, settings: Iterable[tuple[str, object]]) -> str:
     """The display name, the method's fixed label and the settings that distinguish the variant:
     ``Name (label, λ=1)``."""
     return _labelled(method, [f"{setting_label(k)}={format_value(v)}" for k, v in settings])
 
 
 def searched_label(
-    method: str, keys: Iterable[str], settings: Iterable[tuple[str, object]] = ()
+    method: MethodFacts, keys: Iterable[str], settings: Iterable[tuple[str, object]] = ()
 ) -> str:
     """A method whose ``keys`` a search chose per dataset on validation, with the settings that
     tell it from another search of the same keys: ``Name (label, ε=0.1, λ chosen on validation)``."""

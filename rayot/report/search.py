@@ -3,7 +3,7 @@ setting it chose beside the method's own rows.
 
 A sweep's search (docs/search.md) scores samples of a space on validation, chooses one per cell
 (dataset × protocol × method) and retrains the chosen setting for every seed as ordinary test
-trials. Its record (:data:`rayot.results.SEARCH_SCHEMA`, one row per sample) is what this module
+trials. Its record (:data:`rayot.search_records.SEARCH_SCHEMA`, one row per sample) is what this module
 reads; the search trials' own result rows are validation scores and never enter a table of test
 results (:func:`rayot.report.frame.search_trial_ids`). The rows a search contributes to the
 base-to-novel tables are the test results of its retrain trials, seed-averaged like every row.
@@ -32,15 +32,16 @@ from rayot.report.frame import (
 )
 from rayot.report.model import Cell, Column, ReportTable, Row
 from rayot.report.names import (
+    MethodFacts,
     dataset_name,
     format_value,
-    method_rank,
+    method_facts,
     setting_label,
     sort_datasets,
     variant_label,
 )
 from rayot.report.tables import B2N, SECTIONS, B2NResults, b2n_rows
-from rayot.results import SEARCH_SCHEMA
+from rayot.search_records import SEARCH_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _float(value: object) -> float | None:
 
 
 def read_searches(table: pa.Table | pd.DataFrame) -> list[Search]:
-    """Search records (:data:`rayot.results.SEARCH_SCHEMA`, e.g. from ``read_search_records``) as
+    """Search records (:data:`rayot.search_records.SEARCH_SCHEMA`, e.g. from ``read_search_records``) as
     one :class:`Search` each; a sample recorded twice (a location read twice, a record rewritten)
     counts once, the latest."""
     df = table.to_pandas() if isinstance(table, pa.Table) else table.copy()
@@ -296,10 +297,12 @@ def _value(s: Search, key: str) -> object:
     return _plain(value) if value is not None else None
 
 
-def group_searches(searches: Sequence[Search]) -> dict[SearchedVariant, list[Search]]:
+def group_searches(searches: Sequence[Search],
+                   described: Mapping[str, MethodFacts]) -> dict[SearchedVariant, list[Search]]:
     """The searched rows: the searches of one method, protocol and searched keys (and whatever else
     tells them apart), one per dataset (the latest written when a cell was searched twice), in the
-    report's method order."""
+    report's method order. ``described``: the methods as result rows describe them
+    (:func:`rayot.report.names.describe_methods`)."""
     by_base: dict[tuple, list[Search]] = {}
     for s in searches:
         by_base.setdefault((s.method, s.protocol, s.keys), []).append(s)
@@ -307,10 +310,11 @@ def group_searches(searches: Sequence[Search]) -> dict[SearchedVariant, list[Sea
     for (method, protocol, keys), group in by_base.items():
         others = _distinguishing(group)
         for s in group:
-            sv = SearchedVariant(method, protocol, keys, tuple((k, _value(s, k)) for k in others))
+            sv = SearchedVariant(method, protocol, keys, tuple((k, _value(s, k)) for k in others),
+                                 about=method_facts(method, described))
             groups.setdefault(sv, []).append(s)
     out: dict[SearchedVariant, list[Search]] = {}
-    for sv in sorted(groups, key=lambda v: (method_rank(v.method), v.method, v.protocol, v.label)):
+    for sv in sorted(groups, key=lambda v: (*v.about.rank, v.protocol, v.label)):
         latest: dict[str, Search] = {}
         for s in sorted(groups[sv], key=lambda s: s.written_at):
             if s.dataset in latest:
@@ -428,7 +432,7 @@ def search_table(groups: Mapping[SearchedVariant, Sequence[Search]], tested: set
             )
             text = chosen_text(s)
             cells = [
-                Cell(text=variant_label(sv.method, sv.settings)),
+                Cell(text=variant_label(sv.about, sv.settings)),
                 Cell(text=s.protocol),
                 Cell(text=", ".join(s.keys)),
                 Cell(text=text) if text is not None else Cell(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rayot.methods import DIAGNOSTIC_PREFIX
+from rayot.metrics import DIAGNOSTIC_PREFIX
 from rayot.report.aggregate import (
     B2NAverage,
     B2NCell,
@@ -34,8 +34,6 @@ from rayot.report.names import (
     DG_TARGETS,
     dataset_name,
     format_value,
-    method_name,
-    method_rank,
     setting_label,
     sort_datasets,
 )
@@ -147,8 +145,7 @@ class B2NResults:
             if mine:
                 out.insert(mine[-1] + 1, sv)
                 continue
-            rank = (method_rank(sv.method), sv.method)
-            later = [i for i, v in enumerate(out) if (method_rank(v.method), v.method) > rank]
+            later = [i for i, v in enumerate(out) if v.about.rank > sv.about.rank]
             out.insert(later[0] if later else len(out), sv)
         return out
 
@@ -350,7 +347,7 @@ def ablation_tables(res: B2NResults) -> list[ReportTable]:
             table = ReportTable(
                 key=f"ablation__{method}__{key}",
                 section=SECTIONS["ablation"],
-                title=f"{method_name(method)}: ablation over {setting_label(key)} "
+                title=f"{variants[0].about.display}: ablation over {setting_label(key)} "
                 f"(base-to-novel, {_average_title(res.datasets)})",
                 row_header="Setting",
                 columns=columns,

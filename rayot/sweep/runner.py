@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rayot import config as C
-from rayot import results, switches
+from rayot import results, search_records, switches
 from rayot.storage import lease_guarantee, transient, transient_text
 from rayot.sweep import cluster, search
 from rayot.sweep.packs import make_packs, pack_id
@@ -40,9 +40,9 @@ def _owner(spec: SweepSpec) -> dict[str, Any]:
 def unsaved_as_pending(done: dict[str, str], trials: list[C.TrialConfig], checkpoints: str,
                        console: Console) -> dict[str, str]:
     """``done`` without this sweep's ``done`` trials whose prompts are not saved under
-    ``checkpoints`` (rows of earlier versions: :func:`rayot.checkpoints.trials_without_prompts`),
+    ``checkpoints`` (rows of earlier versions: :func:`rayot.results.trials_without_prompts`),
     so that they run again; one warning line names them."""
-    from rayot.checkpoints import trials_without_prompts, without_prompts_line
+    from rayot.results import trials_without_prompts, without_prompts_line
 
     ids = [C.trial_id(c) for c in trials if done.get(C.trial_id(c)) == "done"]
     unsaved = trials_without_prompts(checkpoints, ids)
@@ -297,7 +297,7 @@ def run_search(spec: SweepSpec, cells: list[search.Cell], **run: Any) -> SearchR
         out.outcomes[c.search_id] = outcomes
         out.chosen[c.search_id] = chosen = search.choose(c, outcomes)
         try:
-            results.write_search_record(location, c.search_id,
+            search_records.write_search_record(location, c.search_id,
                                         search.record_rows(c, s, outcomes, chosen, spec.name))
         except OSError as exc:
             log.error("search %s: its record could not be written (%s); its trials' results are kept", c.search_id, exc)

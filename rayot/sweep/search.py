@@ -36,6 +36,7 @@ import numpy as np
 from rayot import config as C
 from rayot import results
 from rayot.errors import ConfigError
+from rayot.metrics import VALIDATION_PREFIX, validation_scores
 from rayot.sweep.algorithms import Algorithm
 from rayot.sweep.spec import (
     MAX_SEARCH_TRIALS,
@@ -44,7 +45,7 @@ from rayot.sweep.spec import (
     searched_method,
     space_key_problem,
 )
-from rayot.train.validation import VALIDATION_PREFIX, harmonic_mean, metrics_of
+from rayot.train.validation import metrics_of
 
 log = logging.getLogger(__name__)
 
@@ -210,15 +211,7 @@ def outcome_of(location: str, tid: str, metric: str) -> Outcome:
     table = pq.read_table(path, filesystem=fs).to_pylist()
     if status != "done":
         return Outcome("failed")
-    accuracy = {r["split"]: r["accuracy"] for r in table}
-    if metric == "accuracy":
-        score = accuracy.get("val")
-    elif metric == "seen":
-        score = accuracy.get("val_seen")
-    elif metric == "held_out":
-        score = accuracy.get("val_held_out")
-    else:
-        score = harmonic_mean(accuracy["val_seen"], accuracy["val_held_out"])
+    score = validation_scores({r["split"]: r["accuracy"] for r in table}).get(metric)
     history = json.loads(table[0].get("epoch_metrics") or "[]")
     return Outcome("done", score, len(history), table[0].get("stopped_at"), history)
 
@@ -235,7 +228,7 @@ def choose(cell: Cell, outcomes: list[Outcome]) -> int | None:
 
 def record_rows(cell: Cell, search: Search, outcomes: list[Outcome], chosen: int | None,
                 sweep: str) -> list[dict[str, Any]]:
-    """The search's record: one row per sample (:data:`rayot.results.SEARCH_SCHEMA`)."""
+    """The search's record: one row per sample (:data:`rayot.search_records.SEARCH_SCHEMA`)."""
     cfg = cell.config
     retrain = [C.trial_id(t) for t in retrain_trials(cell, cell.samples[chosen])] if chosen is not None else []
     shared = {

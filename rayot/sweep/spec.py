@@ -39,6 +39,7 @@ from typing import Any
 from rayot import config as C
 from rayot import methods
 from rayot.errors import ConfigError
+from rayot.metrics import VALIDATION_METRICS
 from rayot.sweep.algorithms import ALGORITHMS, Algorithm
 from rayot.trackers import Tracking, parse_tracking
 
@@ -71,7 +72,7 @@ MAX_SAMPLES = 10_000
 #: The most search trials a sweep's searches may draw together (cells times samples per search).
 MAX_SEARCH_TRIALS = 100_000
 SCHEDULERS = ("none", "asha", "hyperband")
-METRICS = ("hm", "seen", "held_out", "accuracy")
+METRICS = VALIDATION_METRICS
 
 
 @dataclass(frozen=True)

@@ -28,17 +28,17 @@ from rayot.checkpoints import (
     epoch_folder_name,
     newest_complete_epoch,
     read_epoch_state,
-    trials_without_prompts,
     write_epoch_checkpoint,
 )
 from rayot.errors import RayotError
-from rayot.results import result_rows
+from rayot.results import trials_without_prompts
 from rayot.sweep import leases, search
 from rayot.sweep.cluster import worker_resources
 from rayot.sweep.packs import pack_id
 from rayot.sweep.spec import Resources
 from rayot.train import DistributedHooks, MemberResult, PeerFailure, run_pack
 from rayot.train.record import error_text, log_name, record_failure, write_outcome
+from rayot.train.rows import result_rows
 
 log = logging.getLogger(__name__)
 

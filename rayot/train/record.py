@@ -16,7 +16,7 @@ from typing import Any
 from rayot import checkpoints, results
 from rayot import config as C
 from rayot.errors import RayotError
-from rayot.results import failure_row
+from rayot.train.rows import failure_row
 from rayot.train.trial import TrialOutcome
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def write_outcome(cfg: C.TrialConfig, outcome: TrialOutcome, rows: Sequence[Mapp
     one RayotError says what was refused and whether the failure stands recorded."""
     tid = C.trial_id(cfg)
     try:
-        saved = checkpoints.save_checkpoint(cfg.output.checkpoints, checkpoints.prompt_checkpoint_name(tid), cfg,
+        saved = checkpoints.save_checkpoint(cfg.output.checkpoints, results.prompt_checkpoint_name(tid), cfg,
                                             outcome.prompt_state)
     except Exception as exc:  # noqa: BLE001 - storage refused the prompts: the trial failed
         raise _refused(cfg, f"saving its prompts to {cfg.output.checkpoints}", exc, sweep) from exc

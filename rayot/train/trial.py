@@ -23,10 +23,10 @@ from rayot.data import SearchData, Task, build_task, search_data
 from rayot.errors import RayotError
 from rayot.model import load_clip
 from rayot.packing import check_packable
-from rayot.results import EvalResult
 from rayot.train.collectives import PeerFailure, TrialHooks, agree, agreed_failures
 from rayot.train.evaluate import evaluate_pack
 from rayot.train.loop import Member, Progress, lr_at_epoch, train_pack
+from rayot.train.rows import EvalResult
 from rayot.train.runtime import resolve_device, resolve_weights_path, seed_everything
 from rayot.train.validation import scores, validation_task
 
@@ -95,7 +95,7 @@ def run_trial(
     raises the error it failed with (:class:`PeerFailure` on a rank where another rank failed).
 
     Writing results and checkpoints is the caller's job (:func:`rayot.checkpoints.save_checkpoint`,
-    :func:`rayot.results.result_rows`), so that the single-process CLI and the distributed Ray trial
+    :func:`rayot.train.rows.result_rows`), so that the single-process CLI and the distributed Ray trial
     share this function unchanged.
     """
     (result,) = run_pack([cfg], device=device, hooks=hooks, progress=progress)

@@ -5,16 +5,16 @@ held-out classes (:func:`rayot.data.search_data`) and is scored after every epoc
 on validation images only: those of the classes it trained on (``val_seen``; ``val`` outside
 base-to-novel) and, for base-to-novel, those of the held-out base classes, each among its own
 classes as base and novel accuracy are (``val_held_out``). The scores join the epoch's metrics as
-``val/<metric>``: ``seen``, ``held_out`` and their harmonic mean ``hm``, or ``accuracy``.
+``val/<metric>``: ``seen``, ``held_out`` and their harmonic mean ``hm``, or ``accuracy``
+(the names of :mod:`rayot.metrics`).
 """
 
 from __future__ import annotations
 
 from rayot import config as C
 from rayot.data import SearchData, Task
+from rayot.metrics import VALIDATION_PREFIX, validation_scores
 
-#: The prefix of a search trial's validation scores among its epoch metrics.
-VALIDATION_PREFIX = "val/"
 #: The metrics a search may optimise, by protocol: base-to-novel, the others.
 METRICS = {"base2novel": ("hm", "seen", "held_out"), "other": ("accuracy",)}
 
@@ -35,17 +35,7 @@ def validation_task(data: SearchData, split: str) -> Task:
     raise ValueError(f"no validation task for split {split!r}")
 
 
-def harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
-
-
 def scores(accuracy: dict[str, float]) -> dict[str, float]:
     """``{"val/seen", "val/held_out", "val/hm"}`` or ``{"val/accuracy"}`` from the accuracies
     (percent) by validation split."""
-    if "val" in accuracy:
-        return {VALIDATION_PREFIX + "accuracy": accuracy["val"]}
-    out = {VALIDATION_PREFIX + "seen": accuracy["val_seen"]}
-    if "val_held_out" in accuracy:
-        out[VALIDATION_PREFIX + "held_out"] = accuracy["val_held_out"]
-        out[VALIDATION_PREFIX + "hm"] = harmonic_mean(accuracy["val_seen"], accuracy["val_held_out"])
-    return out
+    return {VALIDATION_PREFIX + metric: score for metric, score in validation_scores(accuracy).items()}
