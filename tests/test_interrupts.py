@@ -166,10 +166,13 @@ RELIABILITY = load_script("reliability")
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_while_ray_stops_exits_130_in_one_line_and_the_rerun_resumes_from_the_newest_epoch(tmp_path):
+def test_a_second_ctrl_c_while_ray_stops_exits_130_in_one_line_and_the_rerun_resumes_from_the_newest_epoch(
+        tmp_path, ray_head):
     from rayot import switches
 
-    spec = RELIABILITY._spec(tmp_path, grid={"method": ["ivlp"]}, base={"optim": {"epochs": 40}})
+    # epochs enough that the trial is still training when both Ctrl-Cs come (the first one right
+    # after epoch 3), and few for the rerun to train
+    spec = RELIABILITY._spec(tmp_path, grid={"method": ["ivlp"]}, base={"optim": {"epochs": 16}})
     mark = tmp_path / "shutdown.mark"
     env = {**os.environ, "COLUMNS": "200", switches.SHUTDOWN_MARK: str(mark)}
     cmd = [sys.executable, "-m", "rayot", "sweep", str(spec)]
@@ -199,7 +202,10 @@ def test_a_second_ctrl_c_while_ray_stops_exits_130_in_one_line_and_the_rerun_res
     newest = newest_complete_epoch(pafs.LocalFileSystem(), str(run))
     assert newest is not None and newest[0] >= 3
     resumed = tmp_path / "resumed"  # notes where the run resumed; kills nothing (epoch 999)
-    again = subprocess.run(cmd, cwd=tmp_path, env={**env, switches.FAULT: f"999:{resumed}"}, capture_output=True,
-                           text=True, timeout=600)
+    # the rerun is not about starting Ray: it joins the session's (tests/conftest.py), the same
+    # folders given as URIs, as a sweep that joins a Ray needs them
+    again = subprocess.run([*cmd, "--address", "auto", "--results", f"file://{results}", "--checkpoints",
+                            f"file://{tmp_path / 'ckpt'}"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600, env={**env, **ray_head.env, switches.FAULT: f"999:{resumed}"})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert resumed.read_text().splitlines() == [f"resumed after epoch {newest[0]}"]

@@ -1,4 +1,5 @@
-"""A search run by `rayot sweep` on an embedded Ray, as a user runs it: it reads no test image and
+"""A search run by `rayot sweep` on a running Ray (the session's, joined with `--address`), as a
+user runs it: it reads no test image and
 no image of a novel class (nor a held-out class's training image), the same seed gives the same
 samples, stops and choice, an interrupted search resumes instead of starting again, and the
 chosen setting is then tested and reported."""
@@ -39,16 +40,17 @@ def _write_spec(tmp: Path, root: Path) -> Path:
                    "num_samples": 4, "seed": 7, "metric": "hm",
                    "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2}},
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "pack": 2},
-        "storage": {"results": str(tmp / "results"), "checkpoints": str(tmp / "ckpt")},
+        # URIs: the sweep joins a Ray that it did not start (on a cluster, one of shared storage)
+        "storage": {"results": f"file://{tmp / 'results'}", "checkpoints": f"file://{tmp / 'ckpt'}"},
     }
     path = tmp / "search.yaml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
     return path
 
 
-def _sweep(spec: Path, *args: str, env: dict | None = None, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
-    cmd = [sys.executable, "-m", "rayot", "sweep", str(spec), *args]
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+def _sweep(head, spec: Path, *args: str, env: dict | None = None, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    cmd = [sys.executable, "-m", "rayot", "sweep", str(spec), "--address", "auto", *args]
+    full_env = {**os.environ, **head.env, "COLUMNS": "200", **(env or {})}
     if popen:
         return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -64,13 +66,14 @@ def _summary(rows: list[dict]) -> list[tuple]:
     return [(r["params"], r["trial_id"], r["stopped_at"], r["epochs_trained"], r["chosen"]) for r in rows]
 
 
-def test_a_search_reads_no_test_image_and_the_same_seed_gives_the_same_choice_even_when_interrupted(tmp_path, synth_root):
+def test_a_search_reads_no_test_image_and_the_same_seed_gives_the_same_choice_even_when_interrupted(
+        ray_head, tmp_path, synth_root):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     spec_a, spec_b = _write_spec(a, synth_root), _write_spec(b, synth_root)
 
     reads = tmp_path / "reads.log"
-    out = _sweep(spec_a, "--search-only", env={"RAYOT_TEST_IMAGE_READ_LOG": str(reads)})
+    out = _sweep(ray_head, spec_a, "--search-only", env={"RAYOT_TEST_IMAGE_READ_LOG": str(reads)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "chosen on validation" in out.stdout
     record = _record(a / "results")
@@ -97,7 +100,7 @@ def test_a_search_reads_no_test_image_and_the_same_seed_gives_the_same_choice_ev
 
     # the same sweep in another folder, interrupted (Ctrl-C) in its search once its first trials
     # finished, then run again: the search resumes, then the grid and the chosen setting are tested
-    proc = _sweep(spec_b, popen=True)
+    proc = _sweep(ray_head, spec_b, popen=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((b / "results").glob("*.parquet")):
         time.sleep(0.5)
@@ -106,7 +109,7 @@ def test_a_search_reads_no_test_image_and_the_same_seed_gives_the_same_choice_ev
     proc.communicate(timeout=120)
     before = {p.name: p.stat().st_mtime_ns for p in (b / "results").glob("*.parquet")}
     assert 0 < len(before) < 4 or not _record(b / "results")  # interrupted before the search ended
-    again = _sweep(spec_b)
+    again = _sweep(ray_head, spec_b)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for name, mtime in before.items():  # what finished before the interruption was not run again
         assert (b / "results" / name).stat().st_mtime_ns == mtime, name

@@ -20,15 +20,6 @@ from rayot.train import run_trial
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _spec(tmp_path, synth_root, grid: str, resources: str = "{num_workers: 1, cpus_per_worker: 1}"):
     base = {}
     for item in tiny_overrides(synth_root, tmp_path):
@@ -91,23 +82,12 @@ def test_sweep_records_failures_matches_train_and_second_run_is_a_no_op(ray_sess
     }
 
 
-def test_killed_worker_resumes_from_its_checkpoint(ray_session, tmp_path, synth_root, monkeypatch):
-    spec = _spec(tmp_path, synth_root, "grid: {method: [prompt_ot]}\n")
-    (trial,) = expand(spec)
-    marker = tmp_path / "fault.txt"
-    monkeypatch.setenv(FAULT, f"1:{marker}")
-    summary = run_sweep(spec, [trial], address=None, console=Console(quiet=True))
-    assert [s.status for s in summary.states] == ["done"]
-    assert marker.read_text().splitlines() == ["killed after epoch 1", "resumed after epoch 1"]
-    direct = run_trial(trial)  # uninterrupted: the resumed run ends in the same place
-    assert _accuracies(f"{tmp_path}/results", C.trial_id(trial)) == {
-        e.split: (e.n_correct, e.n_test) for e in direct.evals
-    }
-
-
-def test_two_workers_give_the_one_worker_prompts_and_rows(ray_session, tmp_path, synth_root):
-    """`num_workers: 2` shares one trial's batches, classes and test set between two Ray Train
-    workers (gloo): the same experiment as one worker, to float32 rounding."""
+def test_a_killed_worker_resumes_from_its_checkpoint_and_two_workers_give_the_one_worker_result(
+        ray_session, tmp_path, synth_root, monkeypatch):
+    """A trial whose worker is killed after epoch 1 resumes from that checkpoint and ends where
+    `rayot train` of it ends. `num_workers: 2` shares the trial's batches, classes and test set
+    between two Ray Train workers (gloo): the same experiment as that one worker, to float32
+    rounding. (One sweep of each: the resumed one-worker run is the reference of both claims.)"""
     import torch
 
     found = {}
@@ -116,12 +96,23 @@ def test_two_workers_give_the_one_worker_prompts_and_rows(ray_session, tmp_path,
         spec = _spec(tmp_path / str(n), synth_root, "grid: {method: [prompt_ot]}\n", resources=resources)
         (trial,) = expand(spec)
         assert trial.world_size == n
+        marker = tmp_path / "fault.txt"
+        if n == 1:
+            monkeypatch.setenv(FAULT, f"1:{marker}")
+        else:
+            monkeypatch.delenv(FAULT)
         summary = run_sweep(spec, [trial], address=None, console=Console(quiet=True))
         assert [s.status for s in summary.states] == ["done"], summary.states[0].error
         tid = C.trial_id(trial)
         rows = pq.read_table(f"{tmp_path / str(n)}/results/{tid}.parquet").to_pylist()
         prompt = torch.load(tmp_path / str(n) / "ckpt" / tid / "prompt.pt", weights_only=True)["prompt"]
         found[n] = (tid, rows, prompt)
+        if n == 1:
+            assert marker.read_text().splitlines() == ["killed after epoch 1", "resumed after epoch 1"]
+            direct = run_trial(trial)  # uninterrupted: the resumed run ends in the same place
+            assert _accuracies(f"{tmp_path / '1'}/results", tid) == {
+                e.split: (e.n_correct, e.n_test) for e in direct.evals
+            }
     (tid1, rows1, prompt1), (tid2, rows2, prompt2) = found[1], found[2]
     assert tid1 == tid2  # one experiment, one id
     keys = ("protocol", "split", "n_correct", "n_test", "n_classes", "accuracy", "status")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_overrides
+from conftest import tiny_overrides, use_token_authentication
 from typer.testing import CliRunner
 
 from rayot import config as C
@@ -287,11 +287,16 @@ def test_rayot_train_failure_is_marked_failed(tmp_path, synth_root):
 
 
 @pytest.fixture
-def local_ray(_offline):
+def local_ray(_offline, ray_head):
+    import os
+
     import ray
 
-    # after the offline env is set; a Ray of its own even if another one runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the session's Ray (tests/conftest.py), whose processes did not inherit this test's offline
+    # environment: W&B's logging actors get it with the job
+    wandb = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    use_token_authentication()
+    ray.init(address=ray_head.address, log_to_driver=False, runtime_env={"env_vars": wandb})
     yield
     ray.shutdown()
 
