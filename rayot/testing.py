@@ -17,26 +17,30 @@ every property that fails (or returns the results with ``raise_on_failure=False`
   ``inert="why"`` cannot show in the tiny trial, is not tried and the reason is reported;
 - ``deterministic``: a seed gives the same prompts, losses and accuracies twice; another seed
   other prompts;
-- ``packed_equals_alone``: two trials of the method trained as one pack end where each ends alone;
+- ``packed_equals_alone``: two seeds of the method trained as one pack end where each ends alone;
 - ``two_workers_equal_one``: a trial sharded over two ranks (torch.distributed, gloo) ends where
   it ends on one;
 - ``resume_mid_schedule``: a trial resumed from the checkpoint of a mid-schedule epoch past the
   warm-up (3 epochs, warm-up 1: after epoch 2) ends where the uninterrupted one does (the name
   ``resume_equals_uninterrupted`` is accepted for it);
-- ``deterministic_every_way``: the 3-epoch trial run again, packed behind another trial, on 2
-  workers and resumed mid-schedule ends where it ends alone on 1 worker, while the kit puts every
-  global generator (Python's ``random``, NumPy's, torch's) in another state before each step of
-  the compared runs: a draw from a generator the trial does not own, in any step, shows;
+- ``deterministic_every_way``: the trial packed behind another seed (whose seed the pack's global
+  generators take), on 2 workers and resumed mid-schedule ends where it ends alone on 1 worker,
+  while the kit puts every global generator (Python's ``random``, NumPy's, torch's) in another
+  state before each step of the two-worker and resumed runs: a draw from a generator the trial
+  does not own, in any step, shows;
 - ``reference_round_trip``: where a reference checkpoint format is declared, export then import
   gives back the same tensors and logits.
 
 A property that does not apply (a method that does not train has no step to check) is skipped,
-and says why. ``overrides`` (dotted keys) adapt the tiny trials to a method (its settings, prompt
-shapes) over :func:`tiny_overrides`: 2 shots, 2 epochs (3 where a property needs a mid-schedule
-epoch), batch 4, prompts 2 layers deep. :class:`Kit` shares what is expensive (the runs alone,
-a warm pair of rank processes) across properties and methods; :func:`check_method` makes one per
-call, and a pytest session fixture makes one per session for :func:`parametrize_with_checks`.
-docs/methods.md shows how to run it on a method of one's own.
+and says why. Every property runs one tiny trial of the method (:func:`kit_trial`): the shapes of
+:func:`tiny_overrides` (2 shots, batch 4, prompts 2 layers deep) trained 2 epochs past the
+preset's warm-up (3 epochs with warm-up 1), so that one trial has a mid-schedule epoch past the
+warm-up, in a world of 2 training and 2 test images per class; ``overrides`` (dotted keys) adapt
+it to a method (its settings, prompt shapes).
+:class:`Kit` makes each run once and shares it across properties (the run alone is the baseline
+of six; the pack of two seeds serves two) and keeps a pair of rank processes warm across methods;
+:func:`check_method` makes one per call, and a pytest session fixture makes one per session for
+:func:`parametrize_with_checks`. docs/methods.md shows how to run it on a method of one's own.
 """
 
 from __future__ import annotations
@@ -97,19 +101,17 @@ BASE: dict[str, Any] = {
     "optim.epochs": 2, "optim.batch_size": 4, "optim.eval_batch_size": 64,
     "device": "cpu",
 }
-#: What a built-in needs beyond :data:`BASE`; a method not named here needs nothing more.
-TINY: dict[str, dict[str, Any]] = {
-    # Gaussian prompt aggregation centred inside the tiny trial, not at epoch 15 of 20
-    "promptsrc": {"promptsrc.gpa_mean": 1.0, "promptsrc.gpa_std": 1.0},
-}
-
-
 def tiny_overrides(method: str | Method | type[Method] | None = None) -> dict[str, Any]:
-    """The dotted keys of a seconds-long trial of ``method`` (:data:`BASE`, then what the method
-    needs, :data:`TINY`), without paths: the one table of tiny shapes of rayot's tests."""
-    ref = None if method is None else method_ref(method)
-    name = methods.get(ref).name if ref is not None else None
-    return {**BASE, **({"method": ref} if ref else {}), **TINY.get(name or "", {})}
+    """The dotted keys of a seconds-long trial of ``method``: :data:`BASE`, then the values its
+    settings declare for a tiny trial (``setting(..., tiny=...)``: a schedule point inside it, say),
+    without paths: the one table of tiny shapes of rayot's tests."""
+    if method is None:
+        return dict(BASE)
+    ref = method_ref(method)
+    found = methods.get(ref)
+    tiny = {f"{found.name}.{f.name}": f.metadata["tiny"] for f in dataclasses.fields(found.Settings)
+            if f.metadata.get("tiny") is not None}
+    return {**BASE, "method": ref, **tiny}
 
 
 class MethodCheckError(AssertionError):
@@ -150,7 +152,8 @@ _workspace: Workspace | None = None
 
 
 def workspace() -> Workspace:
-    """This process's kit workspace (made on first use, removed at exit)."""
+    """This process's kit workspace (made on first use, removed at exit): 2 training images per
+    class (the trials' 2 shots) and 2 test images, as few as show the properties."""
     global _workspace
     if _workspace is None:
         import open_clip
@@ -160,7 +163,7 @@ def workspace() -> Workspace:
 
         root = Path(tempfile.mkdtemp(prefix="rayot-kit-"))
         atexit.register(shutil.rmtree, root, True)
-        write_synthetic(root / "data", seed=0, n_train=6, n_val=2, n_test=6)
+        write_synthetic(root / "data", seed=0, n_train=2, n_val=1, n_test=2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = open_clip.create_model("rayot-tiny", pretrained=None)
@@ -195,13 +198,20 @@ def kit_config(method: str | Method | type[Method], overrides: Mapping[str, Any]
     return C.resolve_config(dotted_tree(flat), dotted_tree(over))
 
 
-def _mid_schedule(cfg: C.TrialConfig, overrides: Mapping[str, Any]) -> tuple[C.TrialConfig, int]:
-    """The trial with an epoch past the warm-up before its last (3 epochs with warm-up 1, unless
-    ``overrides`` sets the epochs), and the epoch after which a resumed run starts."""
+def kit_trial(method: str | Method | type[Method], overrides: Mapping[str, Any] | None = None,
+              **extra: Any) -> tuple[C.TrialConfig, int]:
+    """The one trial every property of ``method`` runs (:func:`kit_config`, trained 2 epochs past
+    its warm-up unless ``overrides`` sets the epochs: 3 with warm-up 1) and the mid-schedule epoch
+    past the warm-up after which a resumed run starts (2)."""
+    cfg = kit_config(method, overrides, **extra)
     warmup = cfg.optim.warmup_epochs
-    if "optim.epochs" not in overrides:
+    if "optim.epochs" not in {**dict(overrides or {}), **extra}:
         cfg = C.replace(cfg, **{"optim.epochs": max(cfg.optim.epochs, warmup + 2)})
     return cfg, max(1, min(warmup + 1, C.epochs_trained(cfg) - 1))
+
+
+def _other_seed(cfg: C.TrialConfig) -> C.TrialConfig:
+    return C.replace(cfg, seed=cfg.seed + 1)
 
 
 # ----------------------------------------------------------------------------- running trials
@@ -215,18 +225,26 @@ def stir_generators(salt: int) -> None:
     torch.manual_seed(0x5EED_0000 + salt)
 
 
-class _Keep(TrialHooks):
-    """Trial hooks (one process) that keep a copy of every epoch's state and metrics; ``stir``:
-    the global generators are stirred as training starts (and by :func:`_run` after each step)."""
+class _Keep(DistributedHooks):
+    """Trial hooks, one process or one of two ranks, that start from ``resume`` and keep a copy of
+    every epoch's state and metrics; ``stir``: the global generators are stirred as training
+    starts and after every step's gradients are summed, before the method's step hooks see them."""
 
-    def __init__(self, resume: dict | None = None, stir: bool = False) -> None:
+    def __init__(self, resume: dict | None = None, stir: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(rank, world_size, torch.device("cpu"))
         self.saved: list[tuple[int, dict, dict]] = []
-        self.resume, self.stir = resume, stir
+        self.resume, self.stir, self.steps = resume, stir, 0
 
     def resume_state(self) -> dict | None:
         if self.stir:
             stir_generators(-1)
         return self.resume
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        super().sum_gradients(params)
+        if self.stir:
+            self.steps += 1
+            stir_generators(self.steps)
 
     def save_epoch(self, epoch: int, state: dict, metrics: dict) -> None:
         self.saved.append((epoch, copy.deepcopy(state), dict(metrics)))  # as written to storage
@@ -234,69 +252,116 @@ class _Keep(TrialHooks):
 
 @dataclass
 class _Run:
+    """What the properties compare of a trial's run: its learned tensors, correct counts, every
+    step's losses (a trial alone: a pack reports none), every epoch's metrics, and the epoch
+    states its hooks kept (of the pack, for a pack's members)."""
+
     prompt: dict[str, torch.Tensor]
     correct: list[tuple[str, str, int]]
     losses: list[tuple[float, float, float]]
+    history: list[dict[str, float]]
     saved: list[tuple[int, dict, dict]]
 
 
+def _runs(cfgs: list[C.TrialConfig], hooks: _Keep) -> list[_Run]:
+    """Each trial's run, alone (one config) or in one pack; a member that failed fails the check."""
+    seen: list[Any] = []
+    if len(cfgs) == 1:
+        outcomes = [run_trial(cfgs[0], device=torch.device("cpu"), hooks=hooks, progress=seen.append)]
+    else:
+        outcomes = []
+        for cfg, result in zip(cfgs, run_pack(cfgs, device=torch.device("cpu"), hooks=hooks), strict=True):
+            if result.error is not None:
+                raise AssertionError(f"seed {cfg.seed} failed in the pack: {result.error}")
+            outcomes.append(result.outcome)
+    return [_Run(o.prompt_state, [(e.eval_dataset, e.split, e.n_correct) for e in o.evals],
+                 [(p.loss, p.ce, p.reg) for p in seen], [dict(h) for h in o.history], hooks.saved)
+            for o in outcomes]
+
+
 def _run(cfg: C.TrialConfig, resume: dict | None = None, stir: bool = False) -> _Run:
-    hooks, seen = _Keep(resume, stir), []
-
-    def progress(p: Any) -> None:
-        seen.append(p)
-        if stir:
-            stir_generators(len(seen))
-
-    outcome = run_trial(cfg, device=torch.device("cpu"), hooks=hooks, progress=progress)
-    return _Run(outcome.prompt_state, [(e.eval_dataset, e.split, e.n_correct) for e in outcome.evals],
-                [(p.loss, p.ce, p.reg) for p in seen], hooks.saved)
+    """The trial's run alone on one worker."""
+    return _runs([cfg], _Keep(resume, stir))[0]
 
 
-def _key(cfg: C.TrialConfig, *how: Any) -> str:
-    return json.dumps([C.to_json(cfg), *how])
+def _packed(cfgs: list[C.TrialConfig]) -> list[_Run]:
+    """Each member's run in one pack of ``cfgs``."""
+    from rayot.packing import check_packable
+
+    try:
+        check_packable(cfgs)
+    except ConfigError as exc:
+        raise AssertionError(f"two seeds of the method cannot share a pack: {exc}") from None
+    return _runs(cfgs, _Keep())
+
+
+def _key(cfgs: C.TrialConfig | list[C.TrialConfig], *how: Any) -> str:
+    return json.dumps([[C.to_json(c) for c in (cfgs if isinstance(cfgs, list) else [cfgs])], *how])
 
 
 class Kit:
-    """What the properties share within a session: each trial's run alone on one worker (made
-    once, the baseline of several properties) and a warm pair of rank processes (starting one
-    costs seconds). A context manager: leaving it stops the rank processes."""
+    """What the properties share within a session: each run they compare, made once (the trial's
+    run alone is the baseline of several properties, one pack serves two), and a warm pair of
+    rank processes (starting one costs seconds). A context manager: leaving it stops the rank
+    processes."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Any] = {}
         self._ranks: _RankPair | None = None
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._runs:
+            self._runs[key] = make()
+        return self._runs[key]
 
     def alone(self, cfg: C.TrialConfig) -> _Run:
         """The trial's run alone on one worker (made on first use)."""
-        key = _key(cfg)
-        if key not in self._runs:
-            self._runs[key] = _run(cfg)
-        return self._runs[key]
+        return self._once(_key(cfg), lambda: _run(cfg))
+
+    def again(self, cfg: C.TrialConfig, *, stir: bool = False) -> _Run:
+        """A second run of the trial alone on one worker."""
+        return self._once(_key(cfg, "again", stir), lambda: _run(cfg, stir=stir))
+
+    def packed(self, cfgs: list[C.TrialConfig]) -> list[_Run]:
+        """Each member's run in one pack of ``cfgs``."""
+        return self._once(_key(cfgs, "packed"), lambda: _packed(cfgs))
 
     def resumed(self, cfg: C.TrialConfig, after: int, *, stir: bool = False) -> _Run:
         """The trial resumed from the checkpoint its run alone saved after epoch ``after``."""
         whole = self.alone(cfg)
         if len(whole.saved) < after:
             raise AssertionError(f"no checkpoint of epoch {after} was saved")
-        key = _key(cfg, "resumed", after, stir)
-        if key not in self._runs:
-            state = copy.deepcopy(whole.saved[after - 1][1])  # a run resumed from it changes it in place
-            self._runs[key] = _run(cfg, resume=state, stir=stir)
-        return self._runs[key]
+        # a run resumed from the checkpoint changes it in place: a copy
+        return self._once(_key(cfg, "resumed", after, stir),
+                          lambda: _run(cfg, resume=copy.deepcopy(whole.saved[after - 1][1]), stir=stir))
 
     def two_ranks(self, cfg: C.TrialConfig, *, stir: bool = False) -> list[_Run]:
         """Each rank's run of the trial on two gloo ranks (``world_size`` 2)."""
-        key = _key(cfg, "two ranks", stir)
-        if key not in self._runs:
-            if self._ranks is None:
-                self._ranks = _RankPair()
-            try:
-                self._runs[key] = self._ranks.run(C.replace(cfg, world_size=2), stir)  # type: ignore[assignment]
-            except AssertionError:
-                self._ranks.close()  # a rank that failed may leave the other in a collective
-                self._ranks = None
-                raise
-        return self._runs[key]  # type: ignore[return-value]
+        return [members[0] for members in self.on_two_ranks([cfg], stir=stir)]
+
+    def on_two_ranks(self, cfgs: list[C.TrialConfig], *, stir: bool = False,
+                     resume: list[dict] | None = None) -> list[list[_Run]]:
+        """Each rank's run of each trial of ``cfgs`` (one trial, or a pack) on two gloo ranks
+        (``world_size`` 2), from ``resume``, each rank's epoch state, if given (not kept then)."""
+        job = {"configs": [C.to_json(C.replace(c, world_size=2)) for c in cfgs], "stir": stir}
+        if resume is not None:
+            return self._on_ranks({**job, "resume": resume})
+        return self._once(_key(cfgs, "two ranks", stir), lambda: self._on_ranks(job))
+
+    def call_on_two_ranks(self, function: str) -> list[Any]:
+        """What ``function`` (``module:name``, importable where this process imports from) returns on
+        each of two gloo ranks, given the rank's :class:`~rayot.train.DistributedHooks`."""
+        return self._on_ranks({"call": function})
+
+    def _on_ranks(self, job: dict[str, Any]) -> Any:
+        if self._ranks is None:
+            self._ranks = _RankPair()
+        try:
+            return self._ranks.run(job)
+        except AssertionError:
+            self._ranks.close()  # a rank that failed may leave the other in a collective
+            self._ranks = None
+            raise
 
     def close(self) -> None:
         if self._ranks is not None:
@@ -316,17 +381,21 @@ def _max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> f
     return max(((a[k].double() - b[k].double()).abs().max().item() for k in a), default=0.0)
 
 
-def _same_run(name: str, got: _Run, want: _Run, tol: float, *, losses: bool = True) -> None:
+def _same_run(name: str, got: _Run, want: _Run, tol: float) -> None:
+    """``got`` ends as ``want``: its learned tensors within ``tol``, the same correct counts, and
+    its losses (every step's where both log them, else every epoch's) within ``10 tol``."""
     diff = _max_diff(got.prompt, want.prompt)
     if not diff <= tol:  # NaN fails too
         raise AssertionError(f"{name}: the learned tensors differ by {diff:.3g} (tolerance {tol:g})")
     if got.correct != want.correct:
         raise AssertionError(f"{name}: correct counts {got.correct} against {want.correct}")
-    if losses and len(got.losses) == len(want.losses):
-        worst = max((abs(x - y) for a, b in zip(got.losses, want.losses, strict=True)
-                     for x, y in zip(a, b, strict=True)), default=0.0)
-        if not worst <= max(10 * tol, 1e-4):
-            raise AssertionError(f"{name}: the logged losses differ by up to {worst:.3g}")
+    if got.losses and len(got.losses) == len(want.losses):
+        pairs = [(x, y) for a, b in zip(got.losses, want.losses, strict=True) for x, y in zip(a, b, strict=True)]
+    else:  # a pack's or a resumed run's epochs against the last as many of the run alone
+        pairs = [(a["loss"], b["loss"]) for a, b in zip(got.history[::-1], want.history[::-1], strict=False)]
+    worst = max((abs(x - y) for x, y in pairs), default=0.0)
+    if not worst <= max(10 * tol, 1e-4):
+        raise AssertionError(f"{name}: the logged losses differ by up to {worst:.3g}")
 
 
 def _needs_training(cfg: C.TrialConfig) -> None:
@@ -348,17 +417,24 @@ class _Step:
     objective: Any
 
 
-def _first_step(cfg: C.TrialConfig) -> _Step:
+def _first_step(cfg: C.TrialConfig, shared: dict[str, Any] | None = None) -> _Step:
+    """The step; ``shared``: the loaded CLIP and the task of earlier calls to reuse (one method's
+    trials that differ in a setting only)."""
     from rayot.data import build_task
     from rayot.model import load_clip
     from rayot.train import init_model, trial_objective
     from rayot.train.features import global_output, reference_text_features
     from rayot.train.runtime import resolve_weights_path
 
+    shared = {} if shared is None else shared
     method = C.method_of(cfg)
-    clip = load_clip(cfg.model.name, cfg.model.pretrained, checkpoint=resolve_weights_path(cfg.model.checkpoint))
-    task = build_task(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.seed,
-                      subsample=C.train_subsample(cfg))
+    m, d = cfg.model, cfg.data
+    clip_key, task_key = (m.name, m.pretrained, m.checkpoint), (d.dataset, d.root, d.shots, cfg.seed, C.train_subsample(cfg))
+    if clip_key not in shared:
+        shared[clip_key] = load_clip(m.name, m.pretrained, checkpoint=resolve_weights_path(m.checkpoint))
+    if task_key not in shared:
+        shared[task_key] = build_task(d.dataset, d.root, shots=d.shots, seed=cfg.seed, subsample=C.train_subsample(cfg))
+    clip, task = shared[clip_key], shared[task_key]
     model = init_model(cfg, clip, task.classnames, torch.device("cpu"))
     method.for_dataset(model, cfg.settings, task.dataset)
     g = torch.Generator().manual_seed(0)
@@ -376,10 +452,10 @@ def _first_step(cfg: C.TrialConfig) -> _Step:
     return _Step(method, clip, model, images, task.classnames, objective)
 
 
-def _step_outputs(cfg: C.TrialConfig) -> dict[str, torch.Tensor]:
+def _step_outputs(cfg: C.TrialConfig, shared: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """What one step computes from the same start: the evaluation logits, and for a method that
     trains the loss, its diagnostics and aux terms and every learned tensor's gradient."""
-    step = _first_step(cfg)
+    step = _first_step(cfg, shared)
     found: dict[str, torch.Tensor] = {}
     if step.objective is not None:
         objective = step.objective
@@ -507,11 +583,12 @@ def _differs(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bo
 
 
 def _settings_take_effect(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
-    cfg = kit_config(ref, overrides)
+    cfg, _ = kit_trial(ref, overrides)
     method = C.method_of(cfg)
     fields = dataclasses.fields(method.Settings)
     if not fields:
         raise _Skip("the method declares no settings")
+    shared: dict[str, Any] = {}  # one CLIP and task for every step below: only a setting differs
     start: dict[str, torch.Tensor] | None = None
     shown, inert, ignored = [], [], []
     for f in fields:
@@ -524,11 +601,11 @@ def _settings_take_effect(ref: str, overrides: Mapping[str, Any], tol: float, ki
             ignored.append(f"{f.name} (no other value to try: declare setting(..., test_value=...))")
             continue
         try:
-            changed = kit_config(ref, overrides, **{key: other})
+            changed, _ = kit_trial(ref, overrides, **{key: other})
         except ConfigError as exc:
             raise AssertionError(f"{key}={other!r}, the value tried, is refused: {exc}") from None
-        start = start if start is not None else _step_outputs(cfg)
-        if _differs(_step_outputs(changed), start):
+        start = start if start is not None else _step_outputs(cfg, shared)
+        if _differs(_step_outputs(changed, shared), start):
             shown.append(f.name)
             continue
         if method.trains:  # a setting of the schedule or the step hooks shows in the trial only
@@ -544,54 +621,28 @@ def _settings_take_effect(ref: str, overrides: Mapping[str, Any], tol: float, ki
 
 
 def _deterministic(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
-    cfg = kit_config(ref, overrides)
-    first, again = kit.alone(cfg), _run(cfg)
+    cfg, _ = kit_trial(ref, overrides)
+    first, again = kit.alone(cfg), kit.again(cfg)
     _same_run("the same seed twice", again, first, 0.0)
     if first.losses != again.losses:
         raise AssertionError("the same seed twice: the logged losses differ")
     if C.method_of(cfg).trains and first.prompt:
-        other = kit.alone(C.replace(cfg, seed=cfg.seed + 1))
+        other = kit.alone(_other_seed(cfg))
         if _max_diff(other.prompt, first.prompt) == 0.0:
             raise AssertionError("another seed gives the very same prompts: the seed does not reach them")
     return "the same seed gives identical prompts, losses and accuracies"
 
 
-def _packed(cfgs: list[C.TrialConfig]) -> list[tuple[_Run, list[dict]]]:
-    """Each member's run in one pack of ``cfgs``, with its epochs' metrics."""
-    from rayot.packing import check_packable
-
-    try:
-        check_packable(cfgs)
-    except ConfigError as exc:
-        raise AssertionError(f"two seeds of the method cannot share a pack: {exc}") from None
-    hooks = _Keep()
-    results = run_pack(cfgs, device=torch.device("cpu"), hooks=hooks)
-    found = []
-    for cfg, result in zip(cfgs, results, strict=True):
-        if result.error is not None:
-            raise AssertionError(f"seed {cfg.seed} failed in the pack: {result.error}")
-        found.append((_Run(result.outcome.prompt_state,
-                           [(e.eval_dataset, e.split, e.n_correct) for e in result.outcome.evals], [], []),
-                      result.outcome.history))
-    return found
-
-
 def _packed_equals_alone(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
-    cfgs = [kit_config(ref, overrides, seed=s) for s in (1, 2)]
-    for cfg, (got, history) in zip(cfgs, _packed(cfgs), strict=True):
-        alone = kit.alone(cfg)
-        _same_run(f"seed {cfg.seed} packed against alone", got, alone, tol, losses=False)
-        if history and alone.saved:
-            packed_losses = [h["loss"] for h in history]
-            alone_losses = [m["loss"] for _, _, m in alone.saved]
-            worst = max(abs(a - b) for a, b in zip(packed_losses, alone_losses, strict=True))
-            if not worst <= max(10 * tol, 1e-4):
-                raise AssertionError(f"seed {cfg.seed}: the epochs' losses differ packed and alone by {worst:.3g}")
+    cfg, _ = kit_trial(ref, overrides)
+    cfgs = [_other_seed(cfg), cfg]  # the pack deterministic_every_way runs too
+    for member, got in zip(cfgs, kit.packed(cfgs), strict=True):
+        _same_run(f"seed {member.seed} packed against alone", got, kit.alone(member), tol)
     return "2 seeds in one pack end as each alone"
 
 
 def _two_workers_equal_one(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
-    cfg = kit_config(ref, overrides)
+    cfg, _ = kit_trial(ref, overrides)
     if cfg.optim.batch_size % 2:
         raise _Skip(f"batch size {cfg.optim.batch_size} cannot be shared by 2 workers")
     alone = kit.alone(cfg)
@@ -601,7 +652,7 @@ def _two_workers_equal_one(ref: str, overrides: Mapping[str, Any], tol: float, k
 
 
 def _resume_mid_schedule(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
-    cfg, after = _mid_schedule(kit_config(ref, overrides), overrides)
+    cfg, after = kit_trial(ref, overrides)
     _needs_training(cfg)
     whole = kit.alone(cfg)
     if len(whole.saved) < C.epochs_trained(cfg):
@@ -609,30 +660,34 @@ def _resume_mid_schedule(ref: str, overrides: Mapping[str, Any], tol: float, kit
     resumed = kit.resumed(cfg, after)
     if [e for e, _, _ in resumed.saved] != [e for e, _, _ in whole.saved[after:]]:
         raise AssertionError(f"the resumed run did not start after epoch {after}, its checkpoint's")
-    _same_run(f"resumed after epoch {after} of {C.epochs_trained(cfg)} against uninterrupted", resumed, whole, tol,
-              losses=False)
+    _same_run(f"resumed after epoch {after} of {C.epochs_trained(cfg)} against uninterrupted", resumed, whole, tol)
     return f"resumed after epoch {after} of {C.epochs_trained(cfg)} (warm-up {cfg.optim.warmup_epochs}): the same end"
 
 
 def _deterministic_every_way(ref: str, overrides: Mapping[str, Any], tol: float, kit: Kit) -> str:
-    cfg, after = _mid_schedule(kit_config(ref, overrides), overrides)
+    cfg, after = kit_trial(ref, overrides)
     alone = kit.alone(cfg)
-    ways = {"run again": lambda: _run(cfg, stir=True)}
+    ways: dict[str, Callable[[], _Run]] = {}
     if C.method_of(cfg).trains:
-        ways["packed behind another seed"] = lambda: _packed([C.replace(cfg, seed=cfg.seed + 1), cfg])[1][0]
+        # the pack takes its generators' seeds from its first member: another state from the start
+        ways["packed behind another seed"] = lambda: kit.packed([_other_seed(cfg), cfg])[1]
         if cfg.optim.batch_size % 2 == 0:
             ways["on 2 workers (rank 1)"] = lambda: kit.two_ranks(cfg, stir=True)[1]
+        else:  # the path of a trial alone, stirred on one worker instead
+            ways["run again"] = lambda: kit.again(cfg, stir=True)
         if C.epochs_trained(cfg) > after:
             ways[f"resumed after epoch {after}"] = lambda: kit.resumed(cfg, after, stir=True)
+    else:  # no step to stir: what runs is the evaluation, run again
+        ways["run again"] = lambda: kit.again(cfg)
     differ = []
     for way, run in ways.items():
         try:
-            _same_run(way, run(), alone, tol, losses=way == "run again")
+            _same_run(way, run(), alone, tol)
         except AssertionError as exc:
             differ.append(str(exc))
     if differ:
-        raise AssertionError("with the global generators stirred before each step, against alone on 1 worker: "
-                             + "; ".join(differ))
+        raise AssertionError("with the global generators in another state before each step, against alone on "
+                             "1 worker: " + "; ".join(differ))
     return f"{len(alone.losses)} steps: {', '.join(ways)} end as alone on 1 worker"
 
 
@@ -785,7 +840,7 @@ class _Check:
 
 class _RankPair:
     """Two gloo ranks, two Python processes (``python -m rayot.testing FOLDER RANK``) that import a
-    method as a configuration names it and run the trials they are given, one job at a time, until
+    method as a configuration names it and run the jobs they are given, one at a time, until
     closed: started once, they serve every two-rank run of a :class:`Kit`."""
 
     def __init__(self, timeout: float = 600.0) -> None:
@@ -797,15 +852,15 @@ class _RankPair:
                                        stdout=(self.folder / f"rank{rank}.log").open("w"), stderr=subprocess.STDOUT)
                       for rank in range(2)]
 
-    def run(self, cfg: C.TrialConfig, stir: bool) -> list[_Run]:
-        """Each rank's run of the trial (``world_size`` 2)."""
+    def run(self, job: dict[str, Any]) -> list[Any]:
+        """Each rank's answer to ``job`` (:func:`_rank_job`); ``job["resume"]``: each rank's own."""
         self.jobs += 1
-        job = self.folder / f"job{self.jobs}.json"
-        job.write_text(json.dumps({"config": C.to_json(cfg), "stir": stir}))
+        path = self.folder / f"job{self.jobs}.pt"
+        torch.save(job, path)
         for proc in self.procs:
-            proc.stdin.write(f"{job}\n")
+            proc.stdin.write(f"{path}\n")
             proc.stdin.flush()
-        outs = [self.folder / f"job{self.jobs}.rank{r}.pt" for r in range(2)]
+        outs = [path.with_suffix(f".rank{r}.pt") for r in range(2)]
         deadline = time.monotonic() + self.timeout
         while not all(o.exists() for o in outs):
             for rank, proc in enumerate(self.procs):
@@ -815,7 +870,9 @@ class _RankPair:
                     raise AssertionError(f"rank {rank} of 2 failed ({state}): {' | '.join(log_lines[-3:])}")
             time.sleep(0.02)
         found = [torch.load(o, weights_only=True) for o in outs]  # plain data: read back with weights_only
-        return [_Run(**f, saved=[]) for f in found]
+        if "call" in job:
+            return found
+        return [[_Run(**member, saved=rank["saved"]) for member in rank["members"]] for rank in found]
 
     def close(self) -> None:
         for proc in self.procs:
@@ -830,6 +887,22 @@ class _RankPair:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _rank_job(job: dict[str, Any], rank: int) -> Any:
+    """One rank's part of a job: ``call``, a function ``module:name`` given this rank's hooks; else
+    the trials of ``configs`` (one, or a pack) from ``resume`` (this rank's epoch state, if any),
+    the global generators stirred with ``stir``: each member's run as :class:`_Run` fields."""
+    import importlib
+
+    if "call" in job:
+        module, name = job["call"].split(":")
+        return getattr(importlib.import_module(module), name)(DistributedHooks(rank, 2, torch.device("cpu")))
+    cfgs = [C.from_dict(json.loads(c)) for c in job["configs"]]
+    resume = job.get("resume")
+    hooks = _Keep(resume[rank] if resume else None, job["stir"], rank=rank, world_size=2)
+    runs = _runs(cfgs, hooks)
+    return {"members": [{k: v for k, v in vars(r).items() if k != "saved"} for r in runs], "saved": hooks.saved}
+
+
 def _rank_main(folder: str, rank: int) -> None:
     import datetime
 
@@ -838,26 +911,16 @@ def _rank_main(folder: str, rank: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=300))
-    try:
-        for line in sys.stdin:
-            job = json.loads(Path(line.strip()).read_text())
-            cfg, stir, seen = C.from_dict(json.loads(job["config"])), job["stir"], []
-
-            def progress(p: Any, seen: list = seen, stir: bool = stir) -> None:
-                seen.append(p)
-                if stir:
-                    stir_generators(len(seen))
-
-            outcome = run_trial(cfg, device=torch.device("cpu"), progress=progress,
-                                hooks=DistributedHooks(rank, 2, torch.device("cpu")))
-            run = {"prompt": outcome.prompt_state,
-                   "correct": [(e.eval_dataset, e.split, e.n_correct) for e in outcome.evals],
-                   "losses": [(p.loss, p.ce, p.reg) for p in seen]}
-            out = Path(line.strip()).with_suffix(f".rank{rank}.pt")
-            torch.save(run, out.with_suffix(".tmp"))
-            os.replace(out.with_suffix(".tmp"), out)  # whole, or not there
-    finally:
-        dist.destroy_process_group()
+    for line in sys.stdin:
+        path = Path(line.strip())
+        found = _rank_job(torch.load(path, weights_only=True), rank)
+        out = path.with_suffix(f".rank{rank}.pt")
+        torch.save(found, out.with_suffix(".tmp"))
+        os.replace(out.with_suffix(".tmp"), out)  # whole, or not there
+    # the end of its input: every answer is written; tearing the process group down would wait
+    # on the other rank (seconds), so the process ends at once
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":  # one rank of a Kit's pair: python -m rayot.testing FOLDER RANK

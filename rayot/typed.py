@@ -22,7 +22,7 @@ from rayot.errors import ConfigError
 def setting(default: Any, *, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
             positive: bool = False, help: str = "", id_key: str | None = None,
             check: Callable[[Any, str], None] | None = None, test_value: Any = None,
-            inert: str | None = None) -> Any:
+            inert: str | None = None, tiny: Any = None) -> Any:
     """A dataclass field with what :func:`check_fields` enforces and ``rayot methods`` shows.
 
     ``choices``: the allowed values; ``minimum``: the least allowed value (``>=``); ``positive``:
@@ -33,10 +33,13 @@ def setting(default: Any, *, choices: tuple[Any, ...] | None = None, minimum: fl
 
     For the conformance kit (:mod:`rayot.testing`, ``settings_take_effect``): ``test_value``, the
     other value to try where neither ``choices`` nor a range gives one (a free-form string, say);
-    ``inert``, why the setting's effect cannot show in the kit's tiny trial (it is then not tried).
+    ``inert``, why the setting's effect cannot show in the kit's tiny trial (it is then not tried);
+    ``tiny``, the value in that trial and in rayot's tests' tiny trials where the default does not
+    fit a few-epoch trial (a schedule point at epoch 15, say).
     """
     meta = {"choices": choices, "minimum": minimum, "positive": positive, "help": help, "id_key": id_key,
-            "check": check, "test_value": test_value, "inert": inert}
+            "check": check, "test_value": test_value, "inert": inert,
+            "tiny": tiny}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (a tuple, not a list)")
     return dataclasses.field(default=default, metadata=meta)

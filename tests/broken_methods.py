@@ -142,7 +142,9 @@ class ForgetsAfterWarmUp(IVLP):
 
 
 class RareNoise(StepHooks):
-    """Every 16th step, noise from Python's global generator, which nothing of the trial owns."""
+    """Every 16th step, noise from Python's global generator, which nothing of the trial owns: once
+    in the kit's trial of 18 steps, after the resumed run's start (step 12), and the first draw
+    since the trial seeded the generator, so that a run on the trial's own seed draws the same."""
 
     def __init__(self) -> None:
         self.steps = 0

@@ -59,8 +59,9 @@ def tiny_overrides(root: Path, tmp: Path, **extra: object) -> list[str]:
 
 @pytest.fixture(scope="session")
 def kit() -> Iterator[object]:
-    """The conformance kit's shared runs (rayot.testing.Kit) for the whole session: each trial's
-    run alone is made once, and one pair of rank processes serves every two-rank run."""
+    """The conformance kit's shared runs (rayot.testing.Kit) for the whole session: each run the
+    properties compare is made once, and one pair of rank processes serves every two-rank run,
+    the kit's and test_sharding's and test_packing's."""
     from rayot.testing import Kit
 
     with Kit() as shared:

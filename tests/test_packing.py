@@ -221,35 +221,14 @@ def test_a_pack_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_pack
 # ----------------------------------------------------------------------------- packs on N ranks
 
 
-def _pack_rank(rank: int, init_file: str, overrides: list[list[str]], out_dir: str) -> None:
-    import torch.distributed as dist
-
-    from rayot.train import DistributedHooks
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        cfgs = [C.load_config(None, o) for o in overrides]
-        found = run_pack(cfgs, device=torch.device("cpu"), hooks=DistributedHooks(rank, 2, torch.device("cpu")))
-        torch.save([(r.outcome.prompt_state, [e.n_correct for e in r.outcome.evals]) for r in found],
-                   f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_a_pack_on_two_ranks_equals_each_trial_alone_on_one(synth_root, tmp_path, tiny_weights):
-    import torch.multiprocessing as mp
-
+def test_a_pack_on_two_ranks_equals_each_trial_alone_on_one(kit, synth_root, tmp_path, tiny_weights):
     extra = [{"seed": 1}, {"seed": 2, "prompt_ot.solver": "sinkhorn"}]
-    overrides = [tiny_overrides(synth_root, tmp_path, method="prompt_ot", world_size=2,
-                                **{"model.checkpoint": str(tiny_weights), **e}) for e in extra]
-    mp.spawn(_pack_rank, args=(str(tmp_path / "init"), overrides, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        found = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-        for e, (prompt, correct) in zip(extra, found, strict=True):
-            alone = run_trial(_cfg(synth_root, tmp_path, tiny_weights, **e))
-            assert max((prompt[k] - v).abs().max().item() for k, v in alone.prompt_state.items()) < PROMPT_TOL
-            assert correct == [ev.n_correct for ev in alone.evals]
+    cfgs = [_cfg(synth_root, tmp_path, tiny_weights, **e) for e in extra]
+    for members in kit.on_two_ranks(cfgs):  # the session's pair of rank processes (the kit's)
+        for cfg, got in zip(cfgs, members, strict=True):
+            alone = run_trial(cfg)
+            assert max((got.prompt[k] - v).abs().max().item() for k, v in alone.prompt_state.items()) < PROMPT_TOL
+            assert [n for _, _, n in got.correct] == [ev.n_correct for ev in alone.evals]
 
 
 # ----------------------------------------------------------------------------- sweeps

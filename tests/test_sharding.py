@@ -1,25 +1,22 @@
-"""A trial on two ranks (torch.distributed, gloo, no Ray): resumed, it ends as the uninterrupted
-two-rank run; the gathered features give POT's plan of the global batch and the single-process
-gradients; a batch size the workers cannot share is refused at load time. That every built-in
-ends on two ranks where it ends on one is the conformance kit's ``two_workers_equal_one``."""
+"""A trial on two ranks (torch.distributed, gloo, no Ray; the session's pair of rank processes,
+the conformance kit's): resumed, it ends as the uninterrupted two-rank run; the gathered features
+give POT's plan of the global batch and the single-process gradients; a batch size the workers
+cannot share is refused at load time. That every built-in ends on two ranks where it ends on one
+is the conformance kit's ``two_workers_equal_one``."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import ot
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import tiny_overrides
 
 from rayot import config as C
 from rayot.distributed import shard_sizes
 from rayot.errors import ConfigError
 from rayot.methods.prompt_ot import prompt_ot_loss
-from rayot.train import DistributedHooks, run_trial
+from rayot.train import DistributedHooks
 from rayot.transport import ot_plan, pairwise_sq_dists
 
 WORLD = 2
@@ -29,23 +26,16 @@ def _overrides(synth_root, tmp_path):
     return tiny_overrides(synth_root, tmp_path, method="prompt_ot", **{"optim.log_every": 1})
 
 
-def _run(cfg, hooks=None):
-    seen = []
-    outcome = run_trial(cfg, device=torch.device("cpu"), hooks=hooks, progress=seen.append)
-    return {"prompt": outcome.prompt_state, "correct": [(e.split, e.n_correct, e.n_test) for e in outcome.evals],
-            "losses": [(p.loss, p.ce, p.reg) for p in seen]}
-
-
-def _ot_check(rank: int, hooks: DistributedHooks) -> dict:
-    """Gather each rank's rows of a seeded (8, 6) batch of features with the library's collective;
-    return the global plan, loss and this rank's rows of the gradient."""
+def _ot_check(hooks: DistributedHooks) -> dict:
+    """On each of two ranks: gather each rank's rows of a seeded (8, 6) batch of features with the
+    library's collective; return the global plan, loss and this rank's rows of the gradient."""
     full = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
     ref = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(1)), dim=-1)
     sizes = shard_sizes(8, WORLD)
-    start = sum(sizes[:rank])
-    mine = full[start:start + sizes[rank]].clone().requires_grad_(True)  # (4, 6): this rank's rows
+    start = sum(sizes[:hooks.rank])
+    mine = full[start:start + sizes[hooks.rank]].clone().requires_grad_(True)  # (4, 6): this rank's rows
     image = hooks.gather(mine, sizes)  # (8, 6)
-    ref_mine = ref[start:start + sizes[rank]]
+    ref_mine = ref[start:start + sizes[hooks.rank]]
     image_ref = hooks.gather(ref_mine, sizes)  # (8, 6)
     plan = ot_plan(0.5 * pairwise_sq_dists(image, image_ref).detach())  # (8, 8)
     loss = prompt_ot_loss(image, image_ref, image, image_ref, modality="vision")
@@ -53,54 +43,28 @@ def _ot_check(rank: int, hooks: DistributedHooks) -> dict:
     return {"plan": plan, "loss": loss.detach(), "grad": mine.grad, "start": start}
 
 
-class _Checkpoints(DistributedHooks):
-    """Keeps each epoch's state, as the Ray layer's storage would; resumes from ``resume``."""
-
-    def __init__(self, rank, resume=None):
-        super().__init__(rank, WORLD, torch.device("cpu"))
-        self.saved, self.resume = [], resume
-
-    def resume_state(self):
-        return self.resume
-
-    def save_epoch(self, epoch, state, metrics):
-        self.saved.append(copy.deepcopy(state))
-
-
-def _rank_main(rank: int, init_file: str, overrides: list[str], out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        hooks = DistributedHooks(rank, WORLD, torch.device("cpu"))
-        found = {"ot": _ot_check(rank, hooks)}
-        kept = _Checkpoints(rank)
-        found["prompt_ot"] = _run(C.load_config(None, overrides), kept)
-        # as after a worker failure in epoch 2: resume from epoch 1's checkpoint
-        found["resumed"] = _run(C.load_config(None, overrides), _Checkpoints(rank, kept.saved[0]))
-        torch.save(found, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
-def two_ranks(synth_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sharding")
-    overrides = _overrides(synth_root, tmp) + [f"world_size={WORLD}"]
-    mp.spawn(_rank_main, args=(str(tmp / "init"), overrides, str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], tmp
+def two_ranks(kit, synth_root, tmp_path_factory):
+    """On the session's pair of rank processes (the kit's): Prompt-OT's tiny trial, the same trial
+    resumed from each rank's checkpoint of epoch 1 (as after a worker failure in epoch 2), and the
+    global plan of :func:`_ot_check`."""
+    cfg = C.load_config(None, _overrides(synth_root, tmp_path_factory.mktemp("sharding")))
+    whole = [members[0] for members in kit.on_two_ranks([cfg])]
+    resumed = [members[0] for members in kit.on_two_ranks([cfg], resume=[run.saved[0][1] for run in whole])]
+    return whole, resumed, kit.call_on_two_ranks("test_sharding:_ot_check")
 
 
 def test_two_ranks_resumed_after_epoch_one_end_as_the_uninterrupted_run(two_ranks):
-    ranks, _ = two_ranks
-    for found in ranks:
-        whole, resumed = found["prompt_ot"], found["resumed"]
-        assert all(torch.equal(resumed["prompt"][k], whole["prompt"][k]) for k in whole["prompt"])
-        assert resumed["correct"] == whole["correct"]
-        assert resumed["losses"] == whole["losses"][len(whole["losses"]) // 2:]  # epoch 2's steps only
+    wholes, resumeds, _ = two_ranks
+    for whole, resumed in zip(wholes, resumeds, strict=True):
+        assert [e for e, _, _ in resumed.saved] == [1]
+        assert all(torch.equal(resumed.prompt[k], whole.prompt[k]) for k in whole.prompt)
+        assert resumed.correct == whole.correct
+        assert resumed.losses == whole.losses[len(whole.losses) // 2:]  # epoch 2's steps only
 
 
 def test_the_global_plan_is_pots_plan_of_the_gathered_batch(two_ranks):
-    ranks, _ = two_ranks
+    _, _, ranks = two_ranks
     full = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
     ref = torch.nn.functional.normalize(torch.randn(8, 6, generator=torch.Generator().manual_seed(1)), dim=-1)
     cost = 0.5 * pairwise_sq_dists(full, ref)  # (8, 8): the global cost
@@ -108,8 +72,7 @@ def test_the_global_plan_is_pots_plan_of_the_gathered_batch(two_ranks):
     whole = full.clone().requires_grad_(True)
     loss = prompt_ot_loss(whole, ref, whole, ref, modality="vision")
     loss.backward()
-    for found in ranks:
-        got = found["ot"]
+    for got in ranks:
         assert torch.allclose(got["plan"], pot, atol=1e-7)
         assert pot[:4, 4:].sum() > 0  # the plan couples samples of both ranks
         assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-6)

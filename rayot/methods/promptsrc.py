@@ -45,9 +45,9 @@ class Settings:
                               help="weight of the L1 distance of the image features to the frozen ones")
     logit_kl: float = setting(1.0, minimum=0, id_key="loss.logit_kl",
                               help="weight of the logit KL to the frozen model's (divided by B·C)")
-    gpa_mean: float = setting(15.0, minimum=0, id_key="optim.gpa_mean",
+    gpa_mean: float = setting(15.0, minimum=0, id_key="optim.gpa_mean", tiny=1.0,  # inside a tiny trial
                               help="μ of the Gaussian prompt aggregation over the 1-based epochs")
-    gpa_std: float = setting(1.0, minimum=0, id_key="optim.gpa_std",
+    gpa_std: float = setting(1.0, minimum=0, id_key="optim.gpa_std", tiny=1.0,
                              help="σ of the Gaussian prompt aggregation (0: off, the last epoch's prompts)")
     template: str = template_setting("ensemble", "frozen class text features: ensemble (its 60), default, dataset, "
                                      "or a template", ("ensemble",))

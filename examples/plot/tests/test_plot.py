@@ -20,7 +20,7 @@ from torch.testing import assert_close
 
 from rayot import methods
 from rayot.methods import Batch, LoadedCLIP, from_reference, load_reference_file
-from rayot.testing import Kit, parametrize_with_checks
+from rayot.testing import PROPERTIES, Kit, parametrize_with_checks
 
 CLASSES = ["dog", "sea_lion", "golden retriever", "airplane", "x"]
 TEMPLATES = ("a photo of a", "this is a photo of", "one picture of")  # 4, 5 and 3 tokens
@@ -165,10 +165,21 @@ def test_a_reference_checkpoint_imports_with_its_key_names(uneven, tmp_path):
 
 @pytest.fixture(scope="session")
 def kit():
-    with Kit() as shared:  # PLOT's properties share its runs alone and one pair of rank processes
+    with Kit() as shared:  # PLOT's properties share its runs and one pair of rank processes
         yield shared
 
 
-@parametrize_with_checks(["plot"])
+#: the properties that run the trial on the pair of rank processes, which take seconds to start:
+#: with the slow tests (CI runs them), the rest in the fast loop
+ON_TWO_RANKS = ("two_workers_equal_one", "deterministic_every_way")
+
+
+@parametrize_with_checks(["plot"], properties=[p for p in PROPERTIES if p not in ON_TWO_RANKS])
 def test_plot_keeps_every_contract(method, check, kit):
+    check(method, kit)
+
+
+@pytest.mark.slow
+@parametrize_with_checks(["plot"], properties=ON_TWO_RANKS)
+def test_plot_keeps_every_contract_on_two_ranks(method, check, kit):
     check(method, kit)
