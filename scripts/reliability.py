@@ -462,7 +462,8 @@ def driver_killed_then_outage(tmp: Path, server) -> dict[str, Outcome]:
     spec = _spec(tmp, grid={"method": ["ivlp"], "seed": [1, 2]}, base={"optim": {"epochs": 4}},
                  resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1})
     ids = _trial_ids(spec)
-    env = {"RAYOT_TEST_RUN_LOG": str(tmp / "runs.txt"),
+    ttl = 600  # read back from the leases: the setting reaches the sweep's drivers (default 120)
+    env = {"RAYOT_TEST_RUN_LOG": str(tmp / "runs.txt"), "RAYOT_LEASE_TTL_S": str(ttl),
            "RAYOT_TEST_FAULT": f"999:{tmp / 'marker'}"}  # never kills; notes where a run resumed
     sweep = _sweep_process(tmp, server, prefix, spec, "killed", **env)
     _wait(lambda: len(_runs(tmp / "runs.txt")) >= 2, 300, "the second trial")
@@ -477,6 +478,7 @@ def driver_killed_then_outage(tmp: Path, server) -> dict[str, Outcome]:
     with server.environment():
         client, under = storage.conditional_store(server.uri(BUCKET, f"{prefix}/results"))
         held = [f.rsplit("/", 1)[-1][: -len(".json")] for f in _store_files(server, f"{prefix}/results/.leases")]
+        left = [json.loads(client.read(f"{under}/.leases/{tid}.json").data)["expires_at"] - time.time() for tid in held]
 
         def set_expiry(expires_at: float, host: str | None = None) -> None:
             for tid in held:
@@ -503,6 +505,7 @@ def driver_killed_then_outage(tmp: Path, server) -> dict[str, Outcome]:
     files = _store_files(server, prefix)
     text = text1 + text2
     _check(bool(held), "the killed driver left a live lease", text)
+    _check(all(120 < s <= ttl for s in left), f"its lease lives RAYOT_LEASE_TTL_S={ttl}, not 120 s: {left}", text)
     _check(rc1 == 3 and "is held by" in text1, f"first re-run: exit {rc1}, the held trial skipped", text1)
     _check(bool(finished), "a trial finished before the kill", text)
     _check(rc2 == 0 and status == {i: "done" for i in ids}, f"second re-run: exit {rc2}, all done", text2)
@@ -516,7 +519,8 @@ def driver_killed_then_outage(tmp: Path, server) -> dict[str, Outcome]:
         "driver": Outcome(
             "the driver is killed (SIGKILL) mid-trial; its leases, as if from another host, are live: a "
             "re-run at once skips the held trial (exit 3); once they have expired (`RAYOT_LEASE_TTL_S` "
-            "after their last renewal; here their expiry is set) a re-run takes it over and resumes it "
+            f"after their last renewal, {ttl} s here; their expiry is then set, not waited out) a re-run "
+            "takes it over and resumes it "
             "from its epoch checkpoint on the store",
             "every finished trial (none run twice); the killed trial's epoch checkpoint", t),
         "outage": Outcome(
