@@ -33,7 +33,6 @@ class WrongPackedStep(IVLP):
 
     name = "wrong_packed_step"
     display = "Wrong packed step"
-    id_constants = None
 
     def build(self, clip: Any, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
         return MixedUpPack(clip, classnames, n_ctx_text=prompt.n_ctx_text, n_ctx_vision=prompt.n_ctx_vision,
@@ -48,7 +47,6 @@ class TrainsTheCLIP(IVLP):
 
     name = "trains_the_clip"
     display = "Trains the CLIP"
-    id_constants = None
 
     def build(self, clip: Any, classnames: list[str], prompt: Any, settings: Any) -> nn.Module:
         model = super().build(clip, classnames, prompt, settings)
@@ -101,7 +99,6 @@ class IgnoresItsTemperature(IVLP):
 
     name = "ignores_its_temperature"
     display = "Ignores its temperature"
-    id_constants = None
     Settings = WithTemperature
 
 
@@ -135,7 +132,6 @@ class AveragedAfterWarmUp(StepHooks):
 class ForgetsAfterWarmUp(IVLP):
     name = "forgets_after_warm_up"
     display = "Forgets after the warm-up"
-    id_constants = None
 
     def step_hooks(self, settings: Any, epochs: int) -> StepHooks:
         return AveragedAfterWarmUp()
@@ -165,7 +161,6 @@ class RareNoise(StepHooks):
 class UnseededBranch(IVLP):
     name = "unseeded_branch"
     display = "Unseeded branch"
-    id_constants = None
 
     def step_hooks(self, settings: Any, epochs: int) -> StepHooks:
         return RareNoise()

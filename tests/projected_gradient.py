@@ -56,7 +56,6 @@ def kl_to_frozen(logits: Tensor, frozen_logits: Tensor) -> Tensor:
 class ProjectedGradient(IVLP):
     name = "projected_gradient"
     display = "Projected gradient"
-    id_constants = None
 
     def references(self, settings: Any, dataset: str) -> References:
         return References(image=True, templates=(DEFAULT_TEMPLATE,))
